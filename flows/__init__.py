@@ -1,0 +1,1 @@
+"""Prefect flows (train, score inbox, maintenance) and the CLI."""

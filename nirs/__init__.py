@@ -1,0 +1,1 @@
+"""The spectroscopy domain: data, operators, pipeline configs, cross-validated fitting. Never imports Prefect or storage."""

@@ -1,0 +1,1 @@
+"""nirsflow's workspace: a DuckDB store plus content-addressed artifacts. Never imports Prefect."""

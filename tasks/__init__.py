@@ -1,0 +1,1 @@
+"""Prefect tasks: thin units of work over nirs and storage."""
