@@ -1,0 +1,467 @@
+"""Read spectra files into `SpectraDataset`s, with errors that say what is wrong and where.
+
+Formats, chosen by suffix:
+
+* wide text tables, ``.csv`` / ``.tsv`` / ``.tab`` / ``.txt``: one row per sample; columns
+  whose header is a number are wavelengths (left to right, increasing); the id column
+  (``id_column``) and optional target column (``target_column``) are named; every other
+  column becomes metadata. The separator follows the suffix (tab for .tsv/.tab) or is sniffed
+  from the header line (comma, semicolon or tab).
+* Parquet (``.parquet`` / ``.pq``) in the same wide shape.
+* JCAMP-DX (``.jdx`` / ``.dx`` / ``.jcamp``), one spectrum per file, or a folder of them
+  (see `nirs.jcampdx`).
+
+Every problem raises `SpectraFileError` (a ValueError) naming the file, and where it applies
+the data row (1-based: row 1 is the line after the header), the column, and what was
+expected against what was found.
+
+`iter_spectra_chunks` reads the same files in chunks of rows with bounded memory, for the
+scoring of large files. Text files are cut at line ends, so a quoted field that spans lines
+is not supported there (spectra files have none).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from nirs.dataset import SpectraDataset
+from nirs.errors import SpectraFileError
+
+__all__ = ["SpectraFileError", "read_spectra", "iter_spectra_chunks"]
+
+TEXT_SUFFIXES = {".csv": None, ".txt": None, ".tsv": "\t", ".tab": "\t"}
+PARQUET_SUFFIXES = {".parquet", ".pq"}
+JCAMP_SUFFIXES = {".jdx", ".dx", ".jcamp"}
+_ROW = "__nirs_row__"  # row-number column added while reading; never a user column
+_SNIFF_BYTES = 1 << 16
+
+_NUL = b"\x00"
+
+
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if path.is_dir() or suffix in JCAMP_SUFFIXES:
+        return "jcamp"
+    if suffix in TEXT_SUFFIXES:
+        return "text"
+    if suffix in PARQUET_SUFFIXES:
+        return "parquet"
+    known = sorted(set(TEXT_SUFFIXES) | PARQUET_SUFFIXES | JCAMP_SUFFIXES)
+    raise SpectraFileError(path, f"unsupported file type {suffix or '(no suffix)'!r}; expected one of {', '.join(known)}")
+
+
+def _head_bytes(path: Path) -> bytes:
+    """The first bytes of the file, after the checks every format shares."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(_SNIFF_BYTES)
+    except FileNotFoundError:
+        raise SpectraFileError(path, "no such file") from None
+    except IsADirectoryError:
+        raise SpectraFileError(path, "is a folder, expected a file") from None
+    except PermissionError:
+        raise SpectraFileError(path, "cannot be read: permission denied") from None
+    except OSError as exc:
+        raise SpectraFileError(path, f"cannot be read: {exc.strerror or exc}") from None
+    if size == 0:
+        raise SpectraFileError(path, "the file is empty (0 bytes)")
+    return head
+
+
+def _check_text(path: Path, head: bytes, what: str) -> None:
+    if _NUL in head:
+        raise SpectraFileError(
+            path, f"not a text file: binary byte 0x00 at offset {head.index(_NUL)}; expected a {what}"
+        )
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as exc:
+        raise SpectraFileError(
+            path, f"not UTF-8 text: byte 0x{head[exc.start]:02x} at offset {exc.start}; expected a {what}"
+        ) from None
+
+
+# -- layout: which column is what -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Layout:
+    names: list[str]  # header names exactly as in the file
+    id_col: str | None
+    target_col: str | None
+    wl_cols: list[str]
+    wavelengths: np.ndarray
+    meta_cols: list[str]
+
+
+def _as_number(text: str) -> float | None:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
+
+
+def _layout(path: Path, names: list[str], id_column: str | None, target_column: str | None) -> _Layout:
+    clean = [n.strip() for n in names]
+    dupes = sorted({n for n in clean if clean.count(n) > 1})
+    if dupes:
+        raise SpectraFileError(path, f"duplicate column headers {dupes}")
+    for role, wanted in (("id", id_column), ("target", target_column)):
+        if wanted is not None and wanted not in clean:
+            hint = "; pass id_column=None to number the rows instead" if role == "id" else ""
+            shown = ", ".join(repr(c) for c in clean[:8]) + (", ..." if len(clean) > 8 else "")
+            raise SpectraFileError(path, f"no {role} column {wanted!r} (found: {shown}){hint}")
+    wl_idx, wl_values, other = [], [], []
+    for i, name in enumerate(clean):
+        if name in (id_column, target_column):
+            continue
+        value = _as_number(name)
+        if value is None:
+            other.append(i)
+        else:
+            wl_idx.append(i)
+            wl_values.append(value)
+    if not wl_idx:
+        raise SpectraFileError(
+            path,
+            "no wavelength columns: expected column headers that are numbers (e.g. 1100 or 1100.5), "
+            f"found only {clean[:8]}",
+        )
+    for i in other:
+        if wl_idx[0] < i < wl_idx[-1]:
+            raise SpectraFileError(
+                path,
+                f"header {clean[i]!r} (column {i + 1}) sits among the wavelength columns but is not a number",
+                column=names[i],
+            )
+    for k in range(1, len(wl_values)):
+        if wl_values[k] <= wl_values[k - 1]:
+            raise SpectraFileError(
+                path,
+                f"wavelength headers must increase from left to right; {clean[wl_idx[k]]!r} "
+                f"(column {wl_idx[k] + 1}) follows {clean[wl_idx[k - 1]]!r} (column {wl_idx[k - 1] + 1})",
+                column=names[wl_idx[k]],
+            )
+    by_clean = dict(zip(clean, names))
+    return _Layout(
+        names=list(names),
+        id_col=None if id_column is None else by_clean[id_column],
+        target_col=None if target_column is None else by_clean[target_column],
+        wl_cols=[names[i] for i in wl_idx],
+        wavelengths=np.asarray(wl_values, dtype=np.float64),
+        meta_cols=[names[i] for i in other],
+    )
+
+
+# -- frame -> dataset (shared by every table path) ---------------------------------------------
+
+
+def _describe_bad_cell(raw) -> str:
+    if raw is None:
+        return "missing value (empty cell or short row); expected a number"
+    if isinstance(raw, str):
+        try:
+            float(raw.strip())
+        except ValueError:
+            return f"not a number: {raw!r}"
+    return f"value {raw!r} is not finite; spectra must be finite numbers"
+
+
+def _to_float_matrix(frame: pl.DataFrame) -> np.ndarray:
+    if all(dt == pl.Float64 for dt in frame.dtypes):
+        return frame.to_numpy()
+    # Text (or booleans, dates) where numbers belong: parse leniently, then report the cells
+    # that did not parse by looking at their raw value.
+    exprs = [
+        pl.col(c).cast(pl.Float64) if dt.is_numeric()
+        else pl.col(c).cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+        for c, dt in zip(frame.columns, frame.dtypes)
+    ]
+    return frame.select(exprs).to_numpy()
+
+
+class _Converter:
+    """Turns polars frames of one file into datasets, remembering ids across chunks."""
+
+    def __init__(self, path: Path, layout: _Layout, task: str | None, name: str):
+        self.path, self.layout, self.task, self.name = path, layout, task, name
+        self.seen: dict[str, int] = {}
+
+    def __call__(self, df: pl.DataFrame, chunk_name: str | None = None) -> SpectraDataset:
+        path, lay = self.path, self.layout
+        rows = df[_ROW].to_numpy() + 1  # 1-based data rows
+        X = _to_float_matrix(df.select(lay.wl_cols))
+        bad = ~np.isfinite(X)
+        if bad.any():
+            r, c = divmod(int(np.argmax(bad.ravel())), X.shape[1])
+            col = lay.wl_cols[c]
+            raise SpectraFileError(path, _describe_bad_cell(df[col][r]), row=int(rows[r]), column=col)
+
+        if lay.id_col is None:
+            ids = [str(r) for r in rows]
+        else:
+            raw_ids = df[lay.id_col].cast(pl.String).str.strip_chars().to_list()
+            ids = []
+            for r, sid in zip(rows, raw_ids):
+                if not sid:
+                    raise SpectraFileError(path, "missing sample id", row=int(r), column=lay.id_col)
+                ids.append(sid)
+        for r, sid in zip(rows, ids):
+            first = self.seen.setdefault(sid, int(r))
+            if first != r:
+                raise SpectraFileError(
+                    path, f"duplicate sample id {sid!r}: also on row {first}", row=int(r), column=lay.id_col
+                )
+
+        y = None if lay.target_col is None else self._targets(df[lay.target_col], rows)
+        meta = None
+        if lay.meta_cols:
+            meta = df.select(lay.meta_cols).rename({c: c.strip() for c in lay.meta_cols})
+        try:
+            return SpectraDataset(
+                X=X, wavelengths=lay.wavelengths, sample_ids=np.array(ids), y=y, metadata=meta,
+                name=chunk_name or self.name, task=self.task,
+            )
+        except ValueError as exc:  # anything the checks above missed still names the file
+            raise SpectraFileError(path, str(exc)) from None
+
+    def _targets(self, col: pl.Series, rows: np.ndarray) -> np.ndarray:
+        path, name = self.path, self.layout.target_col
+        text = col.cast(pl.String).str.strip_chars()
+        missing = (text.is_null() | (text == "")).to_numpy()
+        if missing.any():
+            r = int(rows[int(np.argmax(missing))])
+            raise SpectraFileError(path, "missing target value", row=r, column=name)
+        numbers = text.cast(pl.Float64, strict=False)
+        if self.task != "classification" and numbers.null_count() == 0:
+            y = numbers.to_numpy()
+            bad = ~np.isfinite(y)
+            if bad.any():
+                k = int(np.argmax(bad))
+                raise SpectraFileError(path, f"target {text[k]!r} is not finite", row=int(rows[k]), column=name)
+            return y
+        if self.task == "regression":
+            k = int(np.argmax(numbers.is_null().to_numpy()))
+            raise SpectraFileError(
+                path, f"regression target is not a number: {text[k]!r}", row=int(rows[k]), column=name
+            )
+        return np.asarray(text.to_list(), dtype=object)
+
+
+def _drop_blank_rows(df: pl.DataFrame) -> pl.DataFrame:
+    """Blank lines (often one at the end) come back as all-null rows; they are not samples."""
+    data = [c for c in df.columns if c != _ROW]
+    return df.filter(~pl.all_horizontal([pl.col(c).is_null() for c in data]))
+
+
+# -- text tables ------------------------------------------------------------------------------
+
+
+def _text_header(path: Path, separator: str | None) -> tuple[list[str], str]:
+    head = _head_bytes(path)
+    _check_text(path, head, "text table with a header row")
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        first = fh.readline()
+    if not first.strip():
+        raise SpectraFileError(path, "the first line is empty; expected the header row (sample id, wavelengths, ...)")
+    line = first.rstrip("\r\n")
+    sep = separator or TEXT_SUFFIXES.get(path.suffix.lower())
+    if sep is None:
+        sep = max([",", ";", "\t"], key=line.count)
+    return next(csv.reader([line], delimiter=sep)), sep
+
+
+def _typed_schema(layout: _Layout) -> dict:
+    schema = {c: pl.Float64 for c in layout.wl_cols}
+    for c in (layout.id_col, layout.target_col):
+        if c is not None:
+            schema[c] = pl.String
+    return schema
+
+
+def _read_csv(source, sep: str, layout: _Layout | None, *, typed: bool, offset: int = 0) -> pl.DataFrame:
+    kwargs = dict(separator=sep, row_index_name=_ROW, row_index_offset=offset)
+    if typed:
+        return pl.read_csv(source, schema_overrides=_typed_schema(layout), **kwargs)
+    return pl.read_csv(source, infer_schema=False, **kwargs)
+
+
+def _structure_error(path: Path, sep: str, n_cols: int, exc: Exception) -> SpectraFileError:
+    """Find the row polars choked on (usually one with too many fields) with the csv module."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh, delimiter=sep)
+            next(reader, None)
+            for row_no, fields in enumerate(reader, start=1):
+                if fields and len(fields) > n_cols:
+                    return SpectraFileError(
+                        path, f"{len(fields)} fields, but the header has {n_cols} columns", row=row_no
+                    )
+    except (UnicodeDecodeError, csv.Error) as err:
+        return SpectraFileError(path, f"unreadable text: {err}")
+    return SpectraFileError(path, f"cannot be parsed as a table: {str(exc).splitlines()[0]}")
+
+
+def _read_text_frame(path: Path, sep: str, layout: _Layout) -> pl.DataFrame:
+    try:
+        return _read_csv(path, sep, layout, typed=True)
+    except pl.exceptions.PolarsError:
+        pass  # a bad cell, padded numbers, mixed metadata: the untyped read below says which
+    try:
+        return _read_csv(path, sep, layout, typed=False)
+    except pl.exceptions.PolarsError as exc:
+        raise _structure_error(path, sep, len(layout.names), exc) from None
+
+
+def _text_chunks(path: Path, sep: str, layout: _Layout, chunk_rows: int) -> Iterator[pl.DataFrame]:
+    with open(path, "rb") as fh:
+        header = fh.readline()
+        offset = 0
+        while True:
+            lines = list(itertools.islice(fh, chunk_rows))
+            if not lines:
+                return
+            buf = header + b"".join(lines)
+            try:
+                df = _read_csv(io.BytesIO(buf), sep, layout, typed=True, offset=offset)
+            except pl.exceptions.PolarsError:
+                try:
+                    df = _read_csv(io.BytesIO(buf), sep, layout, typed=False, offset=offset)
+                except pl.exceptions.PolarsError as exc:
+                    raise _structure_error(path, sep, len(layout.names), exc) from None
+            offset += len(lines)
+            yield df
+
+
+# -- parquet ------------------------------------------------------------------------------
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    head = _head_bytes(path)
+    if not head.startswith(b"PAR1"):
+        raise SpectraFileError(path, "not a Parquet file: it does not start with the 'PAR1' magic bytes")
+    try:
+        return list(pl.read_parquet_schema(path))
+    except Exception as exc:  # polars raises several types for a damaged footer
+        raise SpectraFileError(path, f"not a readable Parquet file (truncated or corrupt): {str(exc).splitlines()[0]}") from None
+
+
+def _read_parquet(path: Path, *, offset: int = 0, length: int | None = None) -> pl.DataFrame:
+    try:
+        lf = pl.scan_parquet(path).with_row_index(_ROW)
+        if length is not None:
+            lf = lf.slice(offset, length)
+        return lf.collect()
+    except Exception as exc:
+        raise SpectraFileError(path, f"not a readable Parquet file (truncated or corrupt): {str(exc).splitlines()[0]}") from None
+
+
+def _parquet_rows(path: Path) -> int:
+    try:
+        return int(pl.scan_parquet(path).select(pl.len()).collect().item())
+    except Exception as exc:
+        raise SpectraFileError(path, f"not a readable Parquet file (truncated or corrupt): {str(exc).splitlines()[0]}") from None
+
+
+# -- public API ---------------------------------------------------------------------------
+
+
+def _prepare(path, id_column, target_column, separator):
+    path = Path(path)
+    kind = _kind(path)
+    if kind == "text":
+        names, sep = _text_header(path, separator)
+    elif kind == "parquet":
+        names, sep = _parquet_columns(path), None
+    else:
+        return path, kind, None, None
+    return path, kind, sep, _layout(path, names, id_column, target_column)
+
+
+def _no_rows(path: Path) -> SpectraFileError:
+    return SpectraFileError(path, "has a header but no data rows")
+
+
+def read_spectra(
+    path,
+    *,
+    id_column: str | None = "sample_id",
+    target_column: str | None = None,
+    separator: str | None = None,
+    task: str | None = None,
+    name: str | None = None,
+) -> SpectraDataset:
+    """Read a whole spectra file (or a folder of JCAMP-DX files) into one dataset.
+
+    id_column: the column of sample ids; None numbers the rows ("1", "2", ...) instead.
+    target_column: the column of targets (numbers, or class labels); None reads no targets.
+    task: "regression" or "classification" to force how targets are read (class codes that
+    look like numbers need "classification").
+    """
+    path, kind, sep, layout = _prepare(path, id_column, target_column, separator)
+    name = name or path.stem
+    if kind == "jcamp":
+        from nirs.jcampdx import read_jcamp
+
+        return read_jcamp(path, target_column=target_column, task=task, name=name)
+    df = _read_text_frame(path, sep, layout) if kind == "text" else _read_parquet(path)
+    df = _drop_blank_rows(df)
+    if df.height == 0:
+        raise _no_rows(path)
+    return _Converter(path, layout, task, name)(df)
+
+
+def iter_spectra_chunks(
+    path,
+    *,
+    chunk_rows: int = 10_000,
+    id_column: str | None = "sample_id",
+    target_column: str | None = None,
+    separator: str | None = None,
+    task: str | None = None,
+    name: str | None = None,
+) -> Iterator[SpectraDataset]:
+    """Yield the file as datasets of at most `chunk_rows` samples, holding one chunk at a time.
+
+    Chunks are named "<name>[rows a-b]" with 1-based data rows; ids are checked for
+    duplicates across the whole file. Text files are cut at line ends; Parquet files are
+    sliced (row groups outside the slice are not read); a JCAMP-DX folder is read
+    `chunk_rows` files at a time.
+    """
+    if int(chunk_rows) < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows!r}")
+    chunk_rows = int(chunk_rows)
+    path, kind, sep, layout = _prepare(path, id_column, target_column, separator)
+    name = name or path.stem
+    if kind == "jcamp":
+        from nirs.jcampdx import iter_jcamp
+
+        yield from iter_jcamp(path, chunk_rows=chunk_rows, target_column=target_column, task=task, name=name)
+        return
+    convert = _Converter(path, layout, task, name)
+    if kind == "text":
+        frames = _text_chunks(path, sep, layout, chunk_rows)
+    else:
+        total = _parquet_rows(path)
+        frames = (_read_parquet(path, offset=o, length=chunk_rows) for o in range(0, total, chunk_rows))
+    produced = False
+    for df in frames:
+        df = _drop_blank_rows(df)
+        if df.height == 0:
+            continue
+        first, last = int(df[_ROW][0]) + 1, int(df[_ROW][-1]) + 1
+        produced = True
+        yield convert(df, f"{name}[rows {first}-{last}]")
+    if not produced:
+        raise _no_rows(path)

@@ -1,0 +1,215 @@
+import contextlib
+import io
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import jcamp
+import numpy as np
+import polars as pl
+import pytest
+
+from nirs.datasets import load_tablet
+from nirs.readers import SpectraFileError, iter_spectra_chunks, read_spectra
+
+WL = [1000, 1002, 1004]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def csv_text(rows, header="sample_id,protein,batch,1000,1002,1004", sep=","):
+    return "\n".join([header.replace(",", sep)] + [r.replace(",", sep) for r in rows]) + "\n"
+
+
+GOOD = ["a,10.5,b1,0.1,0.2,0.3", "b,11.0,b1,0.2,0.3,0.4", "c,12.5,b2,0.3,0.4,0.5"]
+
+
+def assert_error(path, match, **kw):
+    with pytest.raises(SpectraFileError, match=match) as info:
+        read_spectra(path, **kw)
+    assert str(path) in str(info.value)
+    return info.value
+
+
+# -- good files --------------------------------------------------------------------------
+
+
+def test_wide_csv_with_id_target_and_metadata(tmp_path):
+    ds = read_spectra(write(tmp_path / "s.csv", csv_text(GOOD)), target_column="protein")
+    np.testing.assert_array_equal(ds.wavelengths, WL)
+    np.testing.assert_array_equal(ds.X, [[0.1, 0.2, 0.3], [0.2, 0.3, 0.4], [0.3, 0.4, 0.5]])
+    assert list(ds.sample_ids) == ["a", "b", "c"] and ds.y.tolist() == [10.5, 11.0, 12.5]
+    assert ds.metadata.columns == ["batch"] and ds.name == "s" and ds.task_type == "regression"
+
+
+def test_tsv_semicolons_padding_blank_lines_and_string_labels(tmp_path):
+    tsv = read_spectra(write(tmp_path / "s.tsv", csv_text(GOOD, sep="\t")), target_column="batch")
+    assert tsv.y.tolist() == ["b1", "b1", "b2"] and tsv.task_type == "classification"
+    padded = csv_text([" a ; 1 ; x ; 0.1 ; 0.2 ; 0.3", "b;2;y;1e-3;2E-3;-0.5"], header="sample_id; protein;batch; 1000;1002 ;1004")
+    ds = read_spectra(write(tmp_path / "p.csv", padded + "\n\n"), target_column="protein")
+    assert list(ds.sample_ids) == ["a", "b"] and ds.X[1].tolist() == [1e-3, 2e-3, -0.5]
+    numbered = read_spectra(write(tmp_path / "n.csv", "1000,1002\n1,2\n3,4\n"), id_column=None)
+    assert list(numbered.sample_ids) == ["1", "2"]
+
+
+def test_parquet_in_the_same_shape(tmp_path):
+    cal, _ = load_tablet()
+    frame = pl.DataFrame({"sample_id": cal.sample_ids, "y": cal.y}).hstack(
+        pl.DataFrame(cal.X, schema=[f"{w:g}" for w in cal.wavelengths])
+    )
+    frame.write_parquet(tmp_path / "tablet.parquet")
+    ds = read_spectra(tmp_path / "tablet.parquet", target_column="y")
+    np.testing.assert_array_equal(ds.X, cal.X)
+    np.testing.assert_array_equal(ds.wavelengths, cal.wavelengths)
+    assert ds.content_hash() == cal.content_hash()
+
+
+def _jdx(path: Path, x, y, **header):
+    with contextlib.redirect_stdout(io.StringIO()):  # jcamp.writefile prints progress
+        jcamp.writefile(str(path), {"title": path.stem.upper(), "x": np.asarray(x), "y": np.asarray(y), **header})
+    return path
+
+
+def test_jcamp_file_and_folder(tmp_path):
+    x = np.linspace(1100, 2500, 36)
+    one = read_spectra(_jdx(tmp_path / "s1.jdx", x, np.cos(x / 300), **{"$protein": 12.5}), target_column="protein")
+    np.testing.assert_allclose(one.wavelengths, x)
+    np.testing.assert_allclose(one.X[0], np.cos(x / 300), atol=1e-4)  # JCAMP keeps 4 decimals here
+    assert one.y.tolist() == [12.5] and one.metadata["title"].to_list() == ["S1"]
+
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    for k in range(3):
+        _jdx(folder / f"s{k}.dx", x, np.sin(x / 200) + k, **{"$protein": 10.0 + k})
+    ds = read_spectra(folder, target_column="protein")
+    assert list(ds.sample_ids) == ["s0", "s1", "s2"] and ds.y.tolist() == [10.0, 11.0, 12.0]
+    chunks = list(iter_spectra_chunks(folder, chunk_rows=2))
+    assert [len(c) for c in chunks] == [2, 1]
+
+    _jdx(folder / "s9.jdx", x[:-1], np.sin(x[:-1]))
+    with pytest.raises(SpectraFileError, match=r"s9.jdx: grid 1100-2460 \(35 points\) differs from s0.dx"):
+        read_spectra(folder)
+
+
+# -- bad files: each one named -----------------------------------------------------------
+
+
+def test_empty_and_header_only(tmp_path):
+    assert_error(write(tmp_path / "e.csv", ""), "the file is empty")
+    assert_error(write(tmp_path / "h.csv", "sample_id,1000,1002\n"), "has a header but no data rows")
+
+
+def test_non_numeric_cell_names_row_column_and_value(tmp_path):
+    rows = GOOD[:2] + ["c,12.5,b2,0.3,oops,0.5"]
+    err = assert_error(write(tmp_path / "bad.csv", csv_text(rows)), r"row 3, column '1002': not a number: 'oops'")
+    assert (err.row, err.column) == (3, "1002")
+
+
+def test_nan_inf_and_missing_cells(tmp_path):
+    assert_error(write(tmp_path / "nan.csv", csv_text(GOOD[:1] + ["b,1,x,NaN,1,1"])), r"row 2, column '1000': value .*nan.* is not finite")
+    assert_error(write(tmp_path / "inf.csv", csv_text(GOOD[:2] + ["c,1,x,1,1,inf"])), r"row 3, column '1004': value .*inf.* is not finite")
+    assert_error(write(tmp_path / "gap.csv", csv_text(["a,1,x,1,,1"])), r"row 1, column '1002': missing value")
+    assert_error(write(tmp_path / "y.csv", csv_text(["a,1,x,1,1,1", "b,,x,1,1,1"])), r"row 2, column 'protein': missing target value", target_column="protein")
+
+
+def test_duplicate_ids_name_both_rows(tmp_path):
+    rows = GOOD + ["b,1,x,1,1,1"]
+    assert_error(write(tmp_path / "dup.csv", csv_text(rows)), r"row 4, column 'sample_id': duplicate sample id 'b': also on row 2")
+
+
+def test_header_problems(tmp_path):
+    assert_error(write(tmp_path / "nowl.csv", "sample_id,protein\na,1\n"), r"no wavelength columns: expected column headers that are numbers")
+    assert_error(write(tmp_path / "dec.csv", "sample_id,1000,1004,1002\na,1,2,3\n"),
+                 r"column '1002': wavelength headers must increase from left to right; '1002' \(column 4\) follows '1004' \(column 3\)")
+    assert_error(write(tmp_path / "word.csv", "sample_id,1000,nm1002,1004\na,1,2,3\n"),
+                 r"column 'nm1002': header 'nm1002' \(column 3\) sits among the wavelength columns but is not a number")
+    assert_error(write(tmp_path / "noid.csv", "id,1000\na,1\n"), r"no id column 'sample_id' \(found: 'id', '1000'\); pass id_column=None")
+    assert_error(write(tmp_path / "notarget.csv", csv_text(GOOD)), r"no target column 'fat'", target_column="fat")
+    assert_error(write(tmp_path / "ragged.csv", "sample_id,1000,1002\na,1,2\nb,1,2,3\n"), r"row 2: 4 fields, but the header has 3 columns")
+
+
+def test_binary_garbage_truncated_parquet_and_unknown_files(tmp_path):
+    garbage = tmp_path / "garbage.csv"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    assert_error(garbage, r"not (a text file|UTF-8 text)")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("sample_id,1000\n\xe9chantillon,1\n".encode("latin-1"))
+    assert_error(latin, r"not UTF-8 text: byte 0xe9 at offset 15")
+
+    pl.DataFrame({"sample_id": ["a", "b"], "1000": [1.0, 2.0]}).write_parquet(tmp_path / "ok.parquet")
+    data = (tmp_path / "ok.parquet").read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(data[: len(data) // 2])
+    assert_error(tmp_path / "cut.parquet", r"not a readable Parquet file \(truncated or corrupt\)")
+    (tmp_path / "fake.parquet").write_text("sample_id,1000\n")
+    assert_error(tmp_path / "fake.parquet", "not a Parquet file")
+
+    assert_error(tmp_path / "missing.csv", "no such file")
+    assert_error(write(tmp_path / "s.xlsx", "x"), r"unsupported file type '.xlsx'")
+    assert_error(write(tmp_path / "junk.jdx", "hello\nworld\n"), r"not JCAMP-DX")
+    assert_error(write(tmp_path / "nodata.jdx", "##TITLE=x\n##END=\n"), r"no spectral data")
+
+
+def test_unreadable_file(tmp_path):
+    if os.geteuid() != 0:
+        path = write(tmp_path / "locked.csv", csv_text(GOOD))
+        path.chmod(0)
+        assert_error(path, "cannot be read: permission denied")
+        return
+    # root reads anything: take an unprivileged effective uid for the read, keep root's saved uid
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+        path = write(folder / "locked.csv", csv_text(GOOD))
+        path.chmod(0)
+        os.seteuid(65534)
+        try:
+            with pytest.raises(SpectraFileError, match="locked.csv: cannot be read: permission denied"):
+                read_spectra(path)
+        finally:
+            os.seteuid(0)
+    finally:
+        for p in folder.iterdir():
+            p.unlink()
+        folder.rmdir()
+
+
+def test_errors_pickle_with_their_fields(tmp_path):
+    err = SpectraFileError(tmp_path / "f.csv", "not a number: 'x'", row=4, column="1002")
+    back = pickle.loads(pickle.dumps(err))
+    assert (str(back), back.row, back.column) == (str(err), 4, "1002")
+    assert isinstance(back, ValueError)
+
+
+# -- chunks --------------------------------------------------------------------------------
+
+
+def test_chunks_equal_the_whole_read(tmp_path):
+    cal, _ = load_tablet()
+    cols = [f"{w:g}" for w in cal.wavelengths]
+    frame = pl.DataFrame({"sample_id": cal.sample_ids, "y": cal.y}).hstack(pl.DataFrame(cal.X, schema=cols))
+    frame.write_csv(tmp_path / "t.csv")
+    frame.write_parquet(tmp_path / "t.parquet", row_group_size=64)
+    whole = read_spectra(tmp_path / "t.csv", target_column="y")
+    for name in ("t.csv", "t.parquet"):
+        chunks = list(iter_spectra_chunks(tmp_path / name, chunk_rows=150, target_column="y"))
+        assert [len(c) for c in chunks] == [150, 150, 100]
+        assert chunks[1].name == "t[rows 151-300]"
+        np.testing.assert_array_equal(np.vstack([c.X for c in chunks]), whole.X)
+        np.testing.assert_array_equal(np.concatenate([c.y for c in chunks]), cal.y)
+
+
+def test_chunk_errors_name_the_file_row(tmp_path):
+    rows = [f"s{i},1,x,{i},1,1" for i in range(1, 11)]
+    rows[7] = "s8,1,x,1,bad,1"
+    path = write(tmp_path / "c.csv", csv_text(rows))
+    chunks = iter_spectra_chunks(path, chunk_rows=3)
+    assert len(next(chunks)) == 3 and len(next(chunks)) == 3
+    with pytest.raises(SpectraFileError, match=r"c.csv: row 8, column '1002': not a number: 'bad'"):
+        next(chunks)
+    dup = write(tmp_path / "d.csv", csv_text([f"s{i % 4},1,x,1,1,1" for i in range(6)]))
+    with pytest.raises(SpectraFileError, match=r"row 5, column 'sample_id': duplicate sample id 's0': also on row 1"):
+        list(iter_spectra_chunks(dup, chunk_rows=2))
