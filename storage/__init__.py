@@ -1,1 +1,19 @@
-"""nirsflow's workspace: a DuckDB store plus content-addressed artifacts. Never imports Prefect."""
+"""nirsflow's workspace: a DuckDB store plus content-addressed artifacts.
+
+Never imports Prefect, so a notebook or a script can use a workspace on its own::
+
+    from storage import WorkspaceStore
+    with WorkspaceStore("./workspace") as store:
+        print(store.top_predictions(5))
+"""
+
+from .errors import (ArtifactIntegrityError, InvalidInputError, LockTimeoutError, NotFoundError,
+                     ReplayError, SchemaVersionError, StoreError, WorkspaceCorruptError, WorkspaceError)
+from .maintenance import GcResult, VacuumResult, plan_gc
+from .workspace import WorkspaceStore
+
+__all__ = [
+    "WorkspaceStore", "GcResult", "VacuumResult", "plan_gc",
+    "StoreError", "InvalidInputError", "NotFoundError", "WorkspaceError", "WorkspaceCorruptError",
+    "SchemaVersionError", "LockTimeoutError", "ArtifactIntegrityError", "ReplayError",
+]

@@ -1,0 +1,59 @@
+"""Named pointers from a dataset to a chain (``production``, ``staging``...), with history.
+
+A retraining flow promotes a chain by moving the alias; scoring resolves the alias once
+per file, so a promotion never splits one file between two chains."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from .base import StoreBase, first, check_id, check_text, now
+from .errors import NotFoundError
+
+
+class AliasesMixin(StoreBase):
+    def set_alias(self, dataset_name: str, alias: str, chain_id: str, *,
+                  changed_by: str | None = None, reason: str | None = None) -> None:
+        check_text("dataset_name", dataset_name), check_text("alias", alias), check_id("chain", chain_id)
+        with self._db.writing() as con:
+            self._require(con, "chains", "chain_id", chain_id)
+            old = first(con.execute("SELECT chain_id FROM aliases WHERE dataset_name = ? AND alias = ?",
+                              [dataset_name, alias]))
+            stamp = now()
+            con.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?, ?)", [dataset_name, alias, chain_id, stamp])
+            con.execute("INSERT INTO alias_history VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [dataset_name, alias, chain_id, old[0] if old else None, stamp,
+                         check_text("changed_by", changed_by, optional=True),
+                         check_text("reason", reason, optional=True)])
+
+    def get_alias(self, dataset_name: str, alias: str = "production") -> str:
+        """The chain id the alias points at; ``NotFoundError`` when it points nowhere."""
+        check_text("dataset_name", dataset_name), check_text("alias", alias)
+        with self._db.reading() as con:
+            row = first(con.execute("SELECT a.chain_id, c.chain_id FROM aliases a LEFT JOIN chains c USING (chain_id) "
+                              "WHERE a.dataset_name = ? AND a.alias = ?", [dataset_name, alias]))
+        if row is None:
+            raise NotFoundError("alias", f"{dataset_name}/{alias}", self.path)
+        if row[1] is None:
+            raise NotFoundError("chain (of alias " f"{dataset_name}/{alias})", row[0], self.path)
+        return row[0]
+
+    def remove_alias(self, dataset_name: str, alias: str, *, changed_by: str | None = None,
+                     reason: str | None = None) -> None:
+        with self._db.writing() as con:
+            old = first(con.execute("SELECT chain_id FROM aliases WHERE dataset_name = ? AND alias = ?",
+                              [dataset_name, alias]))
+            if old is None:
+                raise NotFoundError("alias", f"{dataset_name}/{alias}", self.path)
+            con.execute("DELETE FROM aliases WHERE dataset_name = ? AND alias = ?", [dataset_name, alias])
+            con.execute("INSERT INTO alias_history VALUES (?, ?, NULL, ?, ?, ?, ?)",
+                        [dataset_name, alias, old[0], now(), changed_by, reason])
+
+    def list_aliases(self) -> pl.DataFrame:
+        return self._frame("SELECT * FROM aliases ORDER BY dataset_name, alias")
+
+    def alias_history(self, dataset_name: str | None = None) -> pl.DataFrame:
+        if dataset_name is None:
+            return self._frame("SELECT * FROM alias_history ORDER BY changed_at")
+        return self._frame("SELECT * FROM alias_history WHERE dataset_name = ? ORDER BY changed_at",
+                           [check_text("dataset_name", dataset_name)])

@@ -1,0 +1,140 @@
+"""Content-addressed artifact files: ``artifacts/<first 2 hex>/<sha256>.<format>``.
+
+Files only; the ``artifacts`` table lives in the store. Three rules:
+
+* a file under its final name is always complete: bytes go to a temporary file in the
+  same folder, are fsynced, and renamed into place (then the folder is fsynced);
+* nothing is trusted blindly: a load re-hashes the bytes before unpickling;
+* nothing here decides liveness: the store does, from its tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import joblib
+
+from .atomic import fsync_folder
+from .errors import ArtifactIntegrityError, InvalidInputError
+
+FORMATS = ("joblib",)
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+TEMP_PREFIX = ".tmp-"
+
+
+def serialize(obj: Any, format: str = "joblib") -> bytes:
+    if format not in FORMATS:
+        raise InvalidInputError(f"unknown artifact format {format!r}; expected one of {FORMATS}")
+    buffer = io.BytesIO()
+    joblib.dump(obj, buffer)
+    return buffer.getvalue()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def relative_path(artifact_id: str, format: str) -> str:
+    return f"artifacts/{artifact_id[:2]}/{artifact_id}.{format}"
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """Bytes written and fsynced beside their final name, not yet renamed into place."""
+
+    temp: Path
+    final: Path
+
+
+class ArtifactFiles:
+    def __init__(self, workspace: Path) -> None:
+        self.workspace = Path(workspace)
+        self.root = self.workspace / "artifacts"
+
+    def path(self, artifact_id: str, format: str) -> Path:
+        return self.workspace / relative_path(artifact_id, format)
+
+    def stage(self, artifact_id: str, format: str, data: bytes) -> StagedFile:
+        """Write `data` to a fsynced temporary file in the artifact's folder (no lock needed)."""
+        final = self.path(artifact_id, format)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=final.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        return StagedFile(Path(temp), final)
+
+    def publish(self, staged: StagedFile, artifact_id: str) -> None:
+        """Rename the staged file into place (replacing a damaged copy, if any)."""
+        os.replace(staged.temp, staged.final)
+        fsync_folder(staged.final.parent)
+
+    def is_sound(self, path: Path, artifact_id: str) -> bool:
+        try:
+            return _hash_file(path) == artifact_id
+        except OSError:
+            return False
+
+    def read_verified(self, artifact_id: str, format: str) -> bytes:
+        path = self.path(artifact_id, format)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ArtifactIntegrityError(f"artifact file {path} is missing (artifact {artifact_id})") from None
+        found = sha256(data)
+        if found != artifact_id:
+            raise ArtifactIntegrityError(
+                f"artifact file {path} is corrupt: its bytes hash to {found}, expected {artifact_id}; "
+                "it was not loaded"
+            )
+        return data
+
+    def load(self, artifact_id: str, format: str) -> Any:
+        data = self.read_verified(artifact_id, format)
+        return joblib.load(io.BytesIO(data))
+
+    def remove(self, artifact_id: str, format: str) -> None:
+        self.path(artifact_id, format).unlink(missing_ok=True)
+
+    def scan(self) -> Iterator[tuple[Path, str | None, float]]:
+        """Every file under artifacts/: (path, artifact id or None for temporaries, mtime)."""
+        if not self.root.is_dir():
+            return
+        for shard in os.scandir(self.root):
+            if not shard.is_dir():
+                continue
+            for entry in os.scandir(shard.path):
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                stem = entry.name.split(".", 1)[0]
+                artifact_id = stem if _HASH.match(stem) else None
+                try:
+                    mtime = entry.stat().st_mtime
+                except FileNotFoundError:
+                    continue  # removed while we looked
+                yield Path(entry.path), artifact_id, mtime
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def age_seconds(mtime: float) -> float:
+    return time.time() - mtime

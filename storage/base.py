@@ -1,0 +1,130 @@
+"""What every part of the store shares: the workspace folder, the connector, the clock,
+JSON and argument checks. The ``WorkspaceStore`` facade is assembled from the parts."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from .artifacts import ArtifactFiles
+from .connection import Connector
+from .errors import InvalidInputError, NotFoundError
+
+#: Which way each known metric points: True when lower is better.
+LOWER_IS_BETTER = {
+    "rmse": True, "mse": True, "mae": True, "bias": True, "sep": True, "rmsecv": True,
+    "rmsep": True, "log_loss": True, "logloss": True,
+    "r2": False, "accuracy": False, "balanced_accuracy": False, "f1": False, "rpd": False,
+    "precision": False, "recall": False, "roc_auc": False,
+}
+PARTITIONS = ("train", "val", "test")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def first(cursor) -> tuple | None:
+    """The first row of a result, or None. Reads the result to its end: in DuckDB 2 an
+    unfinished result blocks its connection for some later calls."""
+    rows = cursor.fetchall()
+    return rows[0] if rows else None
+
+
+def now() -> datetime:
+    """UTC, without tzinfo: every timestamp in the store is UTC."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (Path, datetime)):
+        return str(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def to_json(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, default=_json_default, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{name} cannot be stored as JSON: {exc}") from exc
+
+
+def from_json(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def check_id(kind: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError(f"{kind} id must be a non-empty string, got {value!r}")
+    return value
+
+
+def check_text(name: str, value: Any, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_score(name: str, value: Any) -> float | None:
+    """A score is a finite number or None (missing); never NaN, never silently 0.0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidInputError(f"{name} must be a number or None, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise InvalidInputError(f"{name} must be finite, got {value}; pass None for a missing score")
+    return value
+
+
+def check_int(name: str, value: Any, *, optional: bool = True) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidInputError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+class StoreBase:
+    """State shared by the parts of the facade."""
+
+    path: Path
+    db_path: Path
+    files: ArtifactFiles
+    _db: Connector
+
+    def _require(self, con, table: str, key: str, value: str) -> tuple:
+        row = first(con.execute(f"SELECT * FROM {table} WHERE {key} = ?", [value]))
+        if row is None:
+            raise NotFoundError(table.rstrip("s"), value, self.path)
+        return row
+
+    def _one_dict(self, con, sql: str, params: list, kind: str, key: str) -> dict:
+        cur = con.execute(sql, params)
+        row = first(cur)
+        if row is None:
+            raise NotFoundError(kind, key, self.path)
+        return dict(zip([d[0] for d in cur.description], row))
+
+    def _frame(self, sql: str, params: list | None = None) -> pl.DataFrame:
+        # Columns come from the query's schema, so an empty result has the same columns.
+        with self._db.reading() as con:
+            return con.sql(sql, params=params or None).pl()

@@ -1,0 +1,51 @@
+"""The errors a user of the store can catch.
+
+Each carries one message that names what is wrong (the workspace, the id, the file,
+expected vs found), so a caller never has to dig through a DuckDB traceback.
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of every error the workspace store raises on purpose."""
+
+
+class InvalidInputError(StoreError, ValueError):
+    """An argument has the wrong type, shape or value; nothing was written."""
+
+
+class NotFoundError(StoreError, KeyError):
+    """An id (run, pipeline, chain, prediction, artifact) is not in the workspace."""
+
+    def __init__(self, kind: str, key: str, workspace: object = None) -> None:
+        where = f" in workspace {workspace}" if workspace is not None else ""
+        self.kind, self.key = kind, key
+        super().__init__(f"unknown {kind} id {key!r}{where}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class WorkspaceError(StoreError):
+    """The workspace itself cannot be used (a file where a folder should be, ...)."""
+
+
+class WorkspaceCorruptError(WorkspaceError):
+    """``store.duckdb`` exists but is not a readable DuckDB database."""
+
+
+class SchemaVersionError(WorkspaceError):
+    """The workspace was written by a newer nirsflow; it is left untouched."""
+
+
+class LockTimeoutError(StoreError, TimeoutError):
+    """Waiting for the workspace lock took longer than the configured timeout."""
+
+
+class ArtifactIntegrityError(StoreError):
+    """An artifact file is missing, or its bytes no longer hash to its id."""
+
+
+class ReplayError(StoreError, ValueError):
+    """New data cannot be replayed through a chain (feature count, wavelength grid)."""

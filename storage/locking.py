@@ -1,0 +1,220 @@
+"""Inter-process workspace locks: shared for reads, exclusive for writes.
+
+DuckDB lets one process write a file and refuses even read-only opens while it does, so
+every process that touches a workspace first takes this lock. The primitive is
+portalocker's flock/LockFileEx; on top of it sit the three things a plain flock lacks:
+
+* a bounded wait that ends in an error naming the workspace and who holds it
+  (each holder leaves a small JSON note in ``holders/``);
+* a way for a holder to see that someone is waiting (each waiter leaves a note in
+  ``waiters/``), so a busy process hands the workspace over instead of starving others;
+* politeness: a process that just handed over waits for the waiters it saw before it
+  takes the lock again, so hand-over is not a race the releaser always wins.
+
+A ``MemoryLock`` with the same protocol serves single-process use and tests, after
+Prefect's own ``locking/`` (a Protocol with memory and file implementations).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Literal, Protocol
+
+import portalocker
+
+from .errors import LockTimeoutError
+
+Mode = Literal["shared", "exclusive"]
+_FLAGS = {"shared": portalocker.LockFlags.SHARED, "exclusive": portalocker.LockFlags.EXCLUSIVE}
+
+
+class WorkspaceLock(Protocol):
+    def acquire(self, mode: Mode) -> None: ...
+    def release(self, *, handing_over: bool = False) -> None: ...
+    def others_waiting(self) -> bool: ...
+
+
+class MemoryLock:
+    """The protocol for one process: a readers-writer lock that nobody else can see."""
+
+    def __init__(self, timeout: float = 30.0) -> None:
+        self.timeout = timeout
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    def acquire(self, mode: Mode) -> None:
+        def free() -> bool:
+            return not self._writer and (mode == "shared" or self._readers == 0)
+
+        with self._cond:
+            if not self._cond.wait_for(free, timeout=self.timeout):
+                raise LockTimeoutError(f"in-memory workspace lock not free after {self.timeout:.1f} s")
+            if mode == "shared":
+                self._readers += 1
+            else:
+                self._writer = True
+
+    def release(self, *, handing_over: bool = False) -> None:
+        with self._cond:
+            if self._writer:
+                self._writer = False
+            else:
+                self._readers -= 1
+            self._cond.notify_all()
+
+    def others_waiting(self) -> bool:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FileLock:
+    """Shared/exclusive lock on ``<folder>/lock`` with holder and waiter notes beside it.
+
+    Not re-entrant and not thread-safe on its own: the connection layer serialises the
+    threads of one process in front of it.
+    """
+
+    def __init__(self, folder: Path, *, timeout: float = 30.0, workspace: object = None) -> None:
+        self.folder = Path(folder)
+        self.timeout = timeout
+        self.workspace = workspace if workspace is not None else self.folder.parent
+        self._holders = self.folder / "holders"
+        self._waiters = self.folder / "waiters"
+        self._file = None
+        self._mode: Mode | None = None
+        self._pid = os.getpid()
+        self._handed_to: set[str] = set()  # waiters seen when we last handed over
+
+    # -- notes ---------------------------------------------------------------
+    def _ensure_folders(self) -> None:
+        if not self._waiters.is_dir():
+            self._holders.mkdir(parents=True, exist_ok=True)
+            self._waiters.mkdir(parents=True, exist_ok=True)
+
+    def _note_name(self) -> str:
+        return f"{os.getpid()}-{threading.get_ident()}"
+
+    def _write_note(self, folder: Path, mode: Mode) -> Path:
+        note = folder / self._note_name()
+        note.write_text(json.dumps({
+            "pid": os.getpid(), "host": socket.gethostname(), "mode": mode,
+            "since": time.time(), "command": " ".join(sys.argv[:3])[:200],
+        }))
+        return note
+
+    def _other_notes(self, folder: Path) -> set[str]:
+        mine = f"{os.getpid()}-"
+        try:
+            return {n for n in os.listdir(folder) if not n.startswith(mine)}
+        except FileNotFoundError:
+            return set()
+
+    def holders(self) -> list[dict]:
+        """Who holds the lock now, as far as their notes say (dead processes left out)."""
+        found = []
+        for name in self._other_notes(self._holders):
+            try:
+                note = json.loads((self._holders / name).read_text())
+            except (OSError, ValueError):
+                continue  # a note being written or removed right now
+            if _pid_alive(int(note.get("pid", -1))) or note.get("host") != socket.gethostname():
+                found.append(note)
+        return found
+
+    def others_waiting(self) -> bool:
+        return bool(self._other_notes(self._waiters))
+
+    # -- acquire / release ---------------------------------------------------
+    def acquire(self, mode: Mode) -> None:
+        if self._file is not None:
+            raise RuntimeError("FileLock.acquire called while already held")
+        self._ensure_folders()
+        deadline = time.monotonic() + self.timeout
+        self._let_handed_over_waiters_go(deadline)
+        fh = open(self.folder / "lock", "a+b")
+        waiter_note: Path | None = None
+        pause = 0.0005
+        try:
+            while True:
+                try:
+                    portalocker.lock(fh, _FLAGS[mode] | portalocker.LockFlags.NON_BLOCKING)
+                    break
+                except portalocker.AlreadyLocked:
+                    pass
+                if waiter_note is None:
+                    waiter_note = self._write_note(self._waiters, mode)
+                if time.monotonic() >= deadline:
+                    raise LockTimeoutError(self._timeout_message(mode))
+                time.sleep(pause)
+                pause = min(pause * 1.5, 0.005)
+        except BaseException:
+            fh.close()
+            raise
+        finally:
+            if waiter_note is not None:
+                waiter_note.unlink(missing_ok=True)
+        self._file, self._mode = fh, mode
+        self._write_note(self._holders, mode)
+
+    def _let_handed_over_waiters_go(self, deadline: float) -> None:
+        # After we handed the workspace over, give the processes we handed it to a moment
+        # to take it; without this the releaser usually wins the next race.
+        if not self._handed_to:
+            return
+        give_up = min(deadline, time.monotonic() + 0.25)
+        while time.monotonic() < give_up and self._handed_to & self._other_notes(self._waiters):
+            time.sleep(0.0005)
+        self._handed_to = set()
+
+    def release(self, *, handing_over: bool = False) -> None:
+        if self._file is None:
+            return
+        if handing_over:
+            self._handed_to = self._other_notes(self._waiters)
+        (self._holders / self._note_name()).unlink(missing_ok=True)
+        try:
+            portalocker.unlock(self._file)
+        finally:
+            self._file.close()
+            self._file, self._mode = None, None
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's lock without unlocking it (flock locks are
+        shared with the parent's open file description; unlocking would free *its* lock)."""
+        if self._file is not None:
+            _leaked_after_fork.append(self._file)
+        self._file, self._mode, self._handed_to = None, None, set()
+
+    def _timeout_message(self, mode: Mode) -> str:
+        holders = self.holders()
+        if holders:
+            who = "; ".join(
+                f"pid {h.get('pid')} on {h.get('host')} ({h.get('mode')}, "
+                f"for {time.time() - float(h.get('since', time.time())):.1f} s: {h.get('command')})"
+                for h in holders
+            )
+        else:
+            who = "an unknown process (no holder note)"
+        return (f"workspace {self.workspace} is locked: waited {self.timeout:.1f} s for a "
+                f"{mode} lock; held by {who}")
+
+
+# File objects inherited from a parent process: kept referenced so that garbage
+# collection never closes (and so unlocks) the parent's lock from the child.
+_leaked_after_fork: list = []

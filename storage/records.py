@@ -1,0 +1,190 @@
+"""Runs, pipelines and logs: the lifecycle rows of the store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from .base import (LOG_LEVELS, StoreBase, check_id, check_int, check_score, check_text, from_json,
+                   new_id, now, to_json)
+from .errors import InvalidInputError
+
+RUN_FINAL = ("completed", "failed", "crashed", "cancelled")
+
+
+class RecordsMixin(StoreBase):
+    # -- runs ------------------------------------------------------------------
+    def begin_run(self, name: str, config: Any = None, datasets: list | None = None, *,
+                  flow_run_id: str | None = None, tags: list[str] | None = None) -> str:
+        """Create a run in status ``running`` and return its id."""
+        check_text("run name", name)
+        row = [new_id(), name, "running", to_json("config", config), to_json("datasets", datasets or []),
+               now(), check_text("flow_run_id", flow_run_id, optional=True), to_json("tags", tags or [])]
+        with self._db.writing() as con:
+            con.execute("INSERT INTO runs (run_id, name, status, config, datasets, created_at, "
+                        "flow_run_id, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+        return row[0]
+
+    def complete_run(self, run_id: str, summary: dict | None = None) -> None:
+        self._finish_run(run_id, "completed", summary=summary, error=None)
+
+    def fail_run(self, run_id: str, error: str, *, status: str = "failed") -> None:
+        """Mark a run failed (or ``crashed``/``cancelled``) with its reason; pipelines still
+        running under it are marked failed too, since nothing will finish them."""
+        if status not in ("failed", "crashed", "cancelled"):
+            raise InvalidInputError(f"fail_run status must be failed, crashed or cancelled, got {status!r}")
+        self._finish_run(run_id, status, summary=None, error=str(error))
+
+    def _finish_run(self, run_id: str, status: str, *, summary, error) -> None:
+        check_id("run", run_id)
+        summary_json = to_json("summary", summary)
+        with self._db.writing() as con:
+            self._require(con, "runs", "run_id", run_id)
+            con.execute("UPDATE runs SET status = ?, summary = coalesce(?, summary), error = ?, "
+                        "completed_at = ? WHERE run_id = ?", [status, summary_json, error, now(), run_id])
+            if status != "completed":
+                con.execute("UPDATE pipelines SET status = 'failed', error = ?, completed_at = ? "
+                            "WHERE run_id = ? AND status = 'running'",
+                            [f"run {status}: {error}", now(), run_id])
+
+    def get_run(self, run_id: str) -> dict:
+        check_id("run", run_id)
+        with self._db.reading() as con:
+            row = self._one_dict(con, "SELECT * FROM runs WHERE run_id = ?", [run_id], "run", run_id)
+        for field in ("config", "datasets", "summary", "tags"):
+            row[field] = from_json(row[field])
+        return row
+
+    def list_runs(self, status: str | None = None, dataset: str | None = None,
+                  limit: int = 100, offset: int = 0) -> pl.DataFrame:
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?"), params.append(check_text("status", status))
+        if dataset is not None:
+            where.append("list_contains(json_extract_string(datasets, '$[*].name'), ?)")
+            params.append(check_text("dataset", dataset))
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_at DESC, run_id LIMIT ? OFFSET ?"
+        return self._frame(sql, params + [check_int("limit", limit), check_int("offset", offset)])
+
+    # -- pipelines -------------------------------------------------------------
+    def begin_pipeline(self, run_id: str, name: str, expanded_config: Any = None,
+                       generator_choices: list | None = None, dataset_name: str = "",
+                       dataset_hash: str | None = None, *, flow_run_id: str | None = None,
+                       task_run_id: str | None = None) -> str:
+        check_id("run", run_id)
+        check_text("pipeline name", name)
+        check_text("dataset_name", dataset_name)
+        pipeline_id = new_id()
+        row = [pipeline_id, run_id, name, "running", to_json("expanded_config", expanded_config),
+               to_json("generator_choices", generator_choices or []), dataset_name,
+               check_text("dataset_hash", dataset_hash, optional=True), now(),
+               check_text("flow_run_id", flow_run_id, optional=True),
+               check_text("task_run_id", task_run_id, optional=True)]
+        with self._db.writing() as con:
+            self._require(con, "runs", "run_id", run_id)
+            con.execute("INSERT INTO pipelines (pipeline_id, run_id, name, status, expanded_config, "
+                        "generator_choices, dataset_name, dataset_hash, created_at, flow_run_id, "
+                        "task_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+        return pipeline_id
+
+    def complete_pipeline(self, pipeline_id: str, best_val: float | None = None,
+                          best_test: float | None = None, metric: str | None = None,
+                          duration_ms: int | None = None) -> None:
+        check_id("pipeline", pipeline_id)
+        params = [check_score("best_val", best_val), check_score("best_test", best_test),
+                  check_text("metric", metric, optional=True), check_int("duration_ms", duration_ms),
+                  now(), pipeline_id]
+        with self._db.writing() as con:
+            self._require(con, "pipelines", "pipeline_id", pipeline_id)
+            con.execute("UPDATE pipelines SET status = 'completed', best_val = ?, best_test = ?, "
+                        "metric = ?, duration_ms = ?, completed_at = ?, error = NULL "
+                        "WHERE pipeline_id = ?", params)
+
+    def fail_pipeline(self, pipeline_id: str, error: str) -> None:
+        """Mark a pipeline failed with its error (also in the logs table) and drop its
+        chains, so that its artifacts are no longer kept alive by it. Its predictions
+        stay, detached from the dropped chains, as a record of what was scored."""
+        check_id("pipeline", pipeline_id)
+        error = str(error)
+        with self._db.writing() as con:
+            row = self._require(con, "pipelines", "pipeline_id", pipeline_id)
+            run_id = row[1]
+            con.execute("UPDATE pipelines SET status = 'failed', error = ?, completed_at = ? "
+                        "WHERE pipeline_id = ?", [error, now(), pipeline_id])
+            self._drop_chains(con, "pipeline_id = ?", [pipeline_id])
+            con.execute("UPDATE predictions SET chain_id = NULL WHERE pipeline_id = ? "
+                        "AND chain_id IS NOT NULL", [pipeline_id])
+            self._insert_log(con, run_id, pipeline_id, None, None, "error", None, error, None, "error")
+
+    def _drop_chains(self, con, where: str, params: list) -> None:
+        ids = [r[0] for r in con.execute(f"SELECT chain_id FROM chains WHERE {where}", params).fetchall()]
+        if ids:
+            con.execute("DELETE FROM chain_artifacts WHERE list_contains(?, chain_id)", [ids])
+            con.execute("DELETE FROM chains WHERE list_contains(?, chain_id)", [ids])
+            self._forget_chains(ids)
+        self._db.conn_cache.pop("known", None)
+
+    def get_pipeline(self, pipeline_id: str) -> dict:
+        check_id("pipeline", pipeline_id)
+        with self._db.reading() as con:
+            row = self._one_dict(con, "SELECT * FROM pipelines WHERE pipeline_id = ?", [pipeline_id],
+                                 "pipeline", pipeline_id)
+        for field in ("expanded_config", "generator_choices"):
+            row[field] = from_json(row[field])
+        return row
+
+    def list_pipelines(self, run_id: str | None = None, dataset_name: str | None = None,
+                       status: str | None = None) -> pl.DataFrame:
+        where, params = [], []
+        for column, value in (("run_id", run_id), ("dataset_name", dataset_name), ("status", status)):
+            if value is not None:
+                where.append(f"{column} = ?"), params.append(check_text(column, value))
+        sql = "SELECT * FROM pipelines" + (" WHERE " + " AND ".join(where) if where else "")
+        return self._frame(sql + " ORDER BY created_at DESC, pipeline_id", params)
+
+    # -- logs ------------------------------------------------------------------
+    def log_step(self, pipeline_id: str | None, step_idx: int | None = None,
+                 operator_class: str | None = None, event: str = "info",
+                 duration_ms: int | None = None, message: str | None = None,
+                 details: dict | None = None, level: str = "info", *, run_id: str | None = None) -> str:
+        """Record a structured log entry for a pipeline step (or, with ``run_id`` and no
+        pipeline, for the run as a whole)."""
+        if pipeline_id is None and run_id is None:
+            raise InvalidInputError("log_step needs a pipeline_id or a run_id")
+        if level not in LOG_LEVELS:
+            raise InvalidInputError(f"log level must be one of {LOG_LEVELS}, got {level!r}")
+        check_text("event", event)
+        details_json = to_json("details", details)
+        with self._db.writing() as con:
+            if pipeline_id is not None:
+                row = self._require(con, "pipelines", "pipeline_id", check_id("pipeline", pipeline_id))
+                run_id = row[1]
+            else:
+                self._require(con, "runs", "run_id", check_id("run", run_id))
+            return self._insert_log(con, run_id, pipeline_id, check_int("step_idx", step_idx),
+                                    check_text("operator_class", operator_class, optional=True),
+                                    event, check_int("duration_ms", duration_ms),
+                                    check_text("message", message, optional=True), details_json, level)
+
+    def _insert_log(self, con, run_id, pipeline_id, step_idx, operator_class, event, duration_ms,
+                    message, details_json, level) -> str:
+        log_id = new_id()
+        con.execute("INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [log_id, run_id, pipeline_id, step_idx, operator_class, event, duration_ms,
+                     message, details_json, level, now()])
+        return log_id
+
+    def get_logs(self, pipeline_id: str | None = None, run_id: str | None = None,
+                 level: str | None = None) -> pl.DataFrame:
+        where, params = [], []
+        for column, value in (("pipeline_id", pipeline_id), ("run_id", run_id), ("level", level)):
+            if value is not None:
+                where.append(f"{column} = ?"), params.append(check_text(column, value))
+        sql = "SELECT * FROM logs" + (" WHERE " + " AND ".join(where) if where else "")
+        return self._frame(sql + " ORDER BY created_at, log_id", params)
+
+    def get_pipeline_log(self, pipeline_id: str) -> pl.DataFrame:
+        """The spec's original name for the logs of one pipeline."""
+        return self.get_logs(pipeline_id=check_id("pipeline", pipeline_id))

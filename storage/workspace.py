@@ -1,0 +1,144 @@
+"""``WorkspaceStore``: the facade over one workspace folder.
+
+    workspace/
+    ├── store.duckdb          all structured data
+    ├── artifacts/ab/<sha256>.joblib
+    ├── exports/              on-demand exports
+    ├── library/templates/    pipeline templates
+    └── .nirsflow/            the inter-process lock and its holder/waiter notes
+
+The facade holds no connection of its own between calls: see ``connection.py``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import replay as replaying
+from .artifacts import ArtifactFiles
+from .chains import ChainsMixin
+from .connection import Connector
+from .errors import WorkspaceCorruptError, WorkspaceError
+from .exports import ExportsMixin
+from .locking import FileLock
+from .maintenance import MaintenanceMixin
+from .predictions import PredictionsMixin
+from .records import RecordsMixin
+from .aliases import AliasesMixin
+from . import schema
+from .base import now
+
+DB_NAME = "store.duckdb"
+_DUCKDB_MAGIC = b"DUCK"
+
+
+class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMixin,
+                     ExportsMixin, AliasesMixin):
+    """All persistence of one workspace.
+
+    Args:
+        path: the workspace folder (created if missing).
+        lock_timeout: seconds to wait for another process before ``LockTimeoutError``.
+        idle: seconds a connection is kept after a call, for the next call of a burst.
+    """
+
+    def __init__(self, path: str | Path, *, lock_timeout: float = 60.0, idle: float = 0.05) -> None:
+        self.path = Path(path).expanduser().absolute()
+        self.db_path = self.path / DB_NAME
+        self._check_layout()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.files = ArtifactFiles(self.path)
+        self.lock = FileLock(self.path / ".nirsflow", timeout=lock_timeout, workspace=self.path)
+        self._db = Connector(self.db_path, self.lock, idle=idle)
+        self._db.flush = self._flush_predictions
+        self._pending_predictions, self._pending_arrays = [], []
+        self._artifact_cache: OrderedDict = OrderedDict()
+        self._chain_cache: OrderedDict = OrderedDict()
+        self._open_schema()
+        (self.path / "artifacts").mkdir(exist_ok=True)
+
+    def _check_layout(self) -> None:
+        # Everything that can be refused is refused before anything is created.
+        if self.path.exists() and not self.path.is_dir():
+            raise WorkspaceError(f"workspace path {self.path} is a file, expected a folder")
+        if self.db_path.is_dir():
+            raise WorkspaceError(f"{self.db_path} is a folder, expected a DuckDB file")
+        if self.db_path.exists():
+            with open(self.db_path, "rb") as fh:
+                head = fh.read(12)
+            if len(head) < 12 or head[8:12] != _DUCKDB_MAGIC:
+                raise WorkspaceCorruptError(
+                    f"{self.db_path} is not a DuckDB database (it starts with {head[:12]!r}); "
+                    "restore it from a backup or move it away. Nothing was changed.")
+
+    def _open_schema(self) -> None:
+        if self.db_path.exists():
+            with self._db.reading() as con:
+                version = schema.stored_version(con)
+            schema.check_version(version, self.path)
+            if version == schema.SCHEMA_VERSION:
+                return
+        with self._db.writing() as con:
+            schema.migrate(con, self.path, now())
+
+    # -- life ----------------------------------------------------------------------
+    @contextmanager
+    def batch(self) -> Iterator["WorkspaceStore"]:
+        """Every call inside runs in one write transaction: all of it lands, or none."""
+        with self._db.batch():
+            yield self
+
+    def release(self) -> None:
+        """Close the connection and free the workspace now, without waiting for the idle window."""
+        self._db.release()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "WorkspaceStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"WorkspaceStore({str(self.path)!r})"
+
+    @property
+    def schema_version(self) -> int:
+        with self._db.reading() as con:
+            return schema.stored_version(con)
+
+    def sql(self, query: str, params: list | None = None):
+        """Run a read-only query on the store and return a polars DataFrame."""
+        return self._frame(query, params)
+
+    # -- replay --------------------------------------------------------------------
+    def replay_chain(self, chain_id: str, X, wavelengths=None, *, return_proba: bool = False):
+        """Predict new spectra with a stored chain (see ``storage.replay`` for the rule).
+
+        Returns predictions; for a classifier with ``return_proba=True``, a
+        ``(labels, probabilities)`` pair whose columns follow ``get_chain(...)["classes"]``."""
+        chain = self._cached_chain(chain_id)
+        X = replaying.prepare_input(chain, X, wavelengths)
+        formats = self._chain_formats(chain)
+        pred, proba = replaying.run_chain(chain, X, lambda a: self._cached_artifact(a, formats.get(a)))
+        if return_proba:
+            if proba is None:
+                raise replaying.ReplayError(f"chain {chain_id} is a regression chain: it has no probabilities")
+            return pred, proba
+        return pred
+
+    def _chain_formats(self, chain: dict) -> dict[str, str]:
+        if "_formats" not in chain:
+            with self._db.reading() as con:
+                rows = con.execute("SELECT artifact_id, format FROM artifacts WHERE artifact_id IN "
+                                   "(SELECT artifact_id FROM chain_artifacts WHERE chain_id = ?)",
+                                   [chain["chain_id"]]).fetchall()
+            chain["_formats"] = dict(rows)
+        return chain["_formats"]
+
+
