@@ -9,11 +9,14 @@ Never imports Prefect, so a notebook or a script can use a workspace on its own:
 
 from .errors import (ArtifactIntegrityError, InvalidInputError, LockTimeoutError, NotFoundError,
                      ReplayError, SchemaVersionError, StoreError, WorkspaceCorruptError, WorkspaceError)
+from .chain_builder import ArtifactRegistry, ChainBuilder, record_trace
+from .library import PipelineLibrary
 from .maintenance import GcResult, VacuumResult, plan_gc
 from .workspace import WorkspaceStore
 
 __all__ = [
-    "WorkspaceStore", "GcResult", "VacuumResult", "plan_gc",
+    "WorkspaceStore", "ChainBuilder", "ArtifactRegistry", "record_trace", "PipelineLibrary",
+    "GcResult", "VacuumResult", "plan_gc",
     "StoreError", "InvalidInputError", "NotFoundError", "WorkspaceError", "WorkspaceCorruptError",
     "SchemaVersionError", "LockTimeoutError", "ArtifactIntegrityError", "ReplayError",
 ]

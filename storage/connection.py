@@ -224,7 +224,7 @@ class Connector:
                 if not self._active and (quiet >= self.idle or self.lock.others_waiting()):
                     self._disconnect(handing_over=quiet < self.idle)
                     return
-                self._wake.wait(timeout=max(min(self.idle - quiet, self.idle / 4), 0.002))
+                self._wake.wait(timeout=max(min(self.idle - quiet, 0.02), 0.002))
 
     def _disconnect(self, handing_over: bool = False) -> None:
         con, self._con, self._mode, self._in_transaction = self._con, None, None, False

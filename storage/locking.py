@@ -108,7 +108,9 @@ class FileLock:
             self._waiters.mkdir(parents=True, exist_ok=True)
 
     def _note_name(self) -> str:
-        return f"{os.getpid()}-{threading.get_ident()}"
+        # One name per lock object: two stores on one workspace in one process (or a
+        # store and a notebook's) are as much "others" to each other as two processes.
+        return f"{os.getpid()}-{id(self)}"
 
     def _write_note(self, folder: Path, mode: Mode) -> Path:
         note = folder / self._note_name()
@@ -119,9 +121,9 @@ class FileLock:
         return note
 
     def _other_notes(self, folder: Path) -> set[str]:
-        mine = f"{os.getpid()}-"
+        mine = self._note_name()
         try:
-            return {n for n in os.listdir(folder) if not n.startswith(mine)}
+            return {n for n in os.listdir(folder) if n != mine}
         except FileNotFoundError:
             return set()
 

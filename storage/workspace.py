@@ -57,7 +57,11 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
         self._pending_predictions, self._pending_arrays = [], []
         self._artifact_cache: OrderedDict = OrderedDict()
         self._chain_cache: OrderedDict = OrderedDict()
-        self._open_schema()
+        try:
+            self._open_schema()
+        except BaseException:
+            self._db.close()  # a refused workspace keeps no connection and no lock
+            raise
         (self.path / "artifacts").mkdir(exist_ok=True)
 
     def _check_layout(self) -> None:

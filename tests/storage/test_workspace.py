@@ -1,0 +1,167 @@
+"""Opening a workspace: layout, schema version and migrations, and the refusals that
+leave everything on disk as it was."""
+
+from __future__ import annotations
+
+import os
+
+import duckdb
+import pytest
+
+from storage import (InvalidInputError, LockTimeoutError, NotFoundError, SchemaVersionError,
+                     WorkspaceCorruptError, WorkspaceError, WorkspaceStore)
+from storage import schema
+
+
+def _snapshot(folder):
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_new_workspace_is_stamped_with_the_schema_version(tmp_path):
+    with WorkspaceStore(tmp_path / "ws") as store:
+        assert store.schema_version == schema.SCHEMA_VERSION
+        applied = store.sql("SELECT name FROM migrations ORDER BY name")["name"].to_list()
+        assert applied == [name for name, _ in schema.MIGRATIONS]
+        tables = set(store.sql("SELECT table_name FROM information_schema.tables")["table_name"])
+        assert {"runs", "pipelines", "chains", "predictions", "prediction_arrays", "artifacts",
+                "logs", "chain_artifacts"} <= tables
+
+
+def test_reopening_does_not_migrate_again(tmp_path):
+    WorkspaceStore(tmp_path / "ws").close()
+    before = (tmp_path / "ws" / "store.duckdb").stat().st_mtime_ns
+    with WorkspaceStore(tmp_path / "ws") as store:
+        assert store.list_runs().height == 0
+    assert (tmp_path / "ws" / "store.duckdb").stat().st_mtime_ns == before
+
+
+def test_a_workspace_from_a_newer_schema_is_refused_untouched(tmp_path):
+    WorkspaceStore(tmp_path / "ws").close()
+    con = duckdb.connect(str(tmp_path / "ws" / "store.duckdb"))
+    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(schema.SCHEMA_VERSION + 1)])
+    con.close()
+    before = _snapshot(tmp_path / "ws")
+    with pytest.raises(SchemaVersionError, match=f"schema version {schema.SCHEMA_VERSION + 1}.*upgrade nirsflow"):
+        WorkspaceStore(tmp_path / "ws")
+    after = _snapshot(tmp_path / "ws")
+    assert {p: v for p, v in after.items() if ".nirsflow" not in str(p)} == \
+           {p: v for p, v in before.items() if ".nirsflow" not in str(p)}
+
+
+def test_a_failed_migration_leaves_the_old_version(tmp_path, monkeypatch):
+    WorkspaceStore(tmp_path / "ws").close()
+
+    def broken(con):
+        con.execute("CREATE TABLE half_done (x INTEGER)")
+        raise RuntimeError("migration 0002 failed")
+
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS + [("0002_broken", broken)])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", len(schema.MIGRATIONS))
+    with pytest.raises(RuntimeError, match="migration 0002 failed"):
+        WorkspaceStore(tmp_path / "ws")
+    con = duckdb.connect(str(tmp_path / "ws" / "store.duckdb"), read_only=True)
+    assert schema.stored_version(con) == 1
+    assert not con.execute("SELECT count(*) FROM information_schema.tables "
+                           "WHERE table_name = 'half_done'").fetchall()[0][0]
+    con.close()
+
+
+def test_workspace_path_that_is_a_file(tmp_path):
+    target = tmp_path / "ws"
+    target.write_text("not a folder")
+    with pytest.raises(WorkspaceError, match=f"workspace path {target} is a file"):
+        WorkspaceStore(target)
+    assert target.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, this is not a database" * 10, os.urandom(4096)])
+def test_a_store_that_is_not_duckdb_is_refused_and_left_alone(tmp_path, content):
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    (folder / "store.duckdb").write_bytes(content)
+    with pytest.raises(WorkspaceCorruptError, match="store.duckdb is not a DuckDB database"):
+        WorkspaceStore(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["store.duckdb"]
+    assert (folder / "store.duckdb").read_bytes() == content
+
+
+def test_a_truncated_duckdb_file_is_reported_as_corrupt(tmp_path):
+    with WorkspaceStore(tmp_path / "ws") as store:
+        store.begin_run("r")
+    db = tmp_path / "ws" / "store.duckdb"
+    db.write_bytes(db.read_bytes()[:5000])
+    with pytest.raises((WorkspaceCorruptError, duckdb.Error)):
+        WorkspaceStore(tmp_path / "ws")
+
+
+def test_lock_timeout_names_workspace_and_holder(tmp_path):
+    holder = WorkspaceStore(tmp_path / "ws", idle=5)
+    waiter = WorkspaceStore(tmp_path / "ws", lock_timeout=0.3)
+    with holder.batch():
+        holder.begin_run("holding")
+        # the holder's own process: the note names this pid (other processes are tested
+        # in test_processes.py); the waiter is another FileLock, as another process is
+        with pytest.raises(LockTimeoutError, match=rf"workspace {tmp_path / 'ws'} is locked.*pid {os.getpid()}"):
+            waiter.list_runs()
+    assert waiter.list_runs().height == 1
+    holder.close(), waiter.close()
+
+
+def test_connection_is_released_after_the_idle_window(tmp_path):
+    import time
+
+    store = WorkspaceStore(tmp_path / "ws", idle=0.05)
+    store.list_runs()
+    assert store._db.is_open
+    time.sleep(0.3)
+    assert not store._db.is_open
+    # and a plain DuckDB client can now open the file, as another process would
+    duckdb.connect(str(tmp_path / "ws" / "store.duckdb"), read_only=True).close()
+    store.close()
+
+
+def test_lifecycle_rows_and_logs(store):
+    run_id = store.begin_run("grid", config={"cv": 5}, datasets=[{"name": "tablet"}], flow_run_id="fr-1",
+                             tags=["nightly"])
+    p1 = store.begin_pipeline(run_id, "0001", dataset_name="tablet", task_run_id="tr-1")
+    p2 = store.begin_pipeline(run_id, "0002", dataset_name="tablet")
+    store.log_step(p1, 0, "nirs.operators.SNV", "start")
+    store.log_step(p1, 0, "nirs.operators.SNV", "end", duration_ms=3, details={"rows": 400})
+    store.log_step(None, event="note", message="run-level", run_id=run_id, level="warning")
+    store.complete_pipeline(p1, best_val=0.5, best_test=0.6, metric="rmse", duration_ms=10)
+    store.fail_run(run_id, "worker lost", status="crashed")
+    run = store.get_run(run_id)
+    assert run["status"] == "crashed" and run["error"] == "worker lost" and run["flow_run_id"] == "fr-1"
+    assert run["datasets"] == [{"name": "tablet"}] and run["tags"] == ["nightly"]
+    assert store.get_pipeline(p1)["status"] == "completed"
+    assert store.get_pipeline(p2)["status"] == "failed"       # nothing will finish it now
+    assert store.get_logs(pipeline_id=p1)["event"].to_list() == ["start", "end"]
+    assert store.get_logs(run_id=run_id).height == 3
+    assert store.list_runs(dataset="tablet").height == 1 and store.list_runs(dataset="corn").height == 0
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda s: s.begin_run(42), "run name must be a string"),
+    (lambda s: s.begin_run("r", config={"bad": object()}), "config cannot be stored as JSON"),
+    (lambda s: s.begin_pipeline("nope", "p"), "unknown run id 'nope'"),
+    (lambda s: s.complete_run("nope"), "unknown run id 'nope'"),
+    (lambda s: s.fail_run("nope", "x", status="exploded"), "status must be failed, crashed or cancelled"),
+    (lambda s: s.complete_pipeline("nope"), "unknown pipeline id 'nope'"),
+    (lambda s: s.log_step(None), "needs a pipeline_id or a run_id"),
+    (lambda s: s.delete_run("nope"), "unknown run id 'nope'"),
+    (lambda s: s.get_chain("nope"), "unknown chain id 'nope'"),
+    (lambda s: s.list_runs(limit="ten"), "limit must be an integer"),
+])
+def test_bad_calls_get_one_clear_error_and_change_nothing(store, call, message):
+    before = store.sql("SELECT (SELECT count(*) FROM runs) + (SELECT count(*) FROM pipelines) AS n")["n"][0]
+    with pytest.raises((InvalidInputError, NotFoundError), match=message):
+        call(store)
+    after = store.sql("SELECT (SELECT count(*) FROM runs) + (SELECT count(*) FROM pipelines) AS n")["n"][0]
+    assert before == after
+
+
+def test_delete_run_twice_is_a_clear_error(store):
+    run_id = store.begin_run("r")
+    assert store.delete_run(run_id) == 1
+    with pytest.raises(NotFoundError, match=f"unknown run id '{run_id}'"):
+        store.delete_run(run_id)
