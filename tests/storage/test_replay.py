@@ -1,0 +1,121 @@
+"""Training traces stored as chains, and replayed exactly (issue 3's acceptance)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nirs.config import count_pipelines, expand
+from nirs.datasets import load_coffee, load_tablet
+from nirs.training import fit_pipeline
+from storage import ReplayError
+from storage.chain_builder import record_trace
+
+SNV_PLS8 = ["SNV", "StandardScaler",
+            {"split": {"class": "KFold", "params": {"n_splits": 5, "shuffle": True, "random_state": 0}}},
+            {"model": {"class": "PLSRegression", "params": {"n_components": 8}}}]
+
+
+@pytest.fixture(scope="module")
+def tablet_sets():
+    return load_tablet(instrument=1)
+
+
+@pytest.fixture(scope="module")
+def snv_pls_trace(tablet_sets):
+    train, test = tablet_sets
+    return fit_pipeline(train, expand(SNV_PLS8)[0], test=test)
+
+
+def _avg(trace, partition):
+    return next(p for p in trace.predictions if p.fold_id == "avg" and p.partition == partition)
+
+
+def test_tablet_chain_replays_the_training_time_test_predictions(store, tablet_sets, snv_pls_trace):
+    train, test = tablet_sets
+    run_id = store.begin_run("tablet")
+    ids = record_trace(store, run_id, snv_pls_trace)
+    replayed = store.replay_chain(ids["chain_id"], test.X)
+    expected = _avg(snv_pls_trace, "test")
+    np.testing.assert_allclose(replayed, expected.y_pred, rtol=0, atol=1e-9)
+    rmse = float(np.sqrt(np.mean((replayed - test.y) ** 2)))
+    assert abs(rmse - 2.22) / 2.22 < 0.02, rmse
+    # what landed: one pipeline, its chain, 5 folds x (train, val, test) + avg val/test
+    pipeline = store.get_pipeline(ids["pipeline_id"])
+    assert pipeline["status"] == "completed" and pipeline["best_test"] == pytest.approx(rmse, abs=1e-9)
+    preds = store.query_predictions(pipeline_id=ids["pipeline_id"])
+    assert set(preds["fold_id"]) == {f"fold_{k}" for k in range(5)} | {"avg"}
+    assert preds.filter(preds["fold_id"] == "avg")["partition"].sort().to_list() == ["test", "val"]
+    chain = store.get_chain(ids["chain_id"])
+    assert chain["n_features"] == 597 and len(chain["fold_artifacts"]) == 5
+    np.testing.assert_array_equal(chain["wavelengths"], train.wavelengths)
+
+
+def test_replay_checks_its_input_before_computing(store, tablet_sets, snv_pls_trace):
+    train, test = tablet_sets
+    chain_id = record_trace(store, store.begin_run("r"), snv_pls_trace)["chain_id"]
+    with pytest.raises(ReplayError, match="X has 596 features but chain .* was trained on 597"):
+        store.replay_chain(chain_id, test.X[:, :-1])
+    # a finer grid that covers the trained range is resampled onto it
+    fine = np.linspace(590.0, 1800.0, 1211)
+    X_fine = np.vstack([np.interp(fine, train.wavelengths, row) for row in test.X])
+    on_fine = store.replay_chain(chain_id, X_fine, wavelengths=fine)
+    np.testing.assert_allclose(on_fine, _avg(snv_pls_trace, "test").y_pred, atol=0.05)
+    # a grid that stops short of the trained range is refused, naming both ranges
+    short = np.linspace(700.0, 1700.0, 597)
+    with pytest.raises(ReplayError, match=r"new wavelength grid \(700-1700\) does not cover the trained range \(600-1792\)"):
+        store.replay_chain(chain_id, test.X, wavelengths=short)
+    bad = test.X.copy()
+    bad[3, 7] = np.nan
+    with pytest.raises(ReplayError, match="first at row 3, column 7"):
+        store.replay_chain(chain_id, bad)
+
+
+def test_second_replay_reuses_loaded_artifacts(store, tablet_sets, snv_pls_trace):
+    _, test = tablet_sets
+    chain_id = record_trace(store, store.begin_run("r"), snv_pls_trace)["chain_id"]
+    loads = []
+    original = store.files.load
+    store.files.load = lambda *a: loads.append(a) or original(*a)
+    store.replay_chain(chain_id, test.X)
+    first = len(loads)
+    store.replay_chain(chain_id, test.X)
+    assert first > 0 and len(loads) == first
+
+
+def test_coffee_classification_replays_string_labels_and_mean_probabilities(store):
+    train = load_coffee()
+    config = ["SNV", {"split": {"class": "StratifiedKFold", "params": {"n_splits": 3, "shuffle": True, "random_state": 0}}},
+              {"model": {"class": "LogisticRegression", "params": {"max_iter": 2000}}}]
+    trace = fit_pipeline(train, expand(config)[0], test=train)
+    chain_id = record_trace(store, store.begin_run("coffee"), trace)["chain_id"]
+    labels, proba = store.replay_chain(chain_id, train.X, return_proba=True)
+    expected = _avg(trace, "test")
+    assert set(labels) == set(np.unique(train.y)) and all(isinstance(v, str) for v in labels)
+    np.testing.assert_array_equal(labels.astype(str), np.asarray(expected.y_pred).astype(str))
+    np.testing.assert_allclose(proba, expected.y_proba, atol=1e-9)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert store.get_chain(chain_id)["classes"] == sorted(set(train.y.tolist()))
+    stored = store.query_predictions(fold_id="avg", partition="test")
+    got = store.get_prediction(stored["prediction_id"][0], load_arrays=True)
+    assert got["y_proba"].shape == (len(train.y), 3)
+
+
+def test_a_generator_grid_lands_whole(store, tablet_sets):
+    train, test = tablet_sets
+    small = type(train)(X=train.X[:120], wavelengths=train.wavelengths, sample_ids=train.sample_ids[:120],
+                        y=train.y[:120], name="tablet")
+    config = [{"_or_": ["SNV", "MSC"]},
+              {"split": {"class": "KFold", "params": {"n_splits": 3, "shuffle": True, "random_state": 0}}},
+              {"model": {"class": "PLSRegression", "params": {"n_components": {"_range_": [2, 4]}}}}]
+    assert count_pipelines(config) == 6
+    run_id = store.begin_run("grid")
+    for pipeline in expand(config):
+        record_trace(store, run_id, fit_pipeline(small, pipeline))
+    pipelines = store.list_pipelines(run_id=run_id)
+    assert pipelines.height == 6 and set(pipelines["status"]) == {"completed"}
+    assert pipelines["best_val"].null_count() == 0
+    for pipeline_id in pipelines["pipeline_id"]:
+        assert store.get_chains_for_pipeline(pipeline_id).height == 1
+        folds = store.query_predictions(pipeline_id=pipeline_id, partition="val")["fold_id"].to_list()
+        assert sorted(folds) == ["avg", "fold_0", "fold_1", "fold_2"]
