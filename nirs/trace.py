@@ -1,0 +1,84 @@
+"""The execution trace: what training hands to storage (`storage.ChainBuilder` reads it by
+duck typing, so these attribute names are a contract; add fields, never rename them).
+
+Replay rule, which `nirs.replay` implements and storage implements again on its side: for
+each fold f in (["refit"] if refit else fold_ids), start from X and the caller's grid; apply
+every "transformer" step's `fitted[f]` in order (passing `wavelengths=` to those with
+`requires_wavelengths`, updating the grid per `nirs.operators`' protocol); then
+
+* regression: p_f = model.predict(X_f).ravel(), passed through the y_transformer's
+  inverse_transform (as a column) when there is one; the result is
+  sum(w_f * p_f) / sum(w_f), equal weights when `fold_weights` is None;
+* classification: the model's predict_proba aligned to `classes` through `model.classes_`
+  (a class the fold never saw gets a 0 column; a model without predict_proba gives the
+  one-hot of its predict); the weighted mean of those is the probability, and
+  classes[argmax] the label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+STEP_KINDS = ("transformer", "y_transformer", "model")
+PARTITIONS = ("train", "val", "test")
+
+
+@dataclass
+class FittedStep:
+    step_idx: int
+    kind: str  # "transformer" | "y_transformer" | "model"
+    operator_class: str  # public dotted path, e.g. "nirs.operators.SNV"
+    params: dict  # JSON-safe get_params(deep=False)
+    requires_wavelengths: bool
+    fitted: dict  # fold_id -> the object fitted on that fold's training part (+ "refit")
+
+
+@dataclass
+class PredictionRecord:
+    fold_id: str  # "fold_0".. ; "avg" for the combined fold models; "refit" for the refit model
+    partition: str  # "train" | "val" | "test"
+    y_true: np.ndarray  # (n,), original dtype (string labels stay strings)
+    y_pred: np.ndarray  # (n,), original dtype/labels
+    y_proba: np.ndarray | None  # (n, n_classes) in `classes` order, classification only
+    sample_indices: np.ndarray  # int64 indices into the dataset the partition came from
+    weights: np.ndarray | None
+    scores: dict  # metric -> float | None
+
+
+@dataclass
+class ExecutionTrace:
+    pipeline_name: str
+    dataset_name: str
+    dataset_hash: str
+    task_type: str  # "regression" | "classification"
+    classes: list | None  # original class labels in proba column order (sorted like sklearn)
+    metric: str  # primary metric, e.g. "rmse" / "accuracy"
+    wavelengths: np.ndarray | None  # the training input grid
+    n_features: int  # training input feature count
+    steps: list  # [FittedStep] in pipeline order; exactly one "model"; at most one "y_transformer"
+    fold_ids: list  # ["fold_0", ...]
+    fold_weights: dict | None  # None = equal weights
+    refit: bool  # a "refit" model fitted on all training data exists; replay then uses it alone
+    splitter: dict  # {"class": dotted path, "params": {...}}
+    expanded_config: list  # JSON-safe
+    generator_choices: list
+    model_class: str
+    model_name: str  # short, e.g. "PLSRegression"
+    preprocessings: str  # display string, e.g. "SNV>StandardScaler"
+    predictions: list  # [PredictionRecord]
+    duration_ms: int
+
+    def records(self, fold_id: str | None = None, partition: str | None = None) -> list:
+        """The prediction records matching a fold id and/or a partition."""
+        return [
+            r for r in self.predictions
+            if (fold_id is None or r.fold_id == fold_id) and (partition is None or r.partition == partition)
+        ]
+
+    def record(self, fold_id: str, partition: str) -> PredictionRecord:
+        found = self.records(fold_id, partition)
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} records for fold {fold_id!r}, partition {partition!r}")
+        return found[0]
