@@ -80,7 +80,14 @@ def replay(trace, X, wavelengths=None):
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != trace.n_features:
         raise ValueError(f"X has {X.shape[-1]} features; the chain was trained on {trace.n_features}")
-    grid = trace.wavelengths if wavelengths is None else np.asarray(wavelengths, dtype=np.float64)
+    grid = trace.wavelengths
+    if wavelengths is not None and grid is not None:
+        given = np.asarray(wavelengths, dtype=np.float64).ravel()
+        if given.shape != grid.shape or not np.allclose(given, grid, rtol=0, atol=1e-9):
+            raise ValueError(
+                f"X is on grid {given[0]:g}-{given[-1]:g} ({given.size} points); the chain was trained on "
+                f"{grid[0]:g}-{grid[-1]:g} ({grid.size} points); resample X onto the training grid first"
+            )
     folds = ["refit"] if trace.refit else list(trace.fold_ids)
     weights = None if trace.fold_weights is None else [trace.fold_weights[f] for f in folds]
     outputs = [predict_fold(trace.steps, f, X, grid, trace.task_type, trace.classes) for f in folds]

@@ -2,7 +2,8 @@
 duck typing, so these attribute names are a contract; add fields, never rename them).
 
 Replay rule, which `nirs.replay` implements and storage implements again on its side: for
-each fold f in (["refit"] if refit else fold_ids), start from X and the caller's grid; apply
+each fold f in (["refit"] if refit else fold_ids), start from X on the training grid
+(`wavelengths`; spectra on another grid are resampled onto it first); apply
 every "transformer" step's `fitted[f]` in order (passing `wavelengths=` to those with
 `requires_wavelengths`, updating the grid per `nirs.operators`' protocol); then
 

@@ -67,10 +67,14 @@ def _check_test(dataset: SpectraDataset, test: SpectraDataset | None) -> None:
         )
     a, b = dataset.wavelengths, test.wavelengths
     if (a is None) != (b is None) or (a is not None and not np.allclose(a, b, rtol=0, atol=1e-9)):
-        desc = lambda g: "no grid" if g is None else f"{g[0]:g}-{g[-1]:g}"  # noqa: E731
         raise ValueError(
-            f"test set {test.name!r} has grid {desc(b)}, training set {dataset.name!r} has {desc(a)}; resample one first"
+            f"test set {test.name!r} has grid {_grid_text(b)}, training set {dataset.name!r} has "
+            f"{_grid_text(a)}; resample one onto the other first"
         )
+
+
+def _grid_text(grid) -> str:
+    return "no grid" if grid is None else f"{grid[0]:g}-{grid[-1]:g} ({grid.size} points)"
 
 
 def _record(fold_id, partition, y_true, output, indices, task, classes, label_dtype) -> PredictionRecord:

@@ -137,6 +137,8 @@ def test_kennard_stone_holdout_and_wavelength_aware_steps(tablet):
     y_pred, _ = replay.replay(t, test.X)
     np.testing.assert_allclose(y_pred, t.record("avg", "test").y_pred, rtol=0, atol=1e-9)
     assert t.record("avg", "test").scores["rmse"] < 6
+    with pytest.raises(ValueError, match=r"X is on grid 601-1793 \(597 points\); the chain was trained on 600-1792"):
+        replay.replay(t, test.X, wavelengths=cal.wavelengths + 1)
 
 
 def test_coffee_classification_with_string_labels(coffee):
