@@ -1,9 +1,11 @@
 """Predictions and their arrays: saved whole in one call, ranked and queried as polars.
 
-Inside ``store.batch()``, ``save_prediction`` only checks and buffers its row; the rows
-go in as one Arrow insert when the batch commits (or before any other statement of
-the batch runs, so reads inside a batch still see them). That is what makes batching
-the fast path: tens of thousands of predictions a second instead of hundreds.
+Rows go in through DuckDB appenders (kept per connection), not SQL: an INSERT costs
+about a millisecond of parsing and planning per statement here, an appended row a few
+microseconds. A single call flushes and commits at once; inside ``store.batch()`` rows
+stay buffered until the batch commits, or until any other statement of the batch runs,
+so reads inside a batch still see them. That makes batching the fast path: tens of
+thousands of predictions a second.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from . import arrays
 from .base import (LOWER_IS_BETTER, PARTITIONS, StoreBase, check_id, check_int, check_score, first,
@@ -20,51 +21,14 @@ from .base import (LOWER_IS_BETTER, PARTITIONS, StoreBase, check_id, check_int, 
 from .errors import InvalidInputError, NotFoundError
 
 _PRED_COLUMNS = [
-    ("prediction_id", pa.string()), ("pipeline_id", pa.string()), ("chain_id", pa.string()),
-    ("dataset_name", pa.string()), ("model_name", pa.string()), ("model_class", pa.string()),
-    ("fold_id", pa.string()), ("partition", pa.string()), ("val_score", pa.float64()),
-    ("test_score", pa.float64()), ("train_score", pa.float64()), ("metric", pa.string()),
-    ("task_type", pa.string()), ("n_samples", pa.int32()), ("n_features", pa.int32()),
-    ("scores", pa.string()), ("best_params", pa.string()), ("preprocessings", pa.string()),
-    ("branch_id", pa.int32()), ("branch_name", pa.string()), ("refit_context", pa.string()),
-    ("created_at", pa.timestamp("us")), ("task_run_id", pa.string()),
+    "prediction_id", "pipeline_id", "chain_id", "dataset_name", "model_name", "model_class", "fold_id",
+    "partition", "val_score", "test_score", "train_score", "metric", "task_type", "n_samples",
+    "n_features", "scores", "best_params", "preprocessings", "branch_id", "branch_name",
+    "refit_context", "created_at", "task_run_id",
 ]
-_ARRAY_COLUMNS = [("prediction_id", pa.string())] + [(f, pa.binary()) for f in arrays.ARRAY_FIELDS]
+_ARRAY_COLUMNS = ["prediction_id", *arrays.ARRAY_FIELDS]
 _SCORE_COLUMNS = ("val_score", "test_score", "train_score")
 TASK_TYPES = ("regression", "classification")
-
-
-def _insert_prefix(table: str, columns: list) -> str:
-    return f"INSERT INTO {table} ({', '.join(c for c, _ in columns)}) VALUES "
-
-
-# A single prediction goes in as ONE multi-statement string of literal values: DuckDB's
-# Python binding spends about as long binding 23 parameters as running the insert, and
-# one round trip for both rows beats two (measured in bench/store_bench.py).
-_INSERT_PRED = _insert_prefix("predictions", _PRED_COLUMNS)
-_INSERT_ARRAYS = _insert_prefix("prediction_arrays", _ARRAY_COLUMNS)
-
-
-def sql_literal(value) -> str:
-    """A SQL literal. Strings are quoted
-    the standard way (DuckDB has no backslash escapes), bytes go as hex."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidInputError("text with NUL characters cannot be stored")
-        return "'" + value.replace("'", "''") + "'"
-    if isinstance(value, bytes):
-        return f"from_hex('{value.hex()}')"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)  # finite: check_score refuses NaN and infinities
-    if hasattr(value, "isoformat"):
-        return f"TIMESTAMP '{value.isoformat(sep=' ')}'"
-    raise TypeError(f"no SQL literal for {type(value).__name__}")
 
 
 def _check_arrays(given: dict[str, Any]) -> tuple[dict[str, np.ndarray | None], int | None]:
@@ -89,8 +53,7 @@ def _check_arrays(given: dict[str, Any]) -> tuple[dict[str, np.ndarray | None], 
 
 
 class PredictionsMixin(StoreBase):
-    _pending_predictions: list
-    _pending_arrays: list
+    _pending_ids: set  # caller-given ids buffered in this transaction (for the uniqueness check)
 
     def save_prediction(self, pipeline_id: str, chain_id: str | None = None,
                         dataset_name: str | None = None, model_name: str | None = None,
@@ -141,8 +104,11 @@ class PredictionsMixin(StoreBase):
             self._fill_defaults(con, row)
             if given_id:
                 self._check_new_prediction_id(con, prediction_id)
-            self._pending_predictions.append(row)
-            self._pending_arrays.append([prediction_id, *blobs])
+            rows, blobs_out = self._appenders(con)
+            rows.append_row(*row)
+            blobs_out.append_row(prediction_id, *blobs)
+            if given_id:
+                self._pending_ids.add(prediction_id)
             self._db.pending = True
         return prediction_id
 
@@ -172,30 +138,24 @@ class PredictionsMixin(StoreBase):
         row[4] = row[4] if row[4] is not None else row[5].rsplit(".", 1)[-1]
 
     def _check_new_prediction_id(self, con, prediction_id: str) -> None:
-        taken = any(r[0] == prediction_id for r in self._pending_predictions) or first(con.execute(
+        taken = prediction_id in self._pending_ids or first(con.execute(
             "SELECT 1 FROM predictions WHERE prediction_id = ?", [prediction_id])) is not None
         if taken:
             raise InvalidInputError(f"prediction id {prediction_id!r} is already used")
 
+    def _appenders(self, con):
+        cache = self._db.conn_cache
+        if "appenders" not in cache:
+            cache["appenders"] = (con.appender("predictions", columns=_PRED_COLUMNS),
+                                  con.appender("prediction_arrays", columns=_ARRAY_COLUMNS))
+        return cache["appenders"]
+
     def _flush_predictions(self, con) -> None:
-        rows, blobs = self._pending_predictions, self._pending_arrays
-        self._pending_predictions, self._pending_arrays = [], []
-        if con is None or not rows:
-            return
-        if len(rows) == 1:
-            con.execute(f"{_INSERT_PRED}({', '.join(map(sql_literal, rows[0]))}); "
-                        f"{_INSERT_ARRAYS}({', '.join(map(sql_literal, blobs[0]))})")
-            return
-        for table, columns, data in (("predictions", _PRED_COLUMNS, rows),
-                                     ("prediction_arrays", _ARRAY_COLUMNS, blobs)):
-            batch = pa.table({name: pa.array(col, type=kind)
-                              for (name, kind), col in zip(columns, zip(*data))})
-            con.register("_nirsflow_pending", batch)
-            try:
-                con.execute(f"INSERT INTO {table} ({', '.join(c for c, _ in columns)}) "
-                            "SELECT * FROM _nirsflow_pending")
-            finally:
-                con.unregister("_nirsflow_pending")
+        """Write the buffered rows into the open transaction (``con`` None: drop them)."""
+        self._pending_ids = set()
+        appenders = self._db.conn_cache.get("appenders", ())
+        for appender in appenders:
+            appender.flush() if con is not None else appender.clear()
 
     # -- reading -----------------------------------------------------------------
     def get_prediction(self, prediction_id: str, load_arrays: bool = False) -> dict:

@@ -54,7 +54,7 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
         self.lock = FileLock(self.path / ".nirsflow", timeout=lock_timeout, workspace=self.path)
         self._db = Connector(self.db_path, self.lock, idle=idle)
         self._db.flush = self._flush_predictions
-        self._pending_predictions, self._pending_arrays = [], []
+        self._pending_ids: set = set()
         self._artifact_cache: OrderedDict = OrderedDict()
         self._chain_cache: OrderedDict = OrderedDict()
         try:
