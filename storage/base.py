@@ -112,9 +112,17 @@ class StoreBase:
     _db: Connector
 
     def _require(self, con, table: str, key: str, value: str) -> tuple:
-        row = first(con.execute(f"SELECT * FROM {table} WHERE {key} = ?", [value]))
+        """The row with this id, or NotFoundError. Rows seen while this connection is
+        open are remembered: the lock is held all that time, so no one else can delete
+        them, and our own deletes forget them."""
+        known = self._db.conn_cache.setdefault("rows", {})
+        row = known.get((table, value))
         if row is None:
-            raise NotFoundError(table.rstrip("s"), value, self.path)
+            row = first(con.execute(f"SELECT * FROM {table} WHERE {key} = ?", [value]))
+            if row is None:
+                raise NotFoundError(table.rstrip("s"), value, self.path)
+            if table in ("runs", "pipelines"):
+                known[(table, value)] = row[:2]  # ids only: statuses change
         return row
 
     def _one_dict(self, con, sql: str, params: list, kind: str, key: str) -> dict:

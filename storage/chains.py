@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from . import artifacts as art
 from .base import StoreBase, first, check_id, check_int, check_text, from_json, new_id, now, to_json
@@ -22,6 +23,11 @@ from .errors import InvalidInputError, NotFoundError
 _CHAIN_JSON = ("steps", "fold_artifacts", "shared_artifacts", "fold_weights", "classes",
                "branch_path", "metadata")
 FOLD_STRATEGIES = ("per_fold", "refit")
+_ARTIFACT_COLUMNS = [
+    ("artifact_id", pa.string()), ("artifact_path", pa.string()), ("content_hash", pa.string()),
+    ("operator_class", pa.string()), ("artifact_type", pa.string()), ("format", pa.string()),
+    ("size_bytes", pa.int64()), ("created_at", pa.timestamp("us")), ("last_saved_at", pa.timestamp("us")),
+]
 
 
 def referenced_artifacts(steps: list, fold_artifacts: dict, shared_artifacts: dict) -> set[str]:
@@ -50,6 +56,7 @@ def referenced_artifacts(steps: list, fold_artifacts: dict, shared_artifacts: di
 class ChainsMixin(StoreBase):
     _artifact_cache: OrderedDict
     _chain_cache: OrderedDict
+    _pending_artifacts: dict
     artifact_cache_size: int = 256
 
     # -- artifacts ---------------------------------------------------------------
@@ -65,21 +72,36 @@ class ChainsMixin(StoreBase):
         # only the check, the rename and the row, so gc sees both file and row or neither.
         staged = None if final.exists() else self.files.stage(artifact_id, format, data)
         try:
-            with self._db.writing() as con:
+            # buffered: the row joins the transaction's other pending rows and goes in
+            # with them (one statement per flush), after its file is in place.
+            with self._db.writing(buffered=True):
                 if not (final.exists() and self.files.is_sound(final, artifact_id)):
                     staged = staged or self.files.stage(artifact_id, format, data)
                     self.files.publish(staged, artifact_id)
                     staged = None
                 stamp = now()
-                con.execute(
-                    "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (artifact_id) "
-                    "DO UPDATE SET last_saved_at = excluded.last_saved_at",
-                    [artifact_id, art.relative_path(artifact_id, format), artifact_id, operator_class,
-                     artifact_type, format, len(data), stamp, stamp])
+                self._pending_artifacts[artifact_id] = (
+                    artifact_id, art.relative_path(artifact_id, format), artifact_id, operator_class,
+                    artifact_type, format, len(data), stamp, stamp)
+                self._db.pending = True
         finally:
             if staged is not None:
                 staged.temp.unlink(missing_ok=True)
         return artifact_id
+
+    def _flush_artifacts(self, con) -> None:
+        rows, self._pending_artifacts = list(self._pending_artifacts.values()), {}
+        if con is None or not rows:
+            return
+        table = pa.table({name: pa.array(column, type=kind)
+                          for (name, kind), column in zip(_ARTIFACT_COLUMNS, zip(*rows))})
+        con.register("nirsflow_pending_artifacts", table)
+        try:
+            # A deduplicated save renews the grace period, nothing else.
+            con.execute("INSERT INTO artifacts SELECT * FROM nirsflow_pending_artifacts ON CONFLICT "
+                        "(artifact_id) DO UPDATE SET last_saved_at = excluded.last_saved_at")
+        finally:
+            con.unregister("nirsflow_pending_artifacts")
 
     def _artifact_format(self, artifact_id: str) -> str:
         check_id("artifact", artifact_id)

@@ -142,6 +142,8 @@ class Connector:
                 if began:
                     self._drop_pending()
                     self._after_commit = []
+                    # what this transaction taught the cache may be rolled back with it
+                    self.conn_cache = {k: v for k, v in self.conn_cache.items() if k == "appenders"}
                 if began and self._in_transaction:
                     self._in_transaction = False
                     try:

@@ -93,6 +93,7 @@ class MaintenanceMixin(StoreBase):
                                  ("runs", "run_id = $run")):
                 deleted += con.execute(f"DELETE FROM {table} WHERE {where}", {"run": run_id}).fetchall()[0][0]
             self._db.conn_cache.pop("known", None)
+            self._db.conn_cache.pop("rows", None)
         self._forget_chains(chain_ids)
         return deleted
 

@@ -24,6 +24,7 @@ class RecordsMixin(StoreBase):
         with self._db.writing() as con:
             con.execute("INSERT INTO runs (run_id, name, status, config, datasets, created_at, "
                         "flow_run_id, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+            self._db.conn_cache.setdefault("rows", {})[("runs", row[0])] = (row[0], row[1])
         return row[0]
 
     def complete_run(self, run_id: str, summary: dict | None = None) -> None:
@@ -87,6 +88,7 @@ class RecordsMixin(StoreBase):
             con.execute("INSERT INTO pipelines (pipeline_id, run_id, name, status, expanded_config, "
                         "generator_choices, dataset_name, dataset_hash, created_at, flow_run_id, "
                         "task_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            self._db.conn_cache.setdefault("rows", {})[("pipelines", pipeline_id)] = (pipeline_id, run_id)
         return pipeline_id
 
     def complete_pipeline(self, pipeline_id: str, best_val: float | None = None,

@@ -53,8 +53,9 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
         self.files = ArtifactFiles(self.path)
         self.lock = FileLock(self.path / ".nirsflow", timeout=lock_timeout, workspace=self.path)
         self._db = Connector(self.db_path, self.lock, idle=idle)
-        self._db.flush = self._flush_predictions
+        self._db.flush = self._flush_pending
         self._pending_ids: set = set()
+        self._pending_artifacts: dict = {}
         self._artifact_cache: OrderedDict = OrderedDict()
         self._chain_cache: OrderedDict = OrderedDict()
         try:
@@ -87,6 +88,11 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
                 return
         with self._db.writing() as con:
             schema.migrate(con, self.path, now())
+
+    def _flush_pending(self, con) -> None:
+        # Artifacts first: a chain or prediction buffered after them may point at them.
+        self._flush_artifacts(con)
+        self._flush_predictions(con)
 
     # -- life ----------------------------------------------------------------------
     @contextmanager
