@@ -182,9 +182,28 @@ def _initial(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(_INITIAL)
 
 
+def _scored_files(con: duckdb.DuckDBPyConnection) -> None:
+    # Batch scoring: every input file scored, by the SHA-256 of its bytes, so a file seen
+    # again is not scored twice and the record says where its result is.
+    con.execute("""
+CREATE TABLE scored_files (
+    content_hash VARCHAR PRIMARY KEY,
+    file_name VARCHAR NOT NULL,         -- as it arrived in the inbox
+    dataset_name VARCHAR,
+    alias VARCHAR,
+    chain_id VARCHAR NOT NULL,
+    result_path VARCHAR NOT NULL,       -- relative to the workspace when inside it
+    n_spectra BIGINT NOT NULL,
+    scored_at TIMESTAMP NOT NULL,
+    flow_run_id VARCHAR
+);
+""")
+
+
 # (name, function): append only; never edit one that has shipped.
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("0001_initial", _initial),
+    ("0002_scored_files", _scored_files),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ("runs", "pipelines", "chains", "chain_artifacts", "predictions", "prediction_arrays",

@@ -28,6 +28,7 @@ from .maintenance import MaintenanceMixin
 from .predictions import PredictionsMixin
 from .records import RecordsMixin
 from .aliases import AliasesMixin
+from .scoring import ScoringMixin
 from . import schema
 from .base import now
 
@@ -36,7 +37,7 @@ _DUCKDB_MAGIC = b"DUCK"
 
 
 class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMixin,
-                     ExportsMixin, AliasesMixin):
+                     ExportsMixin, AliasesMixin, ScoringMixin):
     """All persistence of one workspace.
 
     Args:

@@ -165,3 +165,35 @@ def test_delete_run_twice_is_a_clear_error(store):
     assert store.delete_run(run_id) == 1
     with pytest.raises(NotFoundError, match=f"unknown run id '{run_id}'"):
         store.delete_run(run_id)
+
+
+def test_an_older_workspace_is_migrated_in_place_keeping_its_data(tmp_path):
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    con = duckdb.connect(str(folder / "store.duckdb"))
+    con.execute("BEGIN")
+    schema.MIGRATIONS[0][1](con)  # a workspace written by the first schema
+    con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    con.execute("INSERT INTO runs (run_id, name, status, created_at) VALUES ('old', 'kept', 'completed', now())")
+    con.execute("COMMIT")
+    con.close()
+    with WorkspaceStore(folder) as store:
+        assert store.schema_version == schema.SCHEMA_VERSION
+        assert store.get_run("old")["name"] == "kept"
+        assert store.list_scored_files().height == 0
+
+
+def test_scored_files_are_recorded_once_per_content(store, fitted_folds, tablet):
+    from tests.storage.conftest import make_run, save_scaler_pls_chain
+
+    _, pipeline_id = make_run(store)
+    chain_id = save_scaler_pls_chain(store, pipeline_id, fitted_folds, tablet[0].shape[1])
+    store.record_scored_file("ab" * 32, "batch1.csv", chain_id, "outbox/batch1.parquet", n_spectra=12,
+                             dataset_name="tablet", alias="production")
+    assert store.find_scored_file("ab" * 32)["result_path"] == "outbox/batch1.parquet"
+    assert store.find_scored_file("cd" * 32) is None
+    with pytest.raises(InvalidInputError, match="batch1-copy.csv.*already scored as batch1.csv; its result is outbox/batch1.parquet"):
+        store.record_scored_file("ab" * 32, "batch1-copy.csv", chain_id, "outbox/x.parquet", n_spectra=12)
+    with pytest.raises(NotFoundError, match="unknown chain id"):
+        store.record_scored_file("ef" * 32, "b.csv", "ghost", "outbox/b.parquet", n_spectra=1)
+    assert store.list_scored_files().height == 1

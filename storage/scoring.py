@@ -1,0 +1,47 @@
+"""The record of batch scoring: which input files (by content hash) were scored, by which
+chain, and where their result lies."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from .base import StoreBase, check_id, check_int, check_text, first, now
+from .errors import InvalidInputError
+
+_COLUMNS = ("content_hash", "file_name", "dataset_name", "alias", "chain_id", "result_path",
+            "n_spectra", "scored_at", "flow_run_id")
+
+
+class ScoringMixin(StoreBase):
+    def record_scored_file(self, content_hash: str, file_name: str, chain_id: str, result_path: str, *,
+                           n_spectra: int, dataset_name: str | None = None, alias: str | None = None,
+                           flow_run_id: str | None = None) -> None:
+        """Record that a file was scored. Recording the same bytes twice is an error
+        naming the earlier record: scoring is once per content."""
+        check_text("content_hash", content_hash), check_text("file_name", file_name)
+        check_text("result_path", result_path), check_id("chain", chain_id)
+        row = [content_hash, file_name, check_text("dataset_name", dataset_name, optional=True),
+               check_text("alias", alias, optional=True), chain_id, result_path,
+               check_int("n_spectra", n_spectra, optional=False), now(),
+               check_text("flow_run_id", flow_run_id, optional=True)]
+        with self._db.writing() as con:
+            self._require(con, "chains", "chain_id", chain_id)
+            earlier = first(con.execute("SELECT file_name, result_path FROM scored_files WHERE content_hash = ?",
+                                        [content_hash]))
+            if earlier is not None:
+                raise InvalidInputError(f"file {file_name} (sha256 {content_hash[:12]}…) was already scored as "
+                                        f"{earlier[0]}; its result is {earlier[1]}")
+            con.execute(f"INSERT INTO scored_files ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})", row)
+
+    def find_scored_file(self, content_hash: str) -> dict | None:
+        """The record of an already scored file with these bytes, or None."""
+        check_text("content_hash", content_hash)
+        with self._db.reading() as con:
+            cur = con.execute("SELECT * FROM scored_files WHERE content_hash = ?", [content_hash])
+            row = first(cur)
+            return None if row is None else dict(zip([d[0] for d in cur.description], row))
+
+    def list_scored_files(self, dataset_name: str | None = None) -> pl.DataFrame:
+        if dataset_name is None:
+            return self._frame("SELECT * FROM scored_files ORDER BY scored_at")
+        return self._frame("SELECT * FROM scored_files WHERE dataset_name = ? ORDER BY scored_at", [dataset_name])
