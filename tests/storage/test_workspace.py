@@ -53,14 +53,15 @@ def test_a_failed_migration_leaves_the_old_version(tmp_path, monkeypatch):
 
     def broken(con):
         con.execute("CREATE TABLE half_done (x INTEGER)")
-        raise RuntimeError("migration 0002 failed")
+        raise RuntimeError("migration 9999 failed")
 
-    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS + [("0002_broken", broken)])
+    current = schema.SCHEMA_VERSION
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS + [("9999_broken", broken)])
     monkeypatch.setattr(schema, "SCHEMA_VERSION", len(schema.MIGRATIONS))
-    with pytest.raises(RuntimeError, match="migration 0002 failed"):
+    with pytest.raises(RuntimeError, match="migration 9999 failed"):
         WorkspaceStore(tmp_path / "ws")
     con = duckdb.connect(str(tmp_path / "ws" / "store.duckdb"), read_only=True)
-    assert schema.stored_version(con) == 1
+    assert schema.stored_version(con) == current
     assert not con.execute("SELECT count(*) FROM information_schema.tables "
                            "WHERE table_name = 'half_done'").fetchall()[0][0]
     con.close()
