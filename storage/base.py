@@ -103,6 +103,13 @@ def check_int(name: str, value: Any, *, optional: bool = True) -> int | None:
     return int(value)
 
 
+def where_equal(**filters: Any) -> tuple[str, list]:
+    """`` WHERE a = ? AND b = ?`` for the filters that are not None, and their values."""
+    given = {column: check_text(column, value) for column, value in filters.items() if value is not None}
+    sql = " WHERE " + " AND ".join(f"{column} = ?" for column in given) if given else ""
+    return sql, list(given.values())
+
+
 class StoreBase:
     """State shared by the parts of the facade."""
 

@@ -7,7 +7,7 @@ from typing import Any
 import polars as pl
 
 from .base import (LOG_LEVELS, StoreBase, check_id, check_int, check_score, check_text, from_json,
-                   new_id, now, to_json)
+                   new_id, now, to_json, where_equal)
 from .errors import InvalidInputError
 
 RUN_FINAL = ("completed", "failed", "crashed", "cancelled")
@@ -139,12 +139,8 @@ class RecordsMixin(StoreBase):
 
     def list_pipelines(self, run_id: str | None = None, dataset_name: str | None = None,
                        status: str | None = None) -> pl.DataFrame:
-        where, params = [], []
-        for column, value in (("run_id", run_id), ("dataset_name", dataset_name), ("status", status)):
-            if value is not None:
-                where.append(f"{column} = ?"), params.append(check_text(column, value))
-        sql = "SELECT * FROM pipelines" + (" WHERE " + " AND ".join(where) if where else "")
-        return self._frame(sql + " ORDER BY created_at DESC, pipeline_id", params)
+        where, params = where_equal(run_id=run_id, dataset_name=dataset_name, status=status)
+        return self._frame(f"SELECT * FROM pipelines{where} ORDER BY created_at DESC, pipeline_id", params)
 
     # -- logs ------------------------------------------------------------------
     def log_step(self, pipeline_id: str | None, step_idx: int | None = None,
@@ -180,12 +176,8 @@ class RecordsMixin(StoreBase):
 
     def get_logs(self, pipeline_id: str | None = None, run_id: str | None = None,
                  level: str | None = None) -> pl.DataFrame:
-        where, params = [], []
-        for column, value in (("pipeline_id", pipeline_id), ("run_id", run_id), ("level", level)):
-            if value is not None:
-                where.append(f"{column} = ?"), params.append(check_text(column, value))
-        sql = "SELECT * FROM logs" + (" WHERE " + " AND ".join(where) if where else "")
-        return self._frame(sql + " ORDER BY created_at, log_id", params)
+        where, params = where_equal(pipeline_id=pipeline_id, run_id=run_id, level=level)
+        return self._frame(f"SELECT * FROM logs{where} ORDER BY created_at, log_id", params)
 
     def get_pipeline_log(self, pipeline_id: str) -> pl.DataFrame:
         """The spec's original name for the logs of one pipeline."""
