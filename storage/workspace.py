@@ -29,6 +29,7 @@ from .predictions import PredictionsMixin
 from .records import RecordsMixin
 from .aliases import AliasesMixin
 from .scoring import ScoringMixin
+from .check import CheckMixin
 from . import schema
 from .base import now
 
@@ -37,7 +38,7 @@ _DUCKDB_MAGIC = b"DUCK"
 
 
 class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMixin,
-                     ExportsMixin, AliasesMixin, ScoringMixin):
+                     ExportsMixin, AliasesMixin, ScoringMixin, CheckMixin):
     """All persistence of one workspace.
 
     Args:

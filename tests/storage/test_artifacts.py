@@ -144,3 +144,28 @@ def test_bad_artifact_arguments(store):
     with pytest.raises(NotFoundError, match="unknown artifact id"):
         store.load_artifact("0" * 64)
     assert store.list_artifacts().height == 0 and _files(store) == []
+
+
+def test_check_reports_missing_corrupt_orphans_and_stale_runs_and_repairs_what_is_safe(store, fitted_folds, tablet):
+    run_id, pipeline_id = make_run(store)
+    chain_id = save_scaler_pls_chain(store, pipeline_id, fitted_folds, tablet[0].shape[1])
+    assert store.check_workspace().ok
+    ids = store.list_artifacts()["artifact_id"].to_list()
+    store.get_artifact_path(ids[0]).unlink()
+    store.get_artifact_path(ids[1]).write_bytes(b"rot")
+    orphan = store.path / "artifacts" / "ff" / ("ff" * 32 + ".joblib")
+    orphan.parent.mkdir()
+    orphan.write_bytes(b"left by a crash")
+    old = time.time() - 7200
+    os.utime(orphan, (old, old))
+    report = store.check_workspace(stale_after=0)
+    assert [m["artifact_id"] for m in report.missing] == [ids[0]] and report.missing[0]["chains"] == [chain_id]
+    assert [c["artifact_id"] for c in report.corrupt] == [ids[1]]
+    assert report.orphan_files == [str(orphan)]
+    assert [r["run_id"] for r in report.stale_runs] == [run_id] and not report.ok
+    repaired = store.check_workspace(repair=True, stale_after=0)
+    assert any("marked crashed" in line for line in repaired.repaired)
+    assert store.get_run(run_id)["status"] == "crashed"
+    assert not orphan.exists()
+    # what a chain needs is never deleted by a repair: still reported, for a person to restore
+    assert [m["artifact_id"] for m in store.check_workspace().missing] == [ids[0]]

@@ -1,0 +1,68 @@
+"""Workspace health: every referenced artifact present and sound, orphans and stale runs listed.
+
+``check_workspace(repair=True)`` fixes what it safely can: it marks runs that have been
+``running`` longer than ``stale_after`` as crashed, and collects orphan files and
+temporaries (through gc, with its grace period). It never deletes a row that a chain
+needs: a missing or corrupt artifact is reported, with the chains it breaks, for a
+person to restore.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .base import StoreBase, now
+
+
+@dataclass
+class CheckReport:
+    artifacts_checked: int = 0
+    missing: list[dict] = field(default_factory=list)      # {artifact_id, path, chains}
+    corrupt: list[dict] = field(default_factory=list)
+    orphan_files: list[str] = field(default_factory=list)
+    stale_runs: list[dict] = field(default_factory=list)   # {run_id, name, created_at}
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.corrupt or self.orphan_files or self.stale_runs)
+
+    def as_dict(self) -> dict:
+        return {"ok": self.ok, "artifacts_checked": self.artifacts_checked, "missing": self.missing,
+                "corrupt": self.corrupt, "orphan_files": self.orphan_files, "stale_runs": self.stale_runs,
+                "repaired": self.repaired}
+
+
+class CheckMixin(StoreBase):
+    def check_workspace(self, *, repair: bool = False, stale_after: float = 24 * 3600,
+                        grace: float = 3600.0) -> CheckReport:
+        report = CheckReport()
+        with self._db.reading() as con:
+            rows = con.execute(
+                "SELECT a.artifact_id, a.format, list(ca.chain_id) FILTER (WHERE ca.chain_id IS NOT NULL) "
+                "FROM artifacts a LEFT JOIN chain_artifacts ca USING (artifact_id) GROUP BY ALL").fetchall()
+            runs = con.execute("SELECT run_id, name, created_at, epoch(created_at) FROM runs "
+                               "WHERE status = 'running' ORDER BY created_at").fetchall()
+        known = set()
+        for artifact_id, fmt, chains in rows:
+            known.add(artifact_id)
+            path = self.files.path(artifact_id, fmt)
+            entry = {"artifact_id": artifact_id, "path": str(path), "chains": sorted(chains or [])}
+            if not path.exists():
+                report.missing.append(entry)
+            elif not self.files.is_sound(path, artifact_id):
+                report.corrupt.append(entry)
+        report.artifacts_checked = len(rows)
+        report.orphan_files = sorted(str(p) for p, artifact_id, _ in self.files.scan() if artifact_id not in known)
+        cutoff = time.time() - stale_after
+        report.stale_runs = [{"run_id": r[0], "name": r[1], "created_at": str(r[2])} for r in runs if r[3] < cutoff]
+        if repair:
+            for run in report.stale_runs:
+                self.fail_run(run["run_id"], f"marked crashed by check at {now().isoformat()}Z: still "
+                                             f"'running' after {stale_after / 3600:.0f} h", status="crashed")
+                report.repaired.append(f"run {run['run_id']} marked crashed")
+            removed = self.gc_artifacts(grace=grace)
+            report.repaired += [f"removed orphan {p}" for p in removed.orphan_files]
+            report.repaired += [f"removed dead artifact {a}" for a in removed.artifact_ids]
+        return report
