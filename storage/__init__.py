@@ -9,6 +9,9 @@ Never imports Prefect, so a notebook or a script can use a workspace on its own:
 
 from .errors import (ArtifactIntegrityError, InvalidInputError, LockTimeoutError, NotFoundError,
                      ReplayError, SchemaVersionError, StoreError, WorkspaceCorruptError, WorkspaceError)
+from .errors import (BundleError, BundleIntegrityError, BundleTrustError, BundleVersionError,
+                     BundleVersionWarning)
+from .bundles import Bundle, load_bundle
 from .chain_builder import ArtifactRegistry, ChainBuilder, record_trace
 from .library import PipelineLibrary
 from .maintenance import GcResult, VacuumResult, plan_gc
@@ -19,4 +22,6 @@ __all__ = [
     "GcResult", "VacuumResult", "plan_gc",
     "StoreError", "InvalidInputError", "NotFoundError", "WorkspaceError", "WorkspaceCorruptError",
     "SchemaVersionError", "LockTimeoutError", "ArtifactIntegrityError", "ReplayError",
+    "load_bundle", "Bundle", "BundleError", "BundleIntegrityError", "BundleTrustError",
+    "BundleVersionError", "BundleVersionWarning",
 ]

@@ -49,3 +49,26 @@ class ArtifactIntegrityError(StoreError):
 
 class ReplayError(StoreError, ValueError):
     """New data cannot be replayed through a chain (feature count, wavelength grid)."""
+
+
+class BundleError(StoreError):
+    """A ``.n4a`` bundle is not one nirsflow can read: not a ZIP, no manifest, an unsafe,
+    duplicate or unlisted member, a newer format version, a malformed chain."""
+
+
+class BundleIntegrityError(BundleError):
+    """A bundle member's bytes do not hash to what its manifest says, or its manifest was
+    changed after it was signed. ``trusted=True`` never waives this."""
+
+
+class BundleTrustError(BundleError):
+    """A bundle is unsigned, signed with a key not at hand, or no key is at hand to check
+    it; load it with ``trusted=True`` only if you trust where it came from."""
+
+
+class BundleVersionError(BundleError):
+    """Strict mode: the bundle was fitted with another scikit-learn major.minor version."""
+
+
+class BundleVersionWarning(UserWarning):
+    """The bundle was fitted with another scikit-learn major.minor version."""

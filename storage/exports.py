@@ -6,34 +6,20 @@ into ``exports/`` when no path is given.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import platform
-import zipfile
-from importlib import metadata
+import math
 from pathlib import Path
 
 import polars as pl
 import yaml
 
 from . import arrays
+from . import artifacts as art
+from . import bundles
 from .atomic import atomic_path, write_bytes
 from .base import StoreBase, check_id, now
-
-BUNDLE_FORMAT = "nirsflow-bundle"
-BUNDLE_VERSION = 1
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def library_versions() -> dict[str, str | None]:
-    return {"python": platform.python_version(), "numpy": _version("numpy"),
-            "scikit-learn": _version("scikit-learn"), "joblib": _version("joblib"),
-            "nirsflow": _version("nirsflow")}
+from .bundles import BUNDLE_FORMAT, BUNDLE_VERSION, library_versions  # noqa: F401 (public names)
 
 
 def _plain(value):
@@ -49,31 +35,128 @@ def _plain(value):
     return value
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _score(value):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
 class ExportsMixin(StoreBase):
     def _export_path(self, path, default_name: str) -> Path:
         return Path(path) if path is not None else self.path / "exports" / default_name
 
     def export_chain(self, chain_id: str, path: str | Path | None = None) -> Path:
-        """A self-contained ``.n4a`` ZIP: a manifest (format version, library versions,
-        the chain, a map of every artifact to its member name and SHA-256) and the
-        artifacts, each verified against its hash as it is copied in."""
+        """A signed, self-contained ``.n4a`` ZIP (see ``storage.bundles`` for the format):
+        a manifest (format version, library versions, the chain, where it came from, every
+        artifact's member name and SHA-256), its HMAC-SHA-256 signature, and the artifacts,
+        each verified against its hash as it is copied in. Signed with
+        ``NIRSFLOW_BUNDLE_KEY`` when set, else with this workspace's
+        ``.nirsflow/bundle.key`` (created on the first export)."""
         chain = self.get_chain(check_id("chain", chain_id))
         path = self._export_path(path, f"{chain_id}.n4a")
         with self._db.reading() as con:
-            rows = con.execute("SELECT a.artifact_id, a.format, a.operator_class, a.artifact_type "
+            rows = con.execute("SELECT a.artifact_id, a.format, a.operator_class, a.artifact_type, a.size_bytes "
                                "FROM artifacts a JOIN chain_artifacts ca USING (artifact_id) "
                                "WHERE ca.chain_id = ? ORDER BY a.artifact_id", [chain_id]).fetchall()
-        members = {a: {"member": f"artifacts/{a}.{fmt}", "sha256": a, "format": fmt,
-                       "operator_class": op, "artifact_type": kind} for a, fmt, op, kind in rows}
+        members = {a: {"member": bundles.member_name(a, fmt), "sha256": a, "format": fmt, "size_bytes": size,
+                       "operator_class": op, "artifact_type": kind} for a, fmt, op, kind, size in rows}
+        formats = {a: entry["format"] for a, entry in members.items()}
         manifest = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION,
                     "created_at": now().isoformat() + "Z", "versions": library_versions(),
-                    "chain": _plain(chain), "artifacts": members}
-        with atomic_path(path) as temp:
-            with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
-                bundle.writestr("manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
-                for artifact_id, entry in members.items():
-                    bundle.writestr(entry["member"], self.files.read_verified(artifact_id, entry["format"]))
-        return path
+                    "chain": _plain(chain), "source": self._bundle_source(chain), "artifacts": members}
+        key = bundles.signing_key(self.path)  # before anything is written: a bad key leaves no file
+        return bundles.write_bundle(path, manifest, lambda a: self.files.read_verified(a, formats[a]), key)
+
+    def _bundle_source(self, chain: dict) -> dict:
+        pipeline = self.get_pipeline(chain["pipeline_id"])
+        run = self.get_run(pipeline["run_id"])
+        return _plain({
+            "chain_id": chain["chain_id"],
+            "run": {"run_id": run["run_id"], "name": run["name"]},
+            "pipeline": {field: pipeline.get(field) for field in (
+                "pipeline_id", "name", "dataset_name", "dataset_hash", "expanded_config",
+                "generator_choices", "best_val", "best_test", "metric")},
+        })
+
+    def import_bundle(self, path: str | Path, *, trusted: bool = False, strict: bool = False) -> str:
+        """Bring a bundle's chain into this workspace and return its new chain id.
+
+        The bundle is checked whole first (``storage.bundles.read_bundle``: member names,
+        signature against ``NIRSFLOW_BUNDLE_KEY`` or this workspace's key, hashes,
+        scikit-learn version); nothing is unpickled. Its artifacts are saved under their
+        own hashes (deduplicated against what is here), and the chain lands in a new
+        completed run and pipeline whose config and metadata record where it came from,
+        all in one transaction."""
+        path = Path(path)
+        verified = bundles.read_bundle(path, keys=bundles.keys_at_hand(self.path), trusted=trusted, strict=strict)
+        manifest, chain = verified.manifest, verified.manifest["chain"]
+        source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+        pipeline = source.get("pipeline") if isinstance(source.get("pipeline"), dict) else {}
+        origin = {"bundle": str(path.absolute()), "bundle_sha256": _file_sha256(path),
+                  "manifest_sha256": verified.manifest_sha256, "signature": verified.signature,
+                  "format_version": manifest["format_version"], "created_at": manifest.get("created_at"),
+                  "versions": manifest.get("versions"), "source_chain_id": chain.get("chain_id"),
+                  "source": source}
+        dataset = pipeline.get("dataset_name") if isinstance(pipeline.get("dataset_name"), str) else ""
+        name = pipeline.get("name") if isinstance(pipeline.get("name"), str) else "imported"
+        with self.batch():
+            run_id = self.begin_run(f"import {path.name}", config={"imported_bundle": origin},
+                                    datasets=[{"name": dataset}] if dataset else [], tags=["imported"])
+            pipeline_id = self.begin_pipeline(
+                run_id, name, pipeline.get("expanded_config"),
+                pipeline.get("generator_choices") if isinstance(pipeline.get("generator_choices"), list) else None,
+                dataset, pipeline.get("dataset_hash") if isinstance(pipeline.get("dataset_hash"), str) else None)
+            for artifact_id, entry in sorted(manifest["artifacts"].items()):
+                self._import_artifact(artifact_id, entry, verified.data[artifact_id])
+            metadata = dict(chain.get("metadata") or {}) if isinstance(chain.get("metadata"), dict) else {}
+            metadata["imported_from"] = {"bundle": path.name, "manifest_sha256": verified.manifest_sha256,
+                                         "source_chain_id": chain.get("chain_id")}
+            chain_id = self.save_chain(
+                pipeline_id, chain["steps"], chain["model_step_idx"], chain.get("model_class") or "unknown",
+                chain.get("preprocessings") or "", chain["fold_strategy"], chain.get("fold_artifacts") or {},
+                chain.get("shared_artifacts") or {}, chain.get("branch_path"), chain.get("source_index"),
+                fold_weights=chain.get("fold_weights"), task_type=chain.get("task_type"),
+                classes=chain.get("classes"), wavelengths=chain.get("wavelengths"),
+                n_features=chain.get("n_features"), metadata=metadata)
+            self.complete_pipeline(pipeline_id, best_val=_score(pipeline.get("best_val")),
+                                   best_test=_score(pipeline.get("best_test")),
+                                   metric=pipeline.get("metric") if isinstance(pipeline.get("metric"), str) else None)
+            self.complete_run(run_id, summary={"imported_chain_id": chain_id,
+                                               "source_chain_id": chain.get("chain_id")})
+        return chain_id
+
+    def _import_artifact(self, artifact_id: str, entry: dict, data: bytes) -> None:
+        """``save_artifact`` for bytes already hashed (the bundle's), so the id is kept.
+        Same protocol: stage outside the lock, publish and insert the row under it."""
+        fmt = entry["format"]
+        final = self.files.path(artifact_id, fmt)
+        staged = None if final.exists() else self.files.stage(artifact_id, fmt, data)
+        try:
+            with self._db.writing() as con:
+                if not (final.exists() and self.files.is_sound(final, artifact_id)):
+                    staged = staged or self.files.stage(artifact_id, fmt, data)
+                    self.files.publish(staged, artifact_id)
+                    staged = None
+                stamp = now()
+                operator = entry.get("operator_class") if isinstance(entry.get("operator_class"), str) else None
+                kind = entry.get("artifact_type") if isinstance(entry.get("artifact_type"), str) else "model"
+                con.execute(
+                    "INSERT INTO artifacts (artifact_id, artifact_path, content_hash, operator_class, "
+                    "artifact_type, format, size_bytes, created_at, last_saved_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (artifact_id) "
+                    "DO UPDATE SET last_saved_at = excluded.last_saved_at",
+                    [artifact_id, art.relative_path(artifact_id, fmt), artifact_id, operator, kind, fmt,
+                     len(data), stamp, stamp])
+        finally:
+            if staged is not None:
+                staged.temp.unlink(missing_ok=True)
 
     def export_pipeline_config(self, pipeline_id: str, path: str | Path | None = None) -> Path:
         pipeline = self.get_pipeline(check_id("pipeline", pipeline_id))
