@@ -1,25 +1,91 @@
-"""``nirsflow``: the command line (typer, which Prefect already installs)."""
+"""``nirsflow``: the command line (typer and rich, which Prefect already installs).
+
+Every command takes ``--workspace`` (default: ``$NIRSFLOW_WORKSPACE``, then ``./workspace``)
+and prints a readable table, or JSON with ``--json``. Errors are one line on stderr that
+says what to do, with exit code 1.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import typer
 
 app = typer.Typer(help="NIRS model workspaces run by Prefect.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, add_completion=False)
+export_app = typer.Typer(help="Export a chain bundle, a run report or predictions.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+WorkspaceOption = typer.Option(None, "--workspace", "-w", envvar="NIRSFLOW_WORKSPACE",
+                               help="Workspace folder [default: ./workspace]")
+JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
 def _workspace(value: Path | None) -> Path:
-    return value or Path(os.environ.get("NIRSFLOW_WORKSPACE", "workspace"))
+    return value or Path("workspace")
 
 
-WorkspaceOption = typer.Option(None, "--workspace", "-w",
-                               help="Workspace folder [default: $NIRSFLOW_WORKSPACE, then ./workspace]")
+def _open(workspace: Path | None, *, must_exist: bool = True):
+    from storage import WorkspaceStore
+
+    path = _workspace(workspace)
+    if must_exist and not (path / "store.duckdb").exists():
+        raise UserError(f"no workspace at {path.resolve()} (no store.duckdb); run `nirsflow demo` or pass --workspace")
+    return WorkspaceStore(path)
 
 
+class UserError(Exception):
+    """An error whose message already says what to do."""
+
+
+def friendly(fn: Callable) -> Callable:
+    """One line on stderr and exit code 1 for the errors a user can meet; tracebacks
+    only for bugs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from nirs.errors import ConfigError, SpectraFileError
+        from storage import StoreError
+
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, StoreError, ConfigError, SpectraFileError, FileNotFoundError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _emit(rows: Any, as_json: bool, *, title: str = "") -> None:
+    """A polars DataFrame or a list of dicts, as a table or as JSON."""
+    import polars as pl
+
+    frame = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows)
+    if as_json:
+        typer.echo(json.dumps(frame.to_dicts(), default=str, indent=2))
+        return
+    if frame.is_empty():
+        typer.echo(f"{title}: nothing to show" if title else "nothing to show")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title or None, show_lines=False)
+    for column in frame.columns:
+        table.add_column(column, overflow="fold")
+    for row in frame.iter_rows():
+        table.add_row(*("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    Console(width=max(120, Console().width)).print(table)
+
+
+# -- commands -------------------------------------------------------------------------
 @app.command()
+@friendly
 def demo(workspace: Path = WorkspaceOption) -> None:
     """Train a small grid on the real Tablet NIR set, promote the best chain, print the leaderboard."""
     from flows.demo import run_demo
@@ -28,23 +94,245 @@ def demo(workspace: Path = WorkspaceOption) -> None:
 
 
 @app.command()
-def runs(workspace: Path = WorkspaceOption, status: str = typer.Option(None, help="running, completed, failed...")) -> None:
-    """List the runs of a workspace."""
-    from storage import WorkspaceStore
-
-    with WorkspaceStore(_workspace(workspace)) as store:
-        typer.echo(store.list_runs(status=status).select("run_id", "name", "status", "created_at"))
+@friendly
+def runs(workspace: Path = WorkspaceOption, status: str = typer.Option(None, help="running, completed, failed, crashed"),
+         as_json: bool = JsonOption) -> None:
+    """List the runs of a workspace, newest first."""
+    with _open(workspace) as store:
+        _emit(store.list_runs(status=status).select("run_id", "name", "status", "created_at", "completed_at", "error"),
+              as_json, title="runs")
 
 
 @app.command()
-def top(n: int = 10, workspace: Path = WorkspaceOption, partition: str = "val") -> None:
-    """The best predictions of a workspace."""
-    from storage import WorkspaceStore
+@friendly
+def top(n: int = typer.Option(10, "-n", help="How many."), workspace: Path = WorkspaceOption,
+        partition: str = "val", dataset: str = typer.Option(None, help="Only this dataset."),
+        fold: str = typer.Option("avg", help="'avg' ranks the folds combined; 'all' ranks every fold."),
+        as_json: bool = JsonOption) -> None:
+    """The best predictions (ranked in the direction of their metric)."""
+    with _open(workspace) as store:
+        frame = store.top_predictions(n, partition=partition, dataset_name=dataset,
+                                      fold_id=None if fold == "all" else fold)
+        _emit(frame.select("dataset_name", "model_name", "preprocessings", "fold_id", "metric", "val_score",
+                           "test_score", "chain_id"), as_json, title=f"top {n} ({partition})")
 
-    with WorkspaceStore(_workspace(workspace)) as store:
-        typer.echo(store.top_predictions(n, partition=partition)
-                   .select("dataset_name", "model_name", "preprocessings", "fold_id", "val_score", "test_score"))
+
+@app.command()
+@friendly
+def show(item: str = typer.Argument(..., help="A run, pipeline or chain id."), workspace: Path = WorkspaceOption,
+         as_json: bool = JsonOption) -> None:
+    """Show a run (with its pipelines), a pipeline (with its chains) or a chain."""
+    from storage import NotFoundError
+
+    with _open(workspace) as store:
+        for kind, getter in (("run", store.get_run), ("pipeline", store.get_pipeline), ("chain", store.get_chain)):
+            try:
+                record = getter(item)
+            except NotFoundError:
+                continue
+            record = {k: v for k, v in record.items() if not k.startswith("_")}
+            if as_json:
+                typer.echo(json.dumps({"kind": kind, **record}, default=_jsonable, indent=2))
+                return
+            typer.echo(f"{kind} {item}")
+            for key, value in record.items():
+                if key in ("steps", "fold_artifacts", "expanded_config", "wavelengths"):
+                    value = _summary(key, value)
+                typer.echo(f"  {key:18s} {value}")
+            if kind == "run":
+                _emit(store.list_pipelines(run_id=item).select("pipeline_id", "name", "status", "best_val", "best_test"),
+                      False, title="pipelines")
+            elif kind == "pipeline":
+                _emit(store.get_chains_for_pipeline(item).select("chain_id", "model_class", "preprocessings",
+                                                                 "fold_strategy"), False, title="chains")
+            return
+    raise UserError(f"{item} is not a run, pipeline or chain id in {_workspace(workspace).resolve()}; "
+                    "list them with `nirsflow runs` or `nirsflow top`")
+
+
+def _jsonable(value):
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def _summary(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if key == "wavelengths":
+        return f"{len(value)} points, {value[0]:g}-{value[-1]:g}"
+    if key == "steps":
+        return " > ".join(s.get("operator_class", "?").rsplit(".", 1)[-1] for s in value)
+    if key == "fold_artifacts":
+        return f"{len(value)} folds: {', '.join(value)}"
+    return json.dumps(value)[:200]
+
+
+@app.command()
+@friendly
+def replay(chain: str = typer.Argument(..., help="Chain id, or DATASET:ALIAS such as tablet:production."),
+           file: Path = typer.Argument(..., help="Spectra file (CSV/TSV, Parquet, JCAMP-DX)."),
+           workspace: Path = WorkspaceOption, id_column: str = "sample_id",
+           out: Path = typer.Option(None, help="Write the predictions here (.csv or .parquet)."),
+           as_json: bool = JsonOption) -> None:
+    """Predict the spectra of a file with a stored chain."""
+    import polars as pl
+
+    from nirs.readers import read_spectra
+
+    data = read_spectra(file, id_column=id_column)
+    with _open(workspace) as store:
+        chain_id = store.get_alias(*chain.split(":", 1)) if ":" in chain else chain
+        info = store.get_chain(chain_id)
+        columns = {"sample_id": data.sample_ids}
+        if info["task_type"] == "classification":
+            labels, proba = store.replay_chain(chain_id, data.X, wavelengths=data.wavelengths, return_proba=True)
+            columns["prediction"] = labels
+            columns.update({f"proba_{c}": proba[:, j] for j, c in enumerate(info["classes"])})
+        else:
+            columns["prediction"] = store.replay_chain(chain_id, data.X, wavelengths=data.wavelengths)
+    frame = pl.DataFrame(columns)
+    if out is not None:
+        from storage.atomic import atomic_path
+
+        with atomic_path(out) as temp:
+            frame.write_parquet(temp) if out.suffix == ".parquet" else frame.write_csv(temp)
+        typer.echo(f"{frame.height} predictions written to {out}")
+        return
+    _emit(frame, as_json, title=f"{file.name} with chain {chain_id}")
+
+
+@app.command()
+@friendly
+def promote(dataset: str, chain: str, workspace: Path = WorkspaceOption, alias: str = "production",
+            reason: str = typer.Option(None, help="Why, for the alias history.")) -> None:
+    """Point a dataset's alias (production by default) at a chain."""
+    from storage import NotFoundError
+
+    with _open(workspace) as store:
+        try:
+            previous = store.get_alias(dataset, alias)
+        except NotFoundError:  # the first promotion: nothing pointed there yet
+            previous = None
+        store.set_alias(dataset, alias, chain, changed_by=f"cli:{os.environ.get('USER', '?')}", reason=reason)
+    typer.echo(f"{dataset}/{alias} -> {chain}" + (f" (was {previous})" if previous else ""))
+
+
+@app.command()
+@friendly
+def gc(workspace: Path = WorkspaceOption, grace: float = typer.Option(3600.0, help="Seconds an unreferenced artifact is kept."),
+       dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would go."),
+       as_json: bool = JsonOption) -> None:
+    """Remove dead artifacts and orphan files older than the grace period."""
+    with _open(workspace) as store:
+        result = store.gc_artifacts(grace=grace, dry_run=dry_run)
+    payload = {"dry_run": dry_run, "artifacts": result.artifact_ids, "orphan_files": [str(p) for p in result.orphan_files],
+               "bytes_freed": result.bytes_freed}
+    if as_json:
+        typer.echo(json.dumps(payload, indent=2))
+    else:
+        verb = "would remove" if dry_run else "removed"
+        typer.echo(f"{verb} {len(result.artifact_ids)} artifacts and {len(result.orphan_files)} orphan files "
+                   f"({result.bytes_freed / 1e6:.2f} MB)")
+
+
+@app.command()
+@friendly
+def vacuum(workspace: Path = WorkspaceOption, as_json: bool = JsonOption) -> None:
+    """Compact store.duckdb and give the space back to the disk."""
+    with _open(workspace) as store:
+        result = store.vacuum()
+    if as_json:
+        typer.echo(json.dumps({"bytes_before": result.bytes_before, "bytes_after": result.bytes_after}))
+    else:
+        typer.echo(f"store.duckdb: {result.bytes_before / 1e6:.2f} MB -> {result.bytes_after / 1e6:.2f} MB")
+
+
+@app.command()
+@friendly
+def check(workspace: Path = WorkspaceOption, repair: bool = typer.Option(False, "--repair", help="Fix what is safe."),
+          stale_hours: float = typer.Option(24.0, help="A run still 'running' after this long is stale."),
+          as_json: bool = JsonOption) -> None:
+    """Verify the workspace: artifacts present and sound, orphans and stale runs listed."""
+    with _open(workspace) as store:
+        report = store.check_workspace(repair=repair, stale_after=stale_hours * 3600)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2, default=str))
+    else:
+        typer.echo(f"{report.artifacts_checked} artifacts checked: {len(report.missing)} missing, "
+                   f"{len(report.corrupt)} corrupt; {len(report.orphan_files)} orphan files; "
+                   f"{len(report.stale_runs)} stale runs")
+        for entry in report.missing + report.corrupt:
+            typer.echo(f"  {entry['path']}: needed by chains {', '.join(entry['chains']) or '(none)'}")
+        for line in report.repaired:
+            typer.echo(f"  repaired: {line}")
+    if not report.ok and not repair:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def plot(chain: str = typer.Argument(..., help="Chain id, or DATASET:ALIAS."), workspace: Path = WorkspaceOption,
+         out: Path = typer.Option(None, help="Folder for the PNGs [default: <workspace>/exports/plots/<chain>]"),
+         data: Path = typer.Option(None, help="A spectra file to draw before/after preprocessing.")) -> None:
+    """Predicted vs observed and residuals of a chain (and spectra before/after its preprocessing)."""
+    from nirs import plots
+
+    with _open(workspace) as store:
+        chain_id = store.get_alias(*chain.split(":", 1)) if ":" in chain else chain
+        folder = out or store.path / "exports" / "plots" / chain_id
+        sets = {}
+        for partition, label in (("val", "cross-validation"), ("test", "test")):
+            rows = store.query_predictions(chain_id=chain_id, fold_id="avg", partition=partition)
+            if rows.height:
+                arrays = store.get_prediction_arrays(rows["prediction_id"][0])
+                sets[label] = (arrays["y_true"], arrays["y_pred"])
+        info = store.get_chain(chain_id)
+        if info["task_type"] == "classification":
+            raise UserError("predicted-vs-observed plots are for regression chains")
+        if not sets:
+            raise UserError(f"chain {chain_id} has no stored 'avg' predictions to plot")
+        title = f"{info['preprocessings'] or '-'} > {info['model_class'].rsplit('.', 1)[-1]}"
+        written = [plots.predicted_vs_observed(sets, folder / "predicted_vs_observed.png", title),
+                   plots.residuals(sets, folder / "residuals.png", title)]
+        if data is not None:
+            from nirs.readers import read_spectra
+
+            spectra = read_spectra(data)
+            after, grid = store.preprocess_chain(chain_id, spectra.X, spectra.wavelengths)
+            written.append(plots.spectra(spectra.wavelengths, spectra.X, after, grid, folder / "spectra.png", title))
+    for path in written:
+        typer.echo(str(path))
+
+
+@export_app.command("chain")
+@friendly
+def export_chain(chain: str, workspace: Path = WorkspaceOption, out: Path = typer.Option(None, help="Bundle path (.n4a)")) -> None:
+    """A portable .n4a bundle of a chain."""
+    with _open(workspace) as store:
+        typer.echo(str(store.export_chain(chain, out)))
+
+
+@export_app.command("run")
+@friendly
+def export_run(run: str, workspace: Path = WorkspaceOption, out: Path = typer.Option(None, help="YAML path")) -> None:
+    """A YAML report of a run: its pipelines, chains and scores."""
+    with _open(workspace) as store:
+        typer.echo(str(store.export_run(run, out)))
+
+
+@export_app.command("predictions")
+@friendly
+def export_predictions(workspace: Path = WorkspaceOption, out: Path = typer.Option(None, help="Parquet path"),
+                       dataset: str = None, partition: str = None, run: str = None,
+                       arrays: bool = typer.Option(False, "--arrays", help="Include y_true, y_pred, ... as lists.")) -> None:
+    """Predictions as Parquet (filtered by dataset, partition, run)."""
+    with _open(workspace) as store:
+        typer.echo(str(store.export_predictions_parquet(out, include_arrays=arrays, dataset_name=dataset,
+                                                        partition=partition, run_id=run)))
+
+
+def main() -> None:  # pragma: no cover - the console script
+    app()
 
 
 if __name__ == "__main__":
-    app()
+    sys.exit(app())

@@ -218,20 +218,22 @@ class PredictionsMixin(StoreBase):
 
     def top_predictions(self, n: int = 10, metric: str = "val_score", ascending: bool | None = None,
                         partition: str | None = "val", dataset_name: str | None = None,
-                        group_by: str | None = None, run_id: str | None = None) -> pl.DataFrame:
+                        group_by: str | None = None, run_id: str | None = None,
+                        fold_id: str | None = None) -> pl.DataFrame:
         """The best ``n`` predictions (per ``group_by`` value when given).
 
         ``metric`` is a score column (``val_score``, ``test_score``, ``train_score``),
         ranked in the direction of the rows' metric (rmse, mae, bias: lower is better;
         r2, accuracy, rpd: higher), or a metric name (``"r2"``) ranked by that entry of
         ``scores``. Bias ranks by its distance from zero. ``ascending`` overrides the
-        direction. Missing scores rank last."""
+        direction. Missing scores rank last. ``fold_id="avg"`` ranks pipelines by their
+        combined cross-validated predictions rather than by single folds."""
         n = check_int("n", n, optional=False)
         if n < 0:
             raise InvalidInputError(f"n must be >= 0, got {n}")
         check_text("metric", metric)
         where, params = self._prediction_filters(partition=partition, dataset_name=dataset_name,
-                                                 run_id=run_id)
+                                                 run_id=run_id, fold_id=fold_id)
         if metric in _SCORE_COLUMNS:
             score, metric_name = f"p.{metric}", None
         elif metric.lower() in LOWER_IS_BETTER or metric.isidentifier():

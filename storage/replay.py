@@ -106,6 +106,18 @@ def _transform(op: Any, X: np.ndarray, grid):
     return out, (grid if grid is not None and out.shape[1] == X.shape[1] else None)
 
 
+def preprocess(chain: dict, X: np.ndarray, load: Loader, fold: str | None = None):
+    """X and its grid after the chain's transformer steps of one fold (the first replay
+    fold by default): what the model of that fold sees."""
+    fold = fold or replay_folds(chain)[0]
+    grid = chain.get("wavelengths")
+    for step in sorted(chain["steps"], key=lambda s: s["step_idx"]):
+        if step["step_idx"] == chain["model_step_idx"] or step.get("kind", "transformer") != "transformer":
+            continue
+        X, grid = _transform(load(_artifact_for(chain, fold, step["step_idx"])), X, grid)
+    return X, grid
+
+
 def run_chain(chain: dict, X: np.ndarray, load: Loader) -> tuple[np.ndarray, np.ndarray | None]:
     """Predictions (and, for classifiers, mean probabilities) of a checked input."""
     steps = sorted(chain["steps"], key=lambda s: s["step_idx"])

@@ -144,6 +144,13 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
             return pred, proba
         return pred
 
+    def preprocess_chain(self, chain_id: str, X, wavelengths=None, *, fold: str | None = None):
+        """``(X, grid)`` after the chain's preprocessing (one fold's), e.g. to plot it."""
+        chain = self._cached_chain(chain_id)
+        X = replaying.prepare_input(chain, X, wavelengths)
+        formats = self._chain_formats(chain)
+        return replaying.preprocess(chain, X, lambda a: self._cached_artifact(a, formats.get(a)), fold)
+
     def _chain_formats(self, chain: dict) -> dict[str, str]:
         if "_formats" not in chain:
             with self._db.reading() as con:

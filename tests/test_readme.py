@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,11 +24,9 @@ def test_readme_main_job_is_the_demo():
     assert main_job == "pip install -e . && nirsflow demo"
 
 
-def test_demo_runs_end_to_end_and_prints_the_leaderboard(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "demo", "--workspace", str(tmp_path / "ws")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
+def test_demo_runs_end_to_end_and_prints_the_leaderboard(demo_run):
+    workspace, done = demo_run
     assert "Leaderboard" in done.stdout and "Production chain for 'tablet'" in done.stdout
     rmse = float(re.search(r"replayed on the test set: RMSE ([0-9.]+)", done.stdout).group(1))
     assert 1.5 < rmse < 3.0  # SNV/MSC/SG + PLS on Tablet: about 2.2-2.4
-    assert (tmp_path / "ws" / "store.duckdb").is_file()
+    assert (workspace / "store.duckdb").is_file()

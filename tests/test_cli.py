@@ -1,0 +1,126 @@
+"""Each CLI command, run as a subprocess the way a user runs it, on the demo's workspace."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def ws(demo_run, tmp_path_factory):
+    """A private copy of the demo workspace (some commands change it)."""
+    workspace = tmp_path_factory.mktemp("cli") / "workspace"
+    shutil.copytree(demo_run[0], workspace, ignore=shutil.ignore_patterns(".nirsflow"))
+    return str(workspace)
+
+
+def _json(*args):
+    done = run_cli(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_runs_and_top(ws):
+    runs = _json("runs", "-w", ws)
+    assert [r["status"] for r in runs] == ["completed"] and runs[0]["name"] == "demo"
+    top = _json("top", "-n", "3", "-w", ws)
+    assert len(top) == 3 and {t["fold_id"] for t in top} == {"avg"}
+    assert top[0]["val_score"] <= top[1]["val_score"] <= top[2]["val_score"]   # rmse: lower first
+    table = run_cli("top", "-n", "2", "-w", ws)
+    assert "PLSRegression" in table.stdout and table.returncode == 0
+
+
+def test_show_run_pipeline_and_chain(ws):
+    run_id = _json("runs", "-w", ws)[0]["run_id"]
+    shown = run_cli("show", run_id, "-w", ws)
+    assert shown.returncode == 0 and "pipelines" in shown.stdout and "completed" in shown.stdout
+    chain_id = _json("top", "-n", "1", "-w", ws)[0]["chain_id"]
+    chain = _json("show", chain_id, "-w", ws)
+    assert chain["kind"] == "chain" and chain["n_features"] == 597
+
+
+def test_replay_a_file_with_the_production_alias(ws, tmp_path):
+    from nirs.datasets import load_tablet
+
+    _, test = load_tablet(instrument=1)
+    frame = pl.DataFrame({"sample_id": [f"t{i}" for i in range(5)]}).with_columns(
+        [pl.Series(f"{w:g}", test.X[:5, j]) for j, w in enumerate(test.wavelengths)])
+    source = tmp_path / "five.csv"
+    frame.write_csv(source)
+    out = tmp_path / "pred.parquet"
+    done = run_cli("replay", "tablet:production", str(source), "-w", ws, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    predictions = pl.read_parquet(out)
+    assert predictions["sample_id"].to_list() == [f"t{i}" for i in range(5)]
+    assert np.all(np.abs(predictions["prediction"].to_numpy() - test.y[:5]) < 10)
+
+
+def test_promote_moves_the_alias_and_gc_vacuum_check(ws):
+    chains = [t["chain_id"] for t in _json("top", "-n", "2", "-w", ws)]
+    done = run_cli("promote", "tablet", chains[1], "-w", ws, "--reason", "cli test")
+    assert done.returncode == 0 and f"-> {chains[1]}" in done.stdout and "(was" in done.stdout
+    gc = _json("gc", "-w", ws, "--dry-run")
+    assert gc["dry_run"] is True and gc["artifacts"] == []
+    vac = _json("vacuum", "-w", ws)
+    assert vac["bytes_after"] > 0
+    check = _json("check", "-w", ws)
+    assert check["ok"] is True and check["artifacts_checked"] > 0
+
+
+def test_check_fails_on_a_damaged_workspace(ws, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(ws, broken)
+    victim = next((broken / "artifacts").rglob("*.joblib"))
+    victim.write_bytes(b"rot")
+    done = run_cli("check", "-w", str(broken))
+    assert done.returncode == 1 and "1 corrupt" in done.stdout and str(victim.name) in done.stdout
+
+
+def test_exports(ws, tmp_path):
+    run_id = _json("runs", "-w", ws)[0]["run_id"]
+    chain_id = _json("top", "-n", "1", "-w", ws)[0]["chain_id"]
+    bundle = run_cli("export", "chain", chain_id, "-w", ws, "--out", str(tmp_path / "m.n4a"))
+    assert bundle.returncode == 0 and (tmp_path / "m.n4a").stat().st_size > 0
+    report = run_cli("export", "run", run_id, "-w", ws, "--out", str(tmp_path / "run.yaml"))
+    assert report.returncode == 0 and yaml.safe_load((tmp_path / "run.yaml").read_text())["run"]["run_id"] == run_id
+    preds = run_cli("export", "predictions", "-w", ws, "--out", str(tmp_path / "p.parquet"), "--partition", "test", "--arrays")
+    assert preds.returncode == 0
+    frame = pl.read_parquet(tmp_path / "p.parquet")
+    assert set(frame["partition"]) == {"test"} and len(frame["y_pred"][0]) == 212
+
+
+def test_plot_writes_pngs_that_show_something(ws, tmp_path):
+    from PIL import Image
+
+    done = run_cli("plot", "tablet:production", "-w", ws, "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    for name in ("predicted_vs_observed.png", "residuals.png"):
+        image = Image.open(tmp_path / name).convert("L")
+        assert image.size[0] >= 500 and image.size[1] >= 300
+        pixels = np.asarray(image)
+        assert pixels.std() > 10 and (pixels < 128).mean() > 0.01   # not blank: marks and text
+
+
+@pytest.mark.parametrize("args,message", [
+    (["runs", "-w", "/nonexistent/ws"], "no workspace at"),
+    (["show", "nope"], "is not a run, pipeline or chain id"),
+    (["replay", "ghost-chain", "missing.csv"], "missing.csv"),
+    (["promote", "tablet", "ghost-chain"], "unknown chain id 'ghost-chain'"),
+    (["replay", "tablet:staging", "README.md"], None),
+])
+def test_errors_are_one_line_with_a_nonzero_exit(ws, args, message):
+    if "-w" not in args:
+        args = args + ["-w", ws]
+    done = run_cli(*args)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr
+    if message:
+        assert message in lines[0]
