@@ -90,7 +90,7 @@ class ArtifactFiles:
 
     def is_sound(self, path: Path, artifact_id: str) -> bool:
         try:
-            return _hash_file(path) == artifact_id
+            return file_sha256(path) == artifact_id
         except OSError:
             return False
 
@@ -134,7 +134,7 @@ class ArtifactFiles:
                 yield Path(entry.path), artifact_id, mtime
 
 
-def _hash_file(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

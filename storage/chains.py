@@ -63,9 +63,15 @@ class ChainsMixin(StoreBase):
     def save_artifact(self, obj: Any, operator_class: str | None = None,
                       artifact_type: str = "model", format: str = "joblib") -> str:
         """Persist a fitted object; identical bytes give the same id and no new file."""
+        return self.save_artifact_bytes(art.serialize(obj, format), format, operator_class, artifact_type)
+
+    def save_artifact_bytes(self, data: bytes, format: str = "joblib", operator_class: str | None = None,
+                            artifact_type: str = "model") -> str:
+        """Persist already serialized bytes under their SHA-256 (bundle imports use this)."""
+        if format not in art.FORMATS:
+            raise InvalidInputError(f"unknown artifact format {format!r}; expected one of {art.FORMATS}")
         check_text("operator_class", operator_class, optional=True)
         check_text("artifact_type", artifact_type)
-        data = art.serialize(obj, format)
         artifact_id = art.sha256(data)
         final = self.files.path(artifact_id, format)
         # The slow part (writing and fsyncing the bytes) happens before the lock; under it

@@ -6,7 +6,6 @@ into ``exports/`` when no path is given.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -33,14 +32,6 @@ def _plain(value):
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return value
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _score(value):
@@ -99,7 +90,7 @@ class ExportsMixin(StoreBase):
         manifest, chain = verified.manifest, verified.manifest["chain"]
         source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
         pipeline = source.get("pipeline") if isinstance(source.get("pipeline"), dict) else {}
-        origin = {"bundle": str(path.absolute()), "bundle_sha256": _file_sha256(path),
+        origin = {"bundle": str(path.absolute()), "bundle_sha256": art.file_sha256(path),
                   "manifest_sha256": verified.manifest_sha256, "signature": verified.signature,
                   "format_version": manifest["format_version"], "created_at": manifest.get("created_at"),
                   "versions": manifest.get("versions"), "source_chain_id": chain.get("chain_id"),
@@ -133,30 +124,11 @@ class ExportsMixin(StoreBase):
         return chain_id
 
     def _import_artifact(self, artifact_id: str, entry: dict, data: bytes) -> None:
-        """``save_artifact`` for bytes already hashed (the bundle's), so the id is kept.
-        Same protocol: stage outside the lock, publish and insert the row under it."""
-        fmt = entry["format"]
-        final = self.files.path(artifact_id, fmt)
-        staged = None if final.exists() else self.files.stage(artifact_id, fmt, data)
-        try:
-            with self._db.writing() as con:
-                if not (final.exists() and self.files.is_sound(final, artifact_id)):
-                    staged = staged or self.files.stage(artifact_id, fmt, data)
-                    self.files.publish(staged, artifact_id)
-                    staged = None
-                stamp = now()
-                operator = entry.get("operator_class") if isinstance(entry.get("operator_class"), str) else None
-                kind = entry.get("artifact_type") if isinstance(entry.get("artifact_type"), str) else "model"
-                con.execute(
-                    "INSERT INTO artifacts (artifact_id, artifact_path, content_hash, operator_class, "
-                    "artifact_type, format, size_bytes, created_at, last_saved_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (artifact_id) "
-                    "DO UPDATE SET last_saved_at = excluded.last_saved_at",
-                    [artifact_id, art.relative_path(artifact_id, fmt), artifact_id, operator, kind, fmt,
-                     len(data), stamp, stamp])
-        finally:
-            if staged is not None:
-                staged.temp.unlink(missing_ok=True)
+        operator = entry.get("operator_class") if isinstance(entry.get("operator_class"), str) else None
+        kind = entry.get("artifact_type") if isinstance(entry.get("artifact_type"), str) else "model"
+        saved = self.save_artifact_bytes(data, entry["format"], operator, kind)
+        if saved != artifact_id:  # verified before; a mismatch here is a bug, not bad input
+            raise AssertionError(f"imported bytes hash to {saved}, expected {artifact_id}")
 
     def export_pipeline_config(self, pipeline_id: str, path: str | Path | None = None) -> Path:
         pipeline = self.get_pipeline(check_id("pipeline", pipeline_id))
