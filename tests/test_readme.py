@@ -30,3 +30,13 @@ def test_demo_runs_end_to_end_and_prints_the_leaderboard(demo_run):
     rmse = float(re.search(r"replayed on the test set: RMSE ([0-9.]+)", done.stdout).group(1))
     assert 1.5 < rmse < 3.0  # SNV/MSC/SG + PLS on Tablet: about 2.2-2.4
     assert (workspace / "store.duckdb").is_file()
+
+
+def test_readme_config_example_is_a_valid_config(tmp_path):
+    from nirs.config import count_pipelines, load_config, validate
+
+    text = re.search(r"```yaml\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S).group(1)
+    (tmp_path / "grid.yaml").write_text(text)
+    config = load_config(tmp_path / "grid.yaml")
+    assert count_pipelines(config) == 9
+    assert len(validate(config)) == 9
