@@ -1,0 +1,233 @@
+"""The ``train`` flow: one run over one or more datasets and one config (or library
+template), expanded by its generators, every pipeline cross-validated.
+
+Shape (numbers in tasks/training.py and bench/flow_bench.py): the run is a flow; each
+pipeline a task whose hooks mirror it in the store; each fold fit a task on the flow's
+ThreadPoolTaskRunner. A sliding window keeps the folds of the next ``window`` pipelines
+submitted while the current pipeline is gathered and recorded, so the pool stays busy
+during the store writes.
+
+The store is written only from this process, and only through the hooks of
+``tasks.lifecycle`` (plus one ``planned`` log entry): ``begin_run`` when the flow run
+enters Running, ``begin_pipeline``/chain/predictions/``complete_pipeline`` or
+``fail_pipeline`` as each pipeline task changes state, and ``complete_run`` only if
+every pipeline landed, else the run is failed with the reason (or, if even that write
+fails, left ``running`` for ``reconcile``).
+
+    from flows.train import train
+    train(workspace="./workspace", datasets=["tablet1"], template="snv-pls")
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
+
+from nirs.config import ConfigError, load_config, validate
+from storage import PipelineLibrary
+from tasks.data import describe_spec, load_dataset, normalize_spec
+from tasks.lifecycle import (PipelineEntry, RunDescription, StoreWriteError, current_book, pipeline_hooks,
+                             run_hooks)
+from tasks.reporting import (Progress, artifact_key, leaderboard_rows, markdown_report, publish_leaderboard,
+                             publish_markdown)
+from tasks.training import fit_fold_task, plan_pipeline_folds, refit_plan, train_pipeline
+
+#: Fold fits run on this many threads (numpy/scikit-learn release the GIL in BLAS calls).
+DEFAULT_WORKERS = max(2, (os.cpu_count() or 2))
+DEFAULT_DATASETS = ("tablet1",)
+
+
+def resolve_config(config: Any, template: str | None, workspace) -> tuple[Any, str]:
+    """(the pipeline config, a short label for names): exactly one of ``config`` (inline, or
+    the path of a .json/.yaml file) and ``template`` (a name in the workspace library)."""
+    if (config is None) == (template is None):
+        raise ConfigError("train needs exactly one of `config` (inline or a .json/.yaml path) and `template` "
+                          f"(a library template name); got config={config!r}, template={template!r}")
+    if template is not None:
+        return PipelineLibrary(Path(workspace)).load_template(template), template
+    if isinstance(config, (str, Path)):
+        return load_config(config), Path(config).stem
+    return config, "config"
+
+
+def _labels(params: dict) -> tuple[str, list[str]]:
+    template, config = params.get("template"), params.get("config")
+    what = template or (Path(config).stem if isinstance(config, str) else "config")
+    names = []
+    for spec in params.get("datasets") or DEFAULT_DATASETS:
+        names.append(describe_spec(spec)["name"])
+    return what, names
+
+
+def describe_run(params: dict) -> RunDescription:
+    """What ``begin_run`` records, from the flow run's parameters (called by the run hook)."""
+    what, names = _labels(params)
+    try:
+        resolved, _ = resolve_config(params.get("config"), params.get("template"), params["workspace"])
+    except Exception as exc:  # noqa: BLE001 - the flow body raises it; the record keeps the note
+        resolved = {"unresolved": str(exc)}
+    config = {"template": params.get("template"), "pipeline": resolved, "refit": bool(params.get("refit")),
+              "max_pipelines": params.get("max_pipelines")}
+    tags = ["nirsflow", "train", *(f"dataset:{n}" for n in names)]
+    if params.get("template"):
+        tags.append(f"template:{params['template']}")
+    tags += list(params.get("tags") or [])
+    name = params.get("name") or f"{what} on {', '.join(names)}"
+    return RunDescription(name=name, config=config,
+                          datasets=[describe_spec(s) for s in params.get("datasets") or DEFAULT_DATASETS],
+                          tags=tags)
+
+
+def flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    try:
+        what, names = _labels(dict(flow_run.parameters))
+        return f"train · {what} · {', '.join(names)}"
+    except Exception:  # noqa: BLE001 - a name must never stop a run
+        return "train"
+
+
+def _tag_flow_run(tags: list[str]) -> None:
+    ctx = FlowRunContext.get()
+    try:
+        merged = sorted(set(ctx.flow_run.tags or []) | set(tags))
+        ctx.client.update_flow_run(ctx.flow_run.id, tags=merged)
+    except Exception as exc:  # noqa: BLE001 - tags are for the UI only
+        get_run_logger().warning("could not tag the flow run: %s", exc)
+
+
+@flow(name="train", flow_run_name=flow_run_name, persist_result=False,
+      task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS), **run_hooks(describe_run))
+def train(workspace: str, datasets: list[Any] | None = None, config: Any = None, template: str | None = None,
+          name: str | None = None, refit: bool = False, max_pipelines: int = 1000, window: int = 2,
+          lock_timeout: float = 60.0, tags: list[str] | None = None, export: bool = True) -> dict:
+    """Train every pipeline of ``config`` (or library ``template``) on every dataset.
+
+    datasets: built-in names ("tablet1", "tablet2", "coffee") or file specs (see
+    ``tasks.data``); the spec's name is the store's dataset name. refit: also fit each
+    pipeline on all training data (replay then uses that model). window: how many
+    pipelines' folds are in flight at once. lock_timeout: seconds to wait for the
+    workspace lock before a store write fails (and the run is failed, not completed).
+    """
+    started = time.perf_counter()
+    book = current_book()
+    if book.run_id is None:
+        raise StoreWriteError(f"the run could not be recorded in workspace {workspace}: {book.begin_error}")
+    logger = get_run_logger()
+    description = describe_run(dict(FlowRunContext.get().flow_run.parameters or {}))
+    _tag_flow_run(description.tags)
+
+    pipeline_config, what = resolve_config(config, template, workspace)
+    pipelines = validate(pipeline_config, max_pipelines=max_pipelines)
+    specs = [normalize_spec(s) for s in (datasets or DEFAULT_DATASETS)]
+    if len({s["name"] for s in specs}) != len(specs):
+        raise ConfigError(f"dataset names must be unique in a run, got {[s['name'] for s in specs]}")
+
+    loaded = {spec["name"]: load_dataset(spec, spec_label=spec["name"]) for spec in specs}
+
+    work = []
+    for spec in specs:
+        train_set, test_set = loaded[spec["name"]]
+        dataset_hash = train_set.content_hash()
+        for p in pipelines:
+            entry = book.plan(PipelineEntry(key=f"{spec['name']}/{p.name}", name=p.name,
+                                            dataset_name=spec["name"], dataset_hash=dataset_hash,
+                                            expanded_config=p.config, generator_choices=p.choices))
+            work.append((entry, p, train_set, test_set))
+    logger.info("run %s: %d pipelines (%s) x %d datasets = %d pipeline fits; test sets: %s",
+                book.run_id, len(pipelines), what, len(specs), len(work),
+                ", ".join(f"{s['name']}={'yes' if loaded[s['name']][1] is not None else 'no'}" for s in specs))
+    try:
+        book.store.log_step(None, event="planned", run_id=book.run_id, level="info",
+                            message=f"{len(work)} pipelines planned",
+                            details={"pipelines": len(work), "keys": [e.key for e, *_ in work][:5000]})
+    except Exception as exc:  # noqa: BLE001 - recorded; the run will not be called completed
+        book.store_failed("log_step planned", exc)
+
+    progress = Progress(len(work), key=artifact_key("train-progress", what),
+                        description=f"{what}: pipelines trained of {len(work)}")
+
+    def submit(item):
+        entry, p, train_set, test_set = item
+        label = f"{entry.dataset_name} · {p.name}"
+        try:
+            plans = plan_pipeline_folds(train_set, p)
+        except Exception as exc:  # noqa: BLE001 - raised in the pipeline task, so its hooks record it
+            return label, [], None, exc
+        futures = []
+        for plan in plans:
+            future = fit_fold_task.submit(f"{label} · {plan.fold_id}", train_set, p, plan, test=test_set)
+            entry.fold_task_runs[plan.fold_id] = str(future.task_run_id)
+            book.note_task_run(future.task_run_id, entry.key)
+            futures.append(future)
+        refit_future = None
+        if refit:
+            refit_future = fit_fold_task.submit(f"{label} · refit", train_set, p, refit_plan(train_set),
+                                                test=test_set)
+            entry.fold_task_runs["refit"] = str(refit_future.task_run_id)
+            book.note_task_run(refit_future.task_run_id, entry.key)
+        return label, futures, refit_future, None
+
+    def gather(item, submitted) -> None:
+        entry, p, train_set, test_set = item
+        label, futures, refit_future, plan_error = submitted
+        task = train_pipeline.with_options(**pipeline_hooks(entry.key))
+        task(label, entry.key, train_set, p, quote(futures), test=test_set,
+             refit=None if refit_future is None else quote(refit_future), plan_error=plan_error,
+             return_state=True)  # a failed pipeline is recorded by its hooks; the run goes on
+        progress.step()
+
+    pending: deque = deque()
+    for item in work:
+        pending.append((item, submit(item)))
+        if len(pending) >= max(1, int(window)):
+            gather(*pending.popleft())
+    while pending:
+        gather(*pending.popleft())
+    progress.step(0, force=True)
+
+    # -- what the UI shows ---------------------------------------------------------------
+    entries = list(book.entries.values())
+    rows = leaderboard_rows(entries)
+    counts = book.counts()
+    wall_s = time.perf_counter() - started
+    best = next((r for r in rows if r["status"] == "completed"), None)
+    exports = {}
+    if export and best is not None:
+        try:
+            exports["run (YAML)"] = str(book.store.export_run(book.run_id))
+            exports[f"best chain {best['chain_id']} (.n4a bundle)"] = str(book.store.export_chain(best["chain_id"]))
+        except Exception as exc:  # noqa: BLE001 - exports are conveniences
+            logger.warning("exports not written: %s", exc)
+    title = f"Training run: {what} on {', '.join(s['name'] for s in specs)}"
+    table_id = publish_leaderboard(rows, key=artifact_key("leaderboard", what),
+                                   description=f"{title} — run {book.run_id}")
+    publish_markdown(markdown_report(title=title, run_id=book.run_id, flow_run_name=book.flow_run_name,
+                                     workspace=book.store.path, rows=rows, counts=counts, wall_s=wall_s,
+                                     exports=exports),
+                     key=artifact_key("report", what), description=title)
+    book.summary = {"counts": counts, "best": best, "wall_s": round(wall_s, 3),
+                    "flow_run_id": book.flow_run_id,
+                    "leaderboard_artifact_id": None if table_id is None else str(table_id),
+                    "exports": exports}
+    if best is not None:
+        logger.info("best: %s on %s, %s CV %.4g, test %s (chain %s); %d completed, %d failed, %.1f s",
+                    best["pipeline"], best["dataset"], best["metric"], best["cv_score"],
+                    best["test_score"], best["chain_id"], counts["completed"], counts["failed"], wall_s)
+    else:
+        logger.warning("no pipeline completed: %d failed", counts["failed"])
+
+    problems = book.problems()
+    if problems:
+        # Prefect must not say Completed when the store is missing writes.
+        raise StoreWriteError("; ".join(problems))
+    return {"run_id": book.run_id, **book.summary}

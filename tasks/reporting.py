@@ -1,0 +1,138 @@
+"""What the Prefect UI shows of a run: a progress artifact while the grid trains, a
+leaderboard table and a markdown report at the end. Called from a flow body (artifacts
+attach to the current flow run); every call is best-effort: a UI artifact that cannot be
+written is logged, never a reason to fail a training run."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from pathlib import Path
+
+from nirs.metrics import METRIC_DIRECTION
+
+log = logging.getLogger("nirsflow.reporting")
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key: lowercase letters, digits and dashes only."""
+    text = "-".join(p for p in parts if p)
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]+", "-", text.lower())).strip("-")[:100] or "nirsflow"
+
+
+def rank_value(metric: str | None, value: float | None) -> float:
+    """A sort key: smaller is better, missing scores last."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return math.inf
+    direction = METRIC_DIRECTION.get(metric or "", "min")
+    return {"min": value, "max": -value, "min_abs": abs(value)}[direction]
+
+
+def leaderboard_rows(entries) -> list[dict]:
+    """Completed pipelines ranked by their cross-validated score, then the failed ones."""
+    done = sorted((e for e in entries if e.status == "completed"),
+                  key=lambda e: (rank_value(e.metric, e.best_val), rank_value(e.metric, e.best_test), e.key))
+    failed = [e for e in entries if e.status != "completed"]
+    rows = []
+    for rank, e in enumerate(done, start=1):
+        rows.append({"rank": rank, "pipeline": e.name, "dataset": e.dataset_name, "status": e.status,
+                     "metric": e.metric, "cv_score": _round(e.best_val), "test_score": _round(e.best_test),
+                     "fit_ms": e.duration_ms, "chain_id": e.chain_id, "error": ""})
+    for e in failed:
+        rows.append({"rank": None, "pipeline": e.name, "dataset": e.dataset_name, "status": e.status,
+                     "metric": e.metric, "cv_score": None, "test_score": None, "fit_ms": e.duration_ms,
+                     "chain_id": None, "error": (e.error or e.store_error or "")[:300]})
+    return rows
+
+
+def _round(value):
+    return None if value is None else round(float(value), 5)
+
+
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.4g}"
+
+
+class Progress:
+    """A progress artifact, updated at most every ``every`` seconds (and at the end)."""
+
+    def __init__(self, total: int, key: str, description: str, every: float = 1.0) -> None:
+        self.total, self.done, self.every = max(total, 1), 0, every
+        self._last = 0.0
+        self.artifact_id = None
+        try:
+            from prefect.artifacts import create_progress_artifact
+
+            self.artifact_id = create_progress_artifact(0.0, key=key, description=description)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("no progress artifact: %s", exc)
+
+    def step(self, n: int = 1, *, force: bool = False) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.artifact_id is None or (not force and now - self._last < self.every and self.done < self.total):
+            return
+        self._last = now
+        try:
+            from prefect.artifacts import update_progress_artifact
+
+            update_progress_artifact(self.artifact_id, 100.0 * min(self.done, self.total) / self.total)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("progress not updated: %s", exc)
+
+
+def publish_leaderboard(rows: list[dict], key: str, description: str):
+    try:
+        from prefect.artifacts import create_table_artifact
+
+        return create_table_artifact(rows or [{"rank": None, "pipeline": "(none)"}], key=key,
+                                     description=description)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("no leaderboard artifact: %s", exc)
+        return None
+
+
+def markdown_report(*, title: str, run_id: str | None, flow_run_name: str, workspace: Path, rows: list[dict],
+                    counts: dict, wall_s: float, exports: dict, top: int = 5) -> str:
+    done = [r for r in rows if r["status"] == "completed"]
+    failed = [r for r in rows if r["status"] != "completed"]
+    fit_s = sum((r["fit_ms"] or 0) for r in rows) / 1000
+    lines = [f"# {title}", "",
+             f"- run `{run_id}` in workspace `{workspace}`, flow run `{flow_run_name}`",
+             f"- pipelines: **{counts.get('completed', 0)} completed**, **{counts.get('failed', 0)} failed**, "
+             f"{counts.get('planned', 0)} planned; {counts.get('store_errors', 0)} store write errors",
+             f"- wall time {wall_s:.1f} s; fitting time {fit_s:.1f} s (summed over folds, in parallel)", ""]
+    if done:
+        lines += [f"## Best chains (top {min(top, len(done))} by cross-validated score)", "",
+                  "| rank | pipeline | dataset | metric | CV | test | chain |",
+                  "|---:|---|---|---|---:|---:|---|"]
+        for r in done[:top]:
+            lines.append(f"| {r['rank']} | {r['pipeline']} | {r['dataset']} | {r['metric']} | "
+                         f"{_fmt(r['cv_score'])} | {_fmt(r['test_score'])} | `{r['chain_id']}` |")
+        lines.append("")
+    if failed:
+        lines += ["## Failed pipelines", "", "| pipeline | dataset | error |", "|---|---|---|"]
+        for r in failed[:50]:
+            error = (r["error"] or "").replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {r['pipeline']} | {r['dataset']} | {error} |")
+        if len(failed) > 50:
+            lines.append(f"| … | | {len(failed) - 50} more in the store's logs |")
+        lines.append("")
+    if exports:
+        lines += ["## Exports", ""]
+        for label, path in exports.items():
+            lines.append(f"- {label}: [`{path}`](file://{path})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def publish_markdown(markdown: str, key: str, description: str):
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        return create_markdown_artifact(markdown, key=key, description=description)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("no markdown artifact: %s", exc)
+        return None

@@ -1,0 +1,134 @@
+"""A real local Prefect server for the flow tests, started once per session, and helpers to
+run flows in other OS processes against it.
+
+A real server rather than ``prefect_test_harness``: several tests run flows in
+subprocesses (SIGTERM, SIGKILL, three processes on one workspace), and those need an API
+URL they can reach. The server gets its own PREFECT_HOME and SQLite file in a temporary
+folder, so nothing of the developer's own Prefect is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Small, fast grids on the real Tablet spectra: 3-fold CV, few PLS components.
+SPLIT = {"split": {"class": "KFold", "params": {"n_splits": 3, "shuffle": True, "random_state": 0}}}
+GRID_2 = [{"_or_": ["SNV", None]}, SPLIT, {"model": {"class": "PLSRegression", "params": {"n_components": 6}}}]
+# The second alternative fails inside scikit-learn: 900 components > 597 wavelengths.
+GRID_WITH_FAILURE = [SPLIT, {"model": {"class": "PLSRegression", "params": {"n_components": {"_or_": [6, 900]}}}}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    env: dict  # environment for subprocesses that must use this server
+    home: Path
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+                "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+                "PREFECT_UI_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"})
+    log = open(home / "server.log", "w")
+    prefect_cli = Path(sys.executable).parent / "prefect"
+    proc = subprocess.Popen([str(prefect_cli), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the Prefect server did not start; see {home / 'server.log'}:\n"
+                               + (home / "server.log").read_text()[-3000:])
+        time.sleep(0.5)
+    client_env = {**env, "PREFECT_API_URL": url}
+    client_env.pop("PREFECT_API_DATABASE_CONNECTION_URL")
+    client_env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    old = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield Server(url=url, env=client_env, home=home)
+    finally:
+        if old is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = old
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    return tmp_path / "ws"
+
+
+@pytest.fixture
+def prefect_client(prefect_server):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        yield client
+
+
+def start_flow_process(server: Server, code: str, log_path: Path) -> subprocess.Popen:
+    """Run ``code`` (Python, may use the flows) in a new process against the test server."""
+    log = open(log_path, "w")
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=server.env, cwd=str(REPO),
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def train_code(workspace: Path, config, **kwargs) -> str:
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return f"""
+        import json
+        from flows.train import train
+        train(workspace={str(workspace)!r}, config=json.loads({json.dumps(json.dumps(config))}){', ' + args if args else ''})
+        """
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

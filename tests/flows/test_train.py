@@ -1,0 +1,139 @@
+"""The train flow on real Tablet spectra: what lands in the store, through which hooks, and
+what the Prefect UI gets."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import numpy as np
+import pytest
+
+from flows.train import train
+from storage import PipelineLibrary, WorkspaceStore
+from tests.flows.conftest import GRID_2, GRID_WITH_FAILURE, SPLIT
+
+
+def _flow_run_id(state) -> str:
+    return str(state.state_details.flow_run_id)
+
+
+def test_train_writes_run_pipelines_chains_predictions_artifacts_with_prefect_ids(prefect_server, prefect_client,
+                                                                                  workspace):
+    state = train(workspace=str(workspace), datasets=["tablet1"], config=GRID_2, return_state=True)
+    assert state.is_completed(), state.message
+    flow_run_id = _flow_run_id(state)
+    flow_run = prefect_client.read_flow_run(UUID(flow_run_id))
+    assert flow_run.name == "train · config · tablet1"
+    assert {"nirsflow", "train", "dataset:tablet1"} <= set(flow_run.tags)
+
+    with WorkspaceStore(workspace) as store:
+        runs = store.list_runs()
+        assert runs.height == 1
+        run = store.get_run(runs["run_id"][0])
+        assert run["status"] == "completed" and run["flow_run_id"] == flow_run_id
+        assert run["summary"]["counts"] == {"planned": 2, "completed": 2, "failed": 0, "landed": 2, "store_errors": 0}
+        assert "dataset:tablet1" in run["tags"]
+
+        pipes = store.list_pipelines(run_id=run["run_id"])
+        assert pipes.height == 2 and set(pipes["status"]) == {"completed"}
+        assert set(pipes["flow_run_id"]) == {flow_run_id}
+        # every pipeline row names its own Prefect task run, and that task run is the pipeline's
+        for task_run_id, name in zip(pipes["task_run_id"], pipes["name"]):
+            task_run = prefect_client.read_task_run(UUID(task_run_id))
+            assert str(task_run.flow_run_id) == flow_run_id
+            assert task_run.name == f"tablet1 · {name}" and task_run.state.is_completed()
+
+        chains = store.sql("SELECT c.chain_id, c.task_run_id, c.metadata, p.task_run_id AS p_task "
+                           "FROM chains c JOIN pipelines p USING (pipeline_id)")
+        assert chains.height == 2
+        assert (chains["task_run_id"] == chains["p_task"]).all()
+        import json
+        for meta in chains["metadata"]:
+            folds = json.loads(meta)["fold_task_run_ids"]
+            assert sorted(folds) == ["fold_0", "fold_1", "fold_2"]
+            for fold_id, fold_task in folds.items():
+                fold_run = prefect_client.read_task_run(UUID(fold_task))
+                assert fold_run.name.endswith(f"· {fold_id}") and fold_run.state.is_completed()
+
+        preds = store.query_predictions()
+        assert preds.height > 0 and preds["task_run_id"].null_count() == 0
+        assert set(preds["task_run_id"]) == set(pipes["task_run_id"])
+        assert store.list_artifacts().height > 0
+
+        # the best chain replays to its recorded test predictions
+        best = store.top_predictions(1, partition="test", run_id=run["run_id"])
+        arrays = store.get_prediction_arrays(best["prediction_id"][0])
+        from nirs.datasets import load_tablet
+        _, test = load_tablet(1)
+        if best["fold_id"][0] == "avg":
+            replayed = store.replay_chain(best["chain_id"][0], test.X, test.wavelengths)
+            np.testing.assert_allclose(replayed, arrays["y_pred"], atol=1e-9)
+
+        logs = store.get_logs(run_id=run["run_id"])
+        events = set(logs["event"])
+        assert {"process", "planned", "log"} <= events
+        messages = " ".join(m for m in logs["message"] if m)
+        assert "rmse" in messages  # the pipeline tasks' get_run_logger lines are kept in the store
+
+    artifacts = prefect_client.read_artifacts()
+    mine = [a for a in artifacts if str(a.flow_run_id) == flow_run_id]
+    kinds = {a.type for a in mine}
+    assert {"table", "markdown", "progress"} <= kinds
+    table = next(a for a in mine if a.type == "table")
+    assert table.key == "leaderboard-config"
+    progress = next(a for a in mine if a.type == "progress")
+    assert float(progress.data) == pytest.approx(100.0)
+
+
+def test_a_failing_pipeline_is_recorded_failed_and_the_run_completes(prefect_server, workspace):
+    state = train(workspace=str(workspace), datasets=["tablet1"], config=GRID_WITH_FAILURE, return_state=True)
+    assert state.is_completed(), state.message
+    with WorkspaceStore(workspace) as store:
+        run = store.get_run(store.list_runs()["run_id"][0])
+        assert run["status"] == "completed"
+        assert run["summary"]["counts"]["failed"] == 1 and run["summary"]["counts"]["completed"] == 1
+        pipes = store.list_pipelines(run_id=run["run_id"])
+        failed = pipes.filter(pipes["status"] == "failed")
+        assert failed.height == 1
+        error = failed["error"][0]
+        assert "n_components" in error and "PLSRegression" in error  # sklearn's message + nirs's note
+        assert failed["task_run_id"][0] is not None
+        # its failure is in the logs table, and no chain keeps artifacts alive for it
+        errors = store.get_logs(pipeline_id=failed["pipeline_id"][0], level="error")
+        assert errors.height >= 1
+        assert store.get_chains_for_pipeline(failed["pipeline_id"][0]).height == 0
+        ok = pipes.filter(pipes["status"] == "completed")
+        assert store.get_chains_for_pipeline(ok["pipeline_id"][0]).height == 1
+
+
+def test_a_flow_that_raises_ends_failed_in_the_store_with_its_reason(prefect_server, workspace):
+    missing = workspace.parent / "nowhere.csv"
+    state = train(workspace=str(workspace), config=GRID_2, return_state=True,
+                  datasets=[{"name": "wheat", "train": str(missing), "target_column": "protein"}])
+    assert state.is_failed()
+    with WorkspaceStore(workspace) as store:
+        run = store.get_run(store.list_runs()["run_id"][0])
+        assert run["status"] == "failed"
+        assert run["flow_run_id"] == _flow_run_id(state)
+        assert "nowhere.csv" in run["error"] and "does not exist" in run["error"]
+
+
+def test_a_bad_template_name_fails_the_run_with_a_clear_error(prefect_server, workspace):
+    PipelineLibrary(workspace).save_template(GRID_2, "snv-pls")
+    state = train(workspace=str(workspace), template="snv-pls-typo", return_state=True)
+    assert state.is_failed()
+    with WorkspaceStore(workspace) as store:
+        run = store.get_run(store.list_runs()["run_id"][0])
+        assert run["status"] == "failed" and "snv-pls-typo" in run["error"]
+
+
+def test_train_from_a_library_template_with_refit(prefect_server, workspace):
+    PipelineLibrary(workspace).save_template([SPLIT, "SNV", {"model": {"class": "PLSRegression",
+                                                                       "params": {"n_components": 6}}}], "snv-pls")
+    state = train(workspace=str(workspace), template="snv-pls", refit=True, return_state=True)
+    assert state.is_completed(), state.message
+    with WorkspaceStore(workspace) as store:
+        run = store.get_run(store.list_runs()["run_id"][0])
+        assert run["status"] == "completed" and "template:snv-pls" in run["tags"]
+        chain = store.get_chain(run["summary"]["best"]["chain_id"])
+        assert chain["fold_strategy"] == "refit" and "refit" in chain["fold_artifacts"]
