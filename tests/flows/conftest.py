@@ -82,6 +82,12 @@ def prefect_server(tmp_path_factory):
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield Server(url=url, env=client_env, home=home)
     finally:
+        try:  # ship the last log records while the server is still up
+            from prefect.logging.handlers import APILogHandler
+
+            APILogHandler().flush()
+        except Exception:  # noqa: BLE001
+            pass
         if old is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
