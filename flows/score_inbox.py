@@ -1,0 +1,460 @@
+"""The ``score_inbox`` flow: score every new spectra file of an inbox with the chain its
+dataset's alias points to; every file is scored once, or set aside with its reason.
+
+Layout (the dataset is named by the folder a file is dropped in)::
+
+    <inbox>/                         what instruments write into
+        tablet/batch-0007.csv        one folder per dataset, named as in the store
+        tablet/run-12.parquet        (CSV/TSV/TXT, Parquet, JCAMP-DX; see nirs.readers)
+        wheat/sample-3.jdx
+        .score_inbox.lock            held while a run works on this inbox
+    <root>/                          the ``outbox`` parameter, or the workspace
+        outbox/tablet/batch-0007.<sha256[:12]>.parquet   the result (and .csv on request)
+        processed/tablet/batch-0007.csv                  inputs, once scored and recorded
+        processed/tablet/batch-0007.1.csv                (+ .duplicate.json) same bytes again
+        rejected/tablet/bad.csv                          a file that cannot be scored ...
+        rejected/tablet/bad.csv.error.json               ... and what is wrong with it
+
+Files must sit in a dataset folder; a file at the inbox's top level is rejected (its
+dataset is unknown). Folders below a dataset folder are not looked into. Hidden files
+and temporary names (``.x.csv``, ``x.csv.part``, ``.tmp``, ``.partial``, ``~``...) are
+never touched. A result has the columns ``sample_id``, ``prediction`` (the class label
+for classifiers, ``prediction_1..k`` for multi-target regression), ``proba_<class>`` for
+classifiers, ``dataset``, ``alias``, ``chain_id``, ``model_class``, ``input_file``,
+``input_sha256``, ``scored_at`` (UTC).
+
+When is a file ready? Only when its size, mtime and inode are the same at two looks
+``settle_seconds`` apart (2 s by default), and still the same once it has been scored (a
+file that changed meanwhile is left for the next run, its result discarded). A writer
+that may pause for longer than ``settle_seconds`` should write under a temporary name
+(``.x.csv`` or ``x.csv.part``) and rename it into place: a file that arrives by atomic
+rename is whole the moment it has its name.
+
+Each file, in order (oldest first): hash its bytes (SHA-256) → if the store already
+holds that hash, it is a duplicate: the input moves to ``processed/`` with a
+``.duplicate.json`` note naming the earlier file and where its result is → else resolve
+the dataset's alias (``production`` by default) *now*, so a promotion never splits a
+file between two chains → a Prefect task reads it in chunks (bounded memory), checks it
+against the chain (feature count; a different grid is resampled when it covers the
+trained range, refused otherwise), replays every chunk and writes the result to a
+temporary file renamed into ``outbox/`` when whole → the flow records the file in the
+store (content hash, chain, result path) → only then moves the input to ``processed/``.
+A bad file goes to ``rejected/`` with ``<name>.error.json`` (stage, row, column,
+expected, found, message) while the others are scored. Nothing is ever deleted, and no
+file is overwritten (a name already taken gets ``.1``, ``.2``...).
+
+A dataset whose alias points nowhere (no alias, or a deleted chain) is not the files'
+fault: they stay in the inbox, reported as waiting, and are scored by the first run after
+a chain is promoted.
+
+Crashes: a kill at any point leaves each file either unscored in the inbox (a result
+written but not yet recorded is rewritten under the same, content-derived name by the
+next run), or recorded with its result in place (if the move to ``processed/`` had not
+happened, the next run finishes it). Temporary ``.part`` files of a killed run are
+swept. So rerunning finishes the job, and a hash is never recorded twice.
+
+Parallelism: files are scored by ``score-file`` tasks on the flow's thread pool (at most
+``window`` in flight); tasks get the chain already loaded and never open the store:
+only this flow-run process reads and writes it. The Prefect UI gets a markdown artifact
+with the counts (scored, rejected with reasons, duplicates, waiting, spectra per second)
+and a table artifact of the rejected files; the flow returns the same summary.
+
+    from flows.score_inbox import score_inbox
+    score_inbox(workspace="./workspace", inbox="/data/inbox")
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
+
+from storage import WorkspaceStore
+from storage.errors import InvalidInputError, NotFoundError, StoreError
+from tasks.scoring import (FileChanged, InboxFile, LoadedChain, ScoreJob, ScoringLock,
+                           discover, move_file, plan_destination, result_paths, same_bytes_exists,
+                           score_file_task, sha256_of, sweep_partials, write_note)
+
+#: Files scored at once (threads: numpy/scikit-learn and polars release the GIL).
+DEFAULT_WORKERS = max(2, os.cpu_count() or 2)
+
+
+class ScoringIncomplete(RuntimeError):
+    """Some files could neither be scored nor set aside (a store write, the outbox...);
+    they are still in the inbox, and the next run tries them again."""
+
+
+def _flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    try:
+        return f"score inbox · {Path(flow_run.parameters['inbox']).name}"
+    except Exception:  # noqa: BLE001 - a name must never stop a run
+        return "score inbox"
+
+
+def _artifact_key(*parts: str) -> str:
+    text = "-".join(p for p in parts if p)
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]+", "-", text.lower())).strip("-")[:100] or "score-inbox"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+@dataclass
+class Tally:
+    scored: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    duplicates: list[dict] = field(default_factory=list)
+    recovered: list[dict] = field(default_factory=list)
+    waiting: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict:
+        return {k: len(getattr(self, k)) for k in
+                ("scored", "rejected", "duplicates", "recovered", "waiting", "failed", "gone")}
+
+
+class InboxRun:
+    """One pass over the inbox, in the flow-run process (the only one that opens the store)."""
+
+    def __init__(self, store: WorkspaceStore, root: Path, *, alias: str, csv: bool, chunk_rows: int,
+                 id_column: str | None, window: int, flow_run_id: str | None, logger) -> None:
+        self.store, self.root, self.alias, self.csv = store, root, alias, csv
+        self.chunk_rows, self.id_column, self.window = chunk_rows, id_column, max(1, window)
+        self.flow_run_id, self.log = flow_run_id, logger
+        self.tally = Tally()
+        self.chains: dict[tuple[str, str], LoadedChain] = {}
+        self.pending: deque = deque()
+        self.followers: dict[str, list[InboxFile]] = {}  # same bytes as a file being scored
+        self.n_spectra = 0
+        self.store_errors = 0
+
+    # -- admitting a file ------------------------------------------------------------
+    def admit(self, f: InboxFile) -> None:
+        if f.dataset is None:
+            self.reject(f, None, {"file": f.rel, "dataset": None, "stage": "inbox", "error": "NoDatasetFolder",
+                                  "problem": "the file is not in a dataset folder, so no chain can be chosen",
+                                  "row": None, "column": None, "expected": "<inbox>/<dataset>/<file>",
+                                  "found": f"<inbox>/{f.rel}",
+                                  "message": f"{f.rel}: put files in <inbox>/<dataset>/, the dataset's folder"})
+            return
+        try:
+            sha = sha256_of(f.path, f.stat)
+        except FileChanged as exc:
+            self.wait(f, str(exc))
+            return
+        except FileNotFoundError:
+            self.tally.gone.append(f.rel)
+            return
+        except OSError as exc:
+            self.reject(f, None, {"file": f.rel, "dataset": f.dataset, "stage": "read", "error": type(exc).__name__,
+                                  "problem": f"cannot be read: {exc.strerror or exc}", "row": None, "column": None,
+                                  "expected": "a file this process may read", "found": exc.strerror or str(exc),
+                                  "message": f"{f.rel}: cannot be read: {exc.strerror or exc}"})
+            return
+        record = self.store.find_scored_file(sha)
+        if record is not None:
+            self.known(f, sha, record)
+            return
+        if sha in self.followers:
+            self.followers[sha].append(f)
+            return
+        try:
+            chain_id = self.store.get_alias(f.dataset, self.alias)  # at the start of each file
+        except NotFoundError as exc:
+            self.wait(f, f"no chain to score with: {exc}; promote one with set_alias({f.dataset!r}, {self.alias!r}, "
+                         "chain_id)")
+            return
+        chain = self.loaded(chain_id, f.dataset)
+        if chain is None:
+            self.fail(f, f"chain {chain_id} of {f.dataset}/{self.alias} could not be loaded (see the log)")
+            return
+        result, csv_path = result_paths(self.root, f, sha, self.csv)
+        job = ScoreJob(f, sha, result, csv_path, chunk_rows=self.chunk_rows, id_column=self.id_column)
+        future = score_file_task.submit(f.rel, quote(job), quote(chain))
+        self.followers[sha] = []
+        self.pending.append((job, future))
+        while len(self.pending) >= self.window:
+            self.finish(*self.pending.popleft())
+
+    def loaded(self, chain_id: str, dataset: str) -> LoadedChain | None:
+        key = (chain_id, dataset)
+        if key not in self.chains:
+            try:
+                self.chains[key] = LoadedChain.from_store(self.store, chain_id, dataset, self.alias)
+            except Exception as exc:  # noqa: BLE001 - e.g. a corrupt artifact: reported, not loaded
+                self.log.error("chain %s (%s/%s) cannot be loaded: %s: %s", chain_id, dataset, self.alias,
+                               type(exc).__name__, exc)
+                return None
+            self.log.info("%s/%s -> chain %s (%s)", dataset, self.alias, chain_id, self.chains[key].model_class)
+        return self.chains[key]
+
+    # -- finishing a file -------------------------------------------------------------
+    def drain(self) -> None:
+        while self.pending:
+            self.finish(*self.pending.popleft())
+
+    def finish(self, job: ScoreJob, future) -> None:
+        f = job.file
+        try:
+            outcome = future.result()
+        except Exception as exc:  # noqa: BLE001 - the task itself failed: not the file's fault
+            outcome = {"status": "failed", "reason": f"the scoring task failed: {type(exc).__name__}: {exc}"}
+        status = outcome["status"]
+        if status == "scored":
+            self.scored(f, job, outcome)
+        elif status == "rejected":
+            self.reject(f, job.sha256, outcome["problem"])
+        elif status == "changed":
+            self.wait(f, outcome["reason"])
+        elif status == "gone":
+            self.tally.gone.append(f.rel)
+        else:
+            self.fail(f, outcome.get("reason", status))
+        self.settle_followers(job.sha256, outcome)
+
+    def scored(self, f: InboxFile, job: ScoreJob, outcome: dict) -> None:
+        try:
+            self.store.record_scored_file(job.sha256, f.rel, outcome["chain_id"], outcome["result_path"],
+                                          n_spectra=outcome["n_spectra"], dataset_name=f.dataset,
+                                          alias=self.alias, flow_run_id=self.flow_run_id)
+        except (StoreError, OSError) as exc:
+            record = None
+            if isinstance(exc, InvalidInputError):
+                record = self.store.find_scored_file(job.sha256)
+            if record is not None:  # another run recorded the same bytes meanwhile
+                self.known(f, job.sha256, record)
+                return
+            self.store_errors += 1
+            self.fail(f, f"scored into {outcome['result_path']} but not recorded in the store "
+                         f"({type(exc).__name__}: {exc}); left in the inbox for the next run")
+            return
+        dest = self.move(f, self.root / "processed" / f.dataset)
+        if dest is None:
+            return
+        self.n_spectra += outcome["n_spectra"]
+        self.tally.scored.append({"file": f.rel, "n_spectra": outcome["n_spectra"],
+                                  "seconds": round(outcome["seconds"], 3), "result": outcome["result_path"],
+                                  "chain_id": outcome["chain_id"], "moved_to": str(dest) if dest else None,
+                                  **({"resampled_from": outcome["resampled_from"]}
+                                     if "resampled_from" in outcome else {})})
+
+    def known(self, f: InboxFile, sha: str, record: dict) -> None:
+        """Bytes the store has already scored: either this very file, scored and recorded
+        by a run that died before moving it, or a duplicate."""
+        processed = self.root / "processed" / (f.dataset or "")
+        result_present = Path(record["result_path"]).exists()
+        if record["file_name"] == f.rel and same_bytes_exists(processed, f.name, sha, f.stat.size) is None:
+            dest = self.move(f, processed)
+            if dest is None:
+                return
+            self.tally.recovered.append({"file": f.rel, "result": record["result_path"],
+                                         "result_present": result_present, "moved_to": str(dest) if dest else None})
+            self.log.info("%s was scored and recorded by flow run %s, which stopped before moving it; moved now",
+                          f.rel, record.get("flow_run_id"))
+            return
+        dest = plan_destination(processed, f.name)
+        note = {"file": f.rel, "content_sha256": sha, "skipped": "duplicate: these bytes were already scored",
+                "duplicate_of": record["file_name"], "result_path": record["result_path"],
+                "result_present": result_present, "chain_id": record["chain_id"], "alias": record.get("alias"),
+                "scored_at": record.get("scored_at"), "scored_by_flow_run": record.get("flow_run_id"),
+                "seen_again_at": _now(), "seen_again_by_flow_run": self.flow_run_id, "moved_to": str(dest)}
+        try:
+            write_note(dest.with_name(dest.name + ".duplicate.json"), note)
+            move_file(f.path, dest)
+        except FileNotFoundError:
+            self.tally.gone.append(f.rel)
+            return
+        except OSError as exc:
+            self.fail(f, f"duplicate of {record['file_name']}, but not moved out of the inbox: {exc}")
+            return
+        self.tally.duplicates.append({"file": f.rel, "duplicate_of": record["file_name"],
+                                      "result": record["result_path"], "moved_to": str(dest)})
+        self.log.info("%s: duplicate of %s (scored %s); result %s", f.rel, record["file_name"],
+                      record.get("scored_at"), record["result_path"])
+
+    def reject(self, f: InboxFile, sha: str | None, problem: dict) -> None:
+        dest = plan_destination(self.root / "rejected" / (f.dataset or ""), f.name)
+        note = {**problem, "content_sha256": sha, "size_bytes": f.stat.size, "rejected_at": _now(),
+                "flow_run_id": self.flow_run_id, "moved_to": str(dest)}
+        try:
+            write_note(dest.with_name(dest.name + ".error.json"), note)
+            move_file(f.path, dest)
+        except FileNotFoundError:
+            self.tally.gone.append(f.rel)
+            return
+        except OSError as exc:
+            self.fail(f, f"rejected ({problem.get('message')}) but not moved out of the inbox: {exc}")
+            return
+        self.tally.rejected.append(note)
+        self.log.warning("rejected %s -> %s: %s", f.rel, dest, problem.get("message"))
+
+    def move(self, f: InboxFile, dest_dir: Path) -> Path | None:
+        """Move a scored and recorded input to processed/; if that fails, the next run sees
+        its hash recorded under its own name and finishes the move."""
+        try:
+            return move_file(f.path, plan_destination(dest_dir, f.name))
+        except OSError as exc:
+            self.fail(f, f"scored and recorded, but not moved out of the inbox ({exc}); the next run moves it")
+            return None
+
+    def wait(self, f: InboxFile, reason: str) -> None:
+        self.tally.waiting.append({"file": f.rel, "reason": reason})
+        self.log.warning("left in the inbox: %s: %s", f.rel, reason)
+
+    def fail(self, f: InboxFile, reason: str) -> None:
+        self.tally.failed.append({"file": f.rel, "reason": reason})
+        self.log.error("not finished, left in the inbox: %s: %s", f.rel, reason)
+
+    def settle_followers(self, sha: str, outcome: dict) -> None:
+        for f in self.followers.pop(sha, []):
+            record = self.store.find_scored_file(sha)
+            if record is not None:
+                self.known(f, sha, record)
+            elif outcome["status"] == "rejected":
+                first = outcome["problem"]
+                self.reject(f, sha, {**first, "file": f.rel, "dataset": f.dataset,
+                                     "message": f"same bytes as {first['file']}, rejected: {first['message']}"})
+            else:
+                self.wait(f, f"same bytes as {outcome.get('rel')}, which was not scored ({outcome['status']}); "
+                             "tried again next run")
+
+
+def _summary_markdown(summary: dict, tally: Tally) -> str:
+    c = summary["counts"]
+    lines = [f"# Inbox scoring: {summary['inbox']}", "",
+             "| scored | rejected | duplicates | recovered | waiting | failed | spectra | spectra/s |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|",
+             f"| {c['scored']} | {c['rejected']} | {c['duplicates']} | {c['recovered']} | {c['waiting']} | "
+             f"{c['failed']} | {summary['n_spectra']} | {summary['spectra_per_s']} |", "",
+             f"Results in `{summary['root']}/outbox`; wall time {summary['seconds']} s "
+             f"(of which {summary['settle_seconds']} s waiting for files to settle).", ""]
+
+    def table(title: str, rows: list[dict], columns: list[str]) -> None:
+        if not rows:
+            return
+        lines.extend([f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)])
+        for row in rows[:100]:
+            cells = [str(row.get(col) if row.get(col) is not None else "").replace("|", "\\|").replace("\n", " ")[:300]
+                     for col in columns]
+            lines.append("| " + " | ".join(cells) + " |")
+        if len(rows) > 100:
+            lines.append(f"| … {len(rows) - 100} more |" + " |" * (len(columns) - 1))
+        lines.append("")
+
+    table("Rejected", tally.rejected, ["file", "stage", "row", "column", "expected", "found", "problem"])
+    table("Waiting (left in the inbox)", tally.waiting, ["file", "reason"])
+    table("Failed (left in the inbox)", tally.failed, ["file", "reason"])
+    table("Duplicates (not scored again)", tally.duplicates, ["file", "duplicate_of", "result"])
+    return "\n".join(lines)
+
+
+def _publish(summary: dict, tally: Tally, logger) -> None:
+    try:
+        from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+        key = _artifact_key("score-inbox", Path(summary["inbox"]).name)
+        create_markdown_artifact(_summary_markdown(summary, tally), key=key,
+                                 description=f"Inbox scoring of {summary['inbox']}: counts")
+        if tally.rejected:
+            rows = [{k: r.get(k) for k in ("file", "dataset", "stage", "row", "column", "expected", "found",
+                                           "problem", "moved_to")} for r in tally.rejected]
+            summary["rejected_artifact_id"] = str(create_table_artifact(
+                rows, key=_artifact_key(key, "rejected"),
+                description=f"Files of {summary['inbox']} set aside in rejected/, with what is wrong"))
+    except Exception as exc:  # noqa: BLE001 - the UI is a convenience, the files and the store are the truth
+        logger.warning("no UI artifact: %s", exc)
+
+
+@flow(name="score_inbox", flow_run_name=_flow_run_name, persist_result=False,
+      task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS))
+def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: str = "production",
+                settle_seconds: float = 2.0, csv: bool = False, chunk_rows: int = 2000,
+                id_column: str | None = "sample_id", max_files: int | None = None, window: int | None = None,
+                lock_timeout: float = 60.0) -> dict[str, Any]:
+    """Score the stable files of ``inbox`` (see the module docstring for the layout).
+
+    outbox: the folder that gets ``outbox/``, ``processed/``, ``rejected/`` (default: the
+    workspace). alias: the alias every dataset's chain is looked up by. settle_seconds:
+    the gap between the two looks. csv: also write each result as CSV. chunk_rows: spectra
+    read and replayed at a time (memory). id_column: the sample-id column (None numbers
+    the rows). max_files: at most this many files per run (the rest wait for the next).
+    window: files in flight at once (default 2 x the task runner's threads).
+    """
+    started = time.perf_counter()
+    logger = get_run_logger()
+    from prefect.runtime import flow_run
+
+    flow_run_id = str(flow_run.id) if flow_run.id else None
+    inbox_path = Path(inbox).expanduser().absolute()
+    root = Path(outbox or workspace).expanduser().absolute()
+    if not inbox_path.is_dir():
+        raise FileNotFoundError(f"inbox {inbox_path} is not a folder; create it, with one sub-folder per dataset")
+    for folder in ("outbox", "processed", "rejected"):
+        out = root / folder
+        if inbox_path == out or inbox_path.is_relative_to(out) or out.is_relative_to(inbox_path):
+            raise ValueError(f"the inbox {inbox_path} and the output folder {out} must not contain each other; "
+                             "give score_inbox another inbox or another outbox root")
+    if int(chunk_rows) < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows!r}")
+    summary: dict[str, Any] = {"inbox": str(inbox_path), "root": str(root), "flow_run_id": flow_run_id}
+
+    with ScoringLock([inbox_path, root / "outbox"]) as lock:
+        if not lock.acquired:
+            logger.warning("another score_inbox run is working here (%s); nothing done", lock.held_by)
+            return {**summary, "skipped": f"locked by {lock.held_by}"}
+        swept = sweep_partials(root)
+        if swept:
+            logger.info("swept %d temporary files left by an interrupted run: %s", len(swept),
+                        ", ".join(str(p) for p in swept[:10]))
+        look = time.perf_counter()
+        stable, changing, skipped = discover(inbox_path, settle_seconds)
+        settle = time.perf_counter() - look
+        if skipped:
+            logger.info("sub-folders are not looked into: %s", ", ".join(skipped[:20]))
+        later = stable[max_files:] if max_files is not None else []
+        stable = stable[:max_files] if max_files is not None else stable
+        logger.info("%d files ready in %s, %d still changing, %d left for the next run", len(stable), inbox_path,
+                    len(changing), len(later))
+        scoring_started = time.perf_counter()
+        with WorkspaceStore(workspace, lock_timeout=lock_timeout) as store:
+            run = InboxRun(store, root, alias=alias, csv=csv, chunk_rows=int(chunk_rows), id_column=id_column,
+                           window=window or 2 * DEFAULT_WORKERS, flow_run_id=flow_run_id, logger=logger)
+            for f in changing:
+                run.wait(f, f"still being written: size or mtime changed between two looks {settle_seconds:g} s apart")
+            try:
+                for f in stable:
+                    run.admit(f)
+            finally:
+                run.drain()
+        scoring_s = time.perf_counter() - scoring_started
+
+    tally = run.tally
+    summary.update(counts=tally.counts(), n_spectra=run.n_spectra,
+                   spectra_per_s=round(run.n_spectra / scoring_s, 1) if scoring_s > 0 else None,
+                   seconds=round(time.perf_counter() - started, 3), settle_seconds=round(settle, 3),
+                   scoring_seconds=round(scoring_s, 3), left_for_next_run=[f.rel for f in later],
+                   swept=[str(p) for p in swept], scored=tally.scored, rejected=tally.rejected,
+                   duplicates=tally.duplicates, recovered=tally.recovered, waiting=tally.waiting,
+                   failed=tally.failed, gone=tally.gone, store_errors=run.store_errors)
+    _publish(summary, tally, logger)
+    c = summary["counts"]
+    logger.info("scored %d files (%d spectra, %s spectra/s), rejected %d, duplicates %d, recovered %d, "
+                "waiting %d, failed %d", c["scored"], run.n_spectra, summary["spectra_per_s"], c["rejected"],
+                c["duplicates"], c["recovered"], c["waiting"], c["failed"])
+    if tally.failed:
+        raise ScoringIncomplete(f"{len(tally.failed)} files could not be finished and stay in the inbox: " +
+                                "; ".join(f"{x['file']}: {x['reason']}" for x in tally.failed[:5]))
+    return summary

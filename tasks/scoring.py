@@ -1,0 +1,562 @@
+"""Scoring inbox files with a dataset's aliased chain: the Prefect task and the plain,
+filesystem-only functions the ``score_inbox`` flow (flows/score_inbox.py, where the
+inbox layout and the order of steps are written down) is made of.
+
+Who does what:
+
+* ``discover`` takes two looks at the inbox, ``settle_seconds`` apart, and keeps the
+  files whose size, mtime and inode did not change between them.
+* ``sha256_of`` hashes a file and checks it did not change while being hashed.
+* ``LoadedChain`` is a stored chain with its fitted artifacts already loaded (by the flow,
+  from the store, hash-checked). It is what a task gets: tasks never open the store, so
+  they could run in another process; only the flow-run process reads and writes it.
+* ``score_file`` (wrapped by the ``score_file_task`` Prefect task) reads a file in
+  chunks, checks its grid against the chain, replays every chunk by the store's replay
+  rule (``storage.replay``, the same functions ``WorkspaceStore.replay_chain`` uses) and
+  writes the result to a temporary file beside its final name; only a whole, scored file
+  whose input did not change meanwhile is renamed into place. It returns an outcome dict:
+  ``scored``, ``rejected`` (with a problem that names stage, row, column, expected and
+  found), ``changed`` (the input moved under us: try again later), ``gone`` or
+  ``failed`` (the output could not be written: not the file's fault).
+* ``plan_destination`` / ``move_file`` / ``write_note`` move inputs out of the inbox
+  without overwriting anything, and write the ``.error.json`` / ``.duplicate.json``
+  notes atomically.
+
+Caching and results, on purpose: ``cache_policy=NO_CACHE`` (the inputs are a loaded
+chain with fitted models and a job; hashing them would cost time and log tracebacks, and
+a cached score would skip a file), ``persist_result=False`` (the outcome is a small dict
+the flow reads from memory; the durable result is the file in ``outbox/`` and the
+store's record of it).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import portalocker
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from nirs.errors import SpectraFileError
+from nirs.readers import JCAMP_SUFFIXES, PARQUET_SUFFIXES, TEXT_SUFFIXES, iter_spectra_chunks
+from storage import replay as replaying
+from storage.atomic import atomic_path, fsync_folder, write_bytes
+from storage.chains import referenced_artifacts
+from storage.errors import ReplayError
+
+__all__ = [
+    "InboxFile", "FileStat", "LoadedChain", "ScoreJob", "CheckError", "FileChanged", "ScoringLock",
+    "scan_inbox", "discover", "sha256_of", "score_file", "score_file_task", "plan_destination",
+    "move_file", "write_note", "sweep_partials", "describe_problem", "result_paths", "SUPPORTED_SUFFIXES",
+]
+
+SUPPORTED_SUFFIXES = frozenset(TEXT_SUFFIXES) | PARQUET_SUFFIXES | JCAMP_SUFFIXES
+#: Names that say "still being written, will be renamed": never touched.
+IN_PROGRESS_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".filepart", ".crdownload", ".download", "~")
+LOCK_NAME = ".score_inbox.lock"
+_HASH_BLOCK = 1 << 20
+
+
+# -- what is in the inbox -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileStat:
+    size: int
+    mtime_ns: int
+    ino: int
+
+    @classmethod
+    def of(cls, path: Path) -> "FileStat":
+        st = os.stat(path)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@dataclass(frozen=True)
+class InboxFile:
+    path: Path          # absolute
+    rel: str            # "tablet/batch-7.csv": how the file is named in records, notes and the UI
+    dataset: str | None  # the dataset folder it sits in; None for a file at the inbox's top level
+    stat: FileStat
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def in_progress(name: str) -> bool:
+    """Hidden files and temporary names are files a writer will still rename."""
+    lower = name.lower()
+    return name.startswith(".") or lower.endswith(IN_PROGRESS_SUFFIXES)
+
+
+def scan_inbox(inbox: Path) -> tuple[dict[str, InboxFile], list[str]]:
+    """One look: {rel: InboxFile} of the files to consider, and the sub-folders skipped.
+
+    ``inbox/<dataset>/<file>`` files are candidates; files at the top level are returned
+    with ``dataset=None`` (the flow sets them aside: the dataset is unknown); folders
+    below a dataset folder are not looked into."""
+    found: dict[str, InboxFile] = {}
+    skipped: list[str] = []
+
+    def add(path: Path, dataset: str | None) -> None:
+        try:
+            stat = FileStat.of(path)
+        except FileNotFoundError:
+            return  # moved away between listing and stat
+        found[path.relative_to(inbox).as_posix()] = InboxFile(path, path.relative_to(inbox).as_posix(), dataset, stat)
+
+    for entry in sorted(inbox.iterdir()):
+        if in_progress(entry.name):
+            continue
+        if entry.is_dir():
+            for inner in sorted(entry.iterdir()):
+                if in_progress(inner.name):
+                    continue
+                if inner.is_dir():
+                    skipped.append(inner.relative_to(inbox).as_posix())
+                elif inner.is_file():
+                    add(inner, entry.name)
+        elif entry.is_file():
+            add(entry, None)
+    return found, skipped
+
+
+def discover(inbox: Path, settle_seconds: float, sleep: Callable[[float], None] = time.sleep
+             ) -> tuple[list[InboxFile], list[InboxFile], list[str]]:
+    """(stable files oldest first, files still changing, sub-folders skipped).
+
+    A file is stable when its size, mtime and inode are the same at two looks
+    ``settle_seconds`` apart. A file that arrives by atomic rename from a hidden or
+    temporary name (``.x.csv``, ``x.csv.part``) is whole the moment it has its name."""
+    first, _ = scan_inbox(inbox)
+    if not first:
+        return [], [], []
+    sleep(max(0.0, float(settle_seconds)))
+    second, skipped = scan_inbox(inbox)
+    stable = [f for rel, f in second.items() if rel in first and first[rel].stat == f.stat]
+    changing = [f for rel, f in second.items() if rel not in first or first[rel].stat != f.stat]
+    stable.sort(key=lambda f: (f.stat.mtime_ns, f.rel))
+    return stable, changing, skipped
+
+
+class FileChanged(Exception):
+    """The input's size, mtime or inode changed after the stable look: it is still being
+    written (or was replaced); it stays in the inbox for a later run."""
+
+
+def sha256_of(path: Path, expected: FileStat | None = None) -> str:
+    """SHA-256 of the file's bytes; FileChanged when it changed while being read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_HASH_BLOCK):
+            digest.update(block)
+    if expected is not None and FileStat.of(path) != expected:
+        raise FileChanged(f"{path} changed while it was being hashed")
+    return digest.hexdigest()
+
+
+# -- the chain a task scores with -------------------------------------------------------------
+
+
+class CheckError(ValueError):
+    """The file's spectra do not fit the chain (feature count, wavelength grid)."""
+
+    def __init__(self, problem: str, *, expected: str | None = None, found: str | None = None,
+                 column: str | None = None, row: int | None = None):
+        self.problem, self.expected, self.found, self.column, self.row = problem, expected, found, column, row
+        super().__init__(problem + (f" (expected {expected}; found {found})" if expected or found else ""))
+
+    def __reduce__(self):
+        return (_rebuild_check_error, (self.problem, self.expected, self.found, self.column, self.row))
+
+
+def _rebuild_check_error(problem, expected, found, column, row):
+    return CheckError(problem, expected=expected, found=found, column=column, row=row)
+
+
+def _grid_text(grid: np.ndarray) -> str:
+    return f"{grid.size} wavelengths, {float(grid.min()):g}-{float(grid.max()):g}"
+
+
+@dataclass
+class LoadedChain:
+    """A stored chain with every fitted artifact it references, loaded and hash-checked by
+    the flow-run process. Picklable; replays by ``storage.replay``'s rule."""
+
+    chain: dict
+    artifacts: dict
+    dataset: str
+    alias: str
+
+    @classmethod
+    def from_store(cls, store, chain_id: str, dataset: str, alias: str) -> "LoadedChain":
+        chain = store.get_chain(chain_id)
+        ids = referenced_artifacts(chain["steps"], chain["fold_artifacts"], chain["shared_artifacts"])
+        return cls(chain, {a: store.load_artifact(a) for a in sorted(ids)}, dataset, alias)
+
+    chain_id = property(lambda self: self.chain["chain_id"])
+    model_class = property(lambda self: self.chain["model_class"])
+    task_type = property(lambda self: self.chain.get("task_type"))
+    classes = property(lambda self: self.chain.get("classes"))
+
+    def check(self, wavelengths, n_columns: int) -> dict:
+        """Refuse what cannot be replayed, with expected vs found; say what will be resampled."""
+        trained, n_trained = self.chain.get("wavelengths"), self.chain.get("n_features")
+        if trained is not None and wavelengths is not None:
+            grid = np.asarray(wavelengths, dtype=float)
+            if grid.shape == trained.shape and np.allclose(grid, trained, rtol=0,
+                                                           atol=1e-6 * max(1.0, float(np.abs(trained).max()))):
+                return {}
+            tol = 1e-9 * max(1.0, float(np.abs(trained).max()))
+            covers = grid.min() <= trained.min() + tol and grid.max() >= trained.max() - tol
+            if covers:
+                return {"resampled_from": _grid_text(grid)}
+            expected = f"{_grid_text(trained)} (the grid chain {self.chain_id} was trained on)"
+            found = _grid_text(grid)
+            if grid.size != trained.size:
+                raise CheckError(f"wrong number of wavelengths: {grid.size} columns where the chain was trained "
+                                 f"on {trained.size}, and the file's grid does not cover the trained range, so "
+                                 "it cannot be resampled", expected=expected, found=found)
+            raise CheckError("the wavelength grid lies outside the trained range; refusing to extrapolate",
+                             expected=expected, found=found)
+        if n_trained is not None and n_columns != n_trained:
+            raise CheckError(f"wrong number of wavelengths: {n_columns} columns where chain {self.chain_id} "
+                             f"was trained on {n_trained}", expected=f"{n_trained} wavelength columns",
+                             found=f"{n_columns} wavelength columns")
+        return {}
+
+    def predict(self, X, wavelengths=None):
+        X = replaying.prepare_input(self.chain, X, wavelengths)
+        return replaying.run_chain(self.chain, X, self.artifacts.__getitem__)
+
+
+# -- one file ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    file: InboxFile
+    sha256: str
+    result_path: Path
+    csv_path: Path | None
+    chunk_rows: int = 2000
+    id_column: str | None = "sample_id"
+
+
+def result_paths(root: Path, file: InboxFile, sha256: str, csv: bool) -> tuple[Path, Path | None]:
+    """``<root>/outbox/<dataset>/<stem>.<sha256[:12]>.parquet`` (and ``.csv``): named by
+    content, so a rerun after a crash writes the same name instead of a second result."""
+    base = root / "outbox" / (file.dataset or "_") / f"{Path(file.name).stem}.{sha256[:12]}"
+    return base.with_name(base.name + ".parquet"), (base.with_name(base.name + ".csv") if csv else None)
+
+
+class OutputError(Exception):
+    """The result could not be written (disk full, permissions on the outbox...)."""
+
+
+class _ResultWriter:
+    """Parquet (one row group per chunk) and optional CSV, into temporary files that
+    ``atomic_path`` renames into place only when the whole file was scored."""
+
+    def __init__(self, stack: ExitStack, parquet_path: Path, csv_path: Path | None):
+        self.temps = [stack.enter_context(atomic_path(parquet_path))]
+        if csv_path is not None:
+            self.temps.append(stack.enter_context(atomic_path(csv_path)))
+        self.parquet = self.csv = None
+        self.schema: pa.Schema | None = None
+        stack.callback(self.close)  # runs before the renames (LIFO)
+
+    def write(self, table: pa.Table) -> None:
+        if self.schema is None:
+            self.schema = table.schema
+            self.parquet = pq.ParquetWriter(self.temps[0], self.schema, compression="zstd")
+            if len(self.temps) > 1:
+                self.csv = pa_csv.CSVWriter(str(self.temps[1]), self.schema)
+        else:
+            table = table.cast(self.schema)
+        self.parquet.write_table(table)
+        if self.csv is not None:
+            self.csv.write_table(table)
+
+    def close(self) -> None:
+        for name in ("parquet", "csv"):
+            writer = getattr(self, name)
+            if writer is not None:
+                setattr(self, name, None)
+                writer.close()
+
+
+def _result_table(chain: LoadedChain, ids, pred, proba, constants: dict) -> pa.Table:
+    n = len(ids)
+    columns: dict[str, pa.Array] = {"sample_id": pa.array(np.asarray(ids).astype(str).tolist(), pa.string())}
+    pred = np.asarray(pred)
+    if pred.ndim == 2:
+        for k in range(pred.shape[1]):
+            columns[f"prediction_{k + 1}"] = pa.array(pred[:, k].astype(float), pa.float64())
+    elif chain.task_type == "classification":
+        columns["prediction"] = pa.array(pred.tolist())
+    else:
+        columns["prediction"] = pa.array(pred.astype(float), pa.float64())
+    if proba is not None:
+        for k, label in enumerate(chain.classes or []):
+            columns[f"proba_{label}"] = pa.array(np.asarray(proba)[:, k].astype(float), pa.float64())
+    for name, (value, kind) in constants.items():
+        columns[name] = pa.array([value] * n, kind)
+    return pa.table(columns)
+
+
+def _problem(stage: str, exc: BaseException) -> dict:
+    return {"stage": stage, "error": type(exc).__name__, "message": str(exc)}
+
+
+def score_file(job: ScoreJob, chain: LoadedChain) -> dict:
+    """Score one inbox file (see the module docstring for the outcomes)."""
+    f = job.file
+    started = time.perf_counter()
+    scored_at = datetime.now(timezone.utc)
+    constants = {"dataset": (chain.dataset, pa.string()), "alias": (chain.alias, pa.string()),
+                 "chain_id": (chain.chain_id, pa.string()), "model_class": (chain.model_class, pa.string()),
+                 "input_file": (f.rel, pa.string()), "input_sha256": (job.sha256, pa.string()),
+                 "scored_at": (scored_at, pa.timestamp("us", tz="UTC"))}
+    base = {"rel": f.rel, "sha256": job.sha256, "chain_id": chain.chain_id, "alias": chain.alias}
+    stage, n, notes = "read", 0, {}
+    try:
+        with ExitStack() as stack:
+            writer = _ResultWriter(stack, job.result_path, job.csv_path)
+            chunks = iter_spectra_chunks(f.path, chunk_rows=job.chunk_rows, id_column=job.id_column)
+            for k, ds in enumerate(chunks):
+                if k == 0:
+                    stage = "check"
+                    notes = chain.check(ds.wavelengths, ds.X.shape[1])
+                stage = "replay"
+                pred, proba = chain.predict(ds.X, ds.wavelengths)
+                stage = "write"
+                try:
+                    writer.write(_result_table(chain, ds.sample_ids, pred, proba, constants))
+                except (OSError, pa.ArrowException) as exc:
+                    raise OutputError(f"result {job.result_path} not written: {exc}") from exc
+                n += ds.X.shape[0]
+                stage = "read"
+            stage = "write"
+            try:
+                writer.close()
+            except (OSError, pa.ArrowException) as exc:
+                raise OutputError(f"result {job.result_path} not written: {exc}") from exc
+            if FileStat.of(f.path) != f.stat:
+                raise FileChanged(f"{f.rel} changed while it was being scored")
+        # leaving the ExitStack fsynced and renamed the result(s) into place
+    except FileChanged as exc:
+        return {**base, "status": "changed", "reason": str(exc)}
+    except OutputError as exc:
+        return {**base, "status": "failed", "reason": str(exc)}
+    except MemoryError as exc:
+        return {**base, "status": "failed", "reason": f"out of memory while scoring (stage {stage}): {exc}"}
+    except FileNotFoundError as exc:
+        return {**base, "status": "gone", "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - a bad file, set aside with its reason
+        if stage == "write" and isinstance(exc, (OSError, pa.ArrowException)):  # the final rename
+            return {**base, "status": "failed", "reason": f"result {job.result_path} not written: {exc}"}
+        try:
+            if FileStat.of(f.path) != f.stat:  # a half-written file is not a bad file
+                return {**base, "status": "changed", "reason": f"{f.rel} changed while it was being scored"}
+        except FileNotFoundError:
+            return {**base, "status": "gone", "reason": f"{f.rel} disappeared while it was being scored"}
+        return {**base, "status": "rejected", "problem": describe_problem(exc, stage, f, chain)}
+    seconds = time.perf_counter() - started
+    return {**base, "status": "scored", "n_spectra": n, "seconds": seconds,
+            "result_path": str(job.result_path), "csv_path": None if job.csv_path is None else str(job.csv_path),
+            "model_class": chain.model_class, "scored_at": scored_at.isoformat(), **notes}
+
+
+@task(name="score-file", task_run_name="score · {rel}", cache_policy=NO_CACHE, persist_result=False)
+def score_file_task(rel: str, job: ScoreJob, chain: LoadedChain) -> dict:
+    outcome = score_file(job, chain)
+    logger = get_run_logger()
+    if outcome["status"] == "scored":
+        logger.info("scored %s: %d spectra in %.2f s with chain %s (%s)", rel, outcome["n_spectra"],
+                    outcome["seconds"], chain.chain_id, chain.alias)
+    elif outcome["status"] == "rejected":
+        logger.warning("rejected %s: %s", rel, outcome["problem"]["message"])
+    else:
+        logger.warning("%s %s: %s", outcome["status"], rel, outcome.get("reason"))
+    return outcome
+
+
+# -- what is wrong with a file ------------------------------------------------------------
+
+_PATTERNS: list[tuple[re.Pattern, Callable[[re.Match], tuple[str | None, str | None]]]] = [
+    (re.compile(r"the file is empty"), lambda m: ("a header row and at least one spectrum", "an empty file (0 bytes)")),
+    (re.compile(r"header but no data rows"), lambda m: ("at least one data row", "a header row only")),
+    (re.compile(r"not a number: (.*)"), lambda m: ("a number", m.group(1))),
+    (re.compile(r"value (.*) is not finite"), lambda m: ("a finite number", m.group(1))),
+    (re.compile(r"missing value"), lambda m: ("a number", "an empty cell or a short row")),
+    (re.compile(r"duplicate sample id (.*): also on row (\d+)"),
+     lambda m: ("unique sample ids", f"{m.group(1)} again (first on row {m.group(2)})")),
+    (re.compile(r"missing sample id"), lambda m: ("a sample id", "an empty cell")),
+    (re.compile(r"not a text file: binary byte 0x00 at offset (\d+)"),
+     lambda m: ("a UTF-8 text table", f"binary data (byte 0x00 at offset {m.group(1)})")),
+    (re.compile(r"not UTF-8 text: (byte 0x\w+ at offset \d+)"), lambda m: ("UTF-8 text", m.group(1))),
+    (re.compile(r"not a Parquet file"), lambda m: ("a Parquet file (starting with 'PAR1')", "other bytes")),
+    (re.compile(r"not a readable Parquet file"), lambda m: ("a whole Parquet file", "a truncated or corrupt one")),
+    (re.compile(r"permission denied", re.I), lambda m: ("a file this process may read", "permission denied")),
+    (re.compile(r"(\d+) fields, but the header has (\d+) columns"),
+     lambda m: (f"{m.group(2)} fields per row", f"{m.group(1)} fields")),
+    (re.compile(r"no id column '(.*)' \(found: (.*)\)"), lambda m: (f"an id column {m.group(1)!r}", m.group(2))),
+    (re.compile(r"unsupported file type '(.*)'; expected one of (.*)"), lambda m: (m.group(2), repr(m.group(1)))),
+    (re.compile(r"no wavelength columns"), lambda m: ("column headers that are numbers (wavelengths)", None)),
+]
+
+
+def describe_problem(exc: BaseException, stage: str, file: InboxFile, chain: LoadedChain | None = None) -> dict:
+    """The ``.error.json`` body: file, stage, row, column, expected vs found, message."""
+    problem = getattr(exc, "problem", None) or str(exc)
+    expected, found = getattr(exc, "expected", None), getattr(exc, "found", None)
+    if expected is None and found is None:
+        for pattern, pick in _PATTERNS:
+            match = pattern.search(problem)
+            if match:
+                expected, found = pick(match)
+                break
+    if isinstance(exc, SpectraFileError):
+        stage = "read"
+    elif isinstance(exc, (CheckError, ReplayError)) and stage == "replay":
+        stage = "check"  # storage's own input checks (feature count, grid) are checks too
+    out = {"file": file.rel, "dataset": file.dataset, "stage": stage, "error": type(exc).__name__,
+           "problem": problem, "row": getattr(exc, "row", None), "column": getattr(exc, "column", None),
+           "expected": expected, "found": found, "message": str(exc)}
+    if chain is not None:
+        out.update(chain_id=chain.chain_id, alias=chain.alias)
+    return out
+
+
+# -- moving files out of the inbox, and notes -----------------------------------------------
+
+
+def _candidates(dest_dir: Path, name: str):
+    yield dest_dir / name
+    stem, suffix = Path(name).stem, Path(name).suffix
+    k = 1
+    while True:
+        yield dest_dir / f"{stem}.{k}{suffix}"
+        k += 1
+
+
+def plan_destination(dest_dir: Path, name: str, note_suffixes: tuple[str, ...] = ()) -> Path:
+    """The first free name for ``name`` in ``dest_dir`` (``x.csv``, ``x.1.csv``, ...):
+    nothing already there is ever overwritten. A note left beside a free name (by a run
+    that crashed between writing the note and moving its file) does not make it taken."""
+    for candidate in _candidates(dest_dir, name):
+        if not os.path.lexists(candidate):
+            return candidate
+    raise AssertionError("unreachable")
+
+
+def same_bytes_exists(dest_dir: Path, name: str, sha256: str, size: int) -> Path | None:
+    """A file under ``name`` (or ``x.1.csv``...) in ``dest_dir`` with these very bytes."""
+    for candidate in _candidates(dest_dir, name):
+        if not os.path.lexists(candidate):
+            return None
+        try:
+            if candidate.stat().st_size == size and sha256_of(candidate) == sha256:
+                return candidate
+        except OSError:
+            continue
+
+
+def move_file(src: Path, dest: Path) -> Path:
+    """Move ``src`` to ``dest`` (a name from ``plan_destination``): one rename on the same
+    file system; across file systems a copy renamed into place, then the source unlinked
+    (its bytes are at ``dest`` by then). Folders are fsynced so the move survives a crash."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(src, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        with atomic_path(dest) as temp:
+            shutil.copy2(src, temp)
+        os.unlink(src)
+    fsync_folder(dest.parent)
+    fsync_folder(src.parent)
+    return dest
+
+
+def write_note(path: Path, body: dict) -> Path:
+    return write_bytes(path, (json.dumps(body, indent=2, default=str, ensure_ascii=False) + "\n").encode())
+
+
+def sweep_partials(root: Path) -> list[Path]:
+    """Temporary files a killed run left in ``outbox/``, ``processed/``, ``rejected/``
+    (``.<name>.<random>.part``, never a result). Called under the root's lock, so no
+    live writer owns them."""
+    swept = []
+    for folder in ("outbox", "processed", "rejected"):
+        base = root / folder
+        if base.is_dir():
+            for temp in base.rglob(".*.part"):
+                temp.unlink(missing_ok=True)
+                swept.append(temp)
+    return swept
+
+
+# -- one scoring run at a time per inbox and per outbox root -------------------------------
+
+
+@dataclass
+class ScoringLock:
+    """Non-blocking exclusive locks on the inbox and the output root: a second
+    ``score_inbox`` run over either finds them held and does nothing (an interval
+    schedule may fire while a long run is still scoring)."""
+
+    folders: list[Path]
+    held_by: str | None = None
+    _handles: list = field(default_factory=list)
+
+    def __enter__(self) -> "ScoringLock":
+        for folder in self.folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / LOCK_NAME
+            fh = open(path, "a+")
+            try:
+                portalocker.lock(fh, portalocker.LOCK_EX | portalocker.LOCK_NB)
+            except (portalocker.exceptions.LockException, OSError):
+                fh.seek(0)
+                self.held_by = f"{path} ({fh.read().strip() or 'holder unknown'})"
+                fh.close()
+                self.__exit__()
+                return self
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(timezone.utc).isoformat()}")
+            fh.flush()
+            self._handles.append(fh)
+        return self
+
+    @property
+    def acquired(self) -> bool:
+        return self.held_by is None
+
+    def __exit__(self, *exc: Any) -> None:
+        while self._handles:
+            fh = self._handles.pop()
+            try:
+                portalocker.unlock(fh)
+            finally:
+                fh.close()
