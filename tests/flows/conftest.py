@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Small, fast grids on the real Tablet spectra: 3-fold CV, few PLS components.
 SPLIT = {"split": {"class": "KFold", "params": {"n_splits": 3, "shuffle": True, "random_state": 0}}}
 GRID_2 = [{"_or_": ["SNV", None]}, SPLIT, {"model": {"class": "PLSRegression", "params": {"n_components": 6}}}]
+OTHER_GRID = [SPLIT, "MSC", {"model": {"class": "PLSRegression", "params": {"n_components": 4}}}]
 # The second alternative fails inside scikit-learn: 900 components > 597 wavelengths.
 GRID_WITH_FAILURE = [SPLIT, {"model": {"class": "PLSRegression", "params": {"n_components": {"_or_": [6, 900]}}}}]
 
