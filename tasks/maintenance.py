@@ -166,6 +166,7 @@ def prune_prefect_runs(retention_days: float, limit: int = 500) -> int:
     from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterEndTime, FlowRunFilterState,
                                                 FlowRunFilterStateType)
     from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
     from prefect.context import FlowRunContext
 
     cutoff = datetime.now(timezone.utc) - timedelta(days=retention_days)
@@ -177,7 +178,8 @@ def prune_prefect_runs(retention_days: float, limit: int = 500) -> int:
                                     state=FlowRunFilterState(type=FlowRunFilterStateType(any_=final)))
     with get_client(sync_client=True) as client:
         while deleted < limit:
-            page = client.read_flow_runs(flow_run_filter=flow_run_filter, limit=min(200, limit - deleted + 1))
+            page = client.read_flow_runs(flow_run_filter=flow_run_filter, sort=FlowRunSort.END_TIME_DESC,
+                                         limit=min(200, limit - deleted + 1))
             page = [r for r in page if r.id != me]  # the API pages at most 200 at a time
             if not page:
                 break
