@@ -79,7 +79,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from storage import WorkspaceStore
-from storage.errors import InvalidInputError, NotFoundError, StoreError
+from storage.errors import InvalidInputError, NotFoundError
 from tasks.scoring import (FileChanged, InboxFile, LoadedChain, ScoreJob, ScoringLock,
                            discover, move_file, plan_destination, result_paths, same_bytes_exists,
                            score_file_task, sha256_of, sweep_partials, write_note)
@@ -135,7 +135,7 @@ class InboxRun:
         self.chunk_rows, self.id_column, self.window = chunk_rows, id_column, max(1, window)
         self.flow_run_id, self.log = flow_run_id, logger
         self.tally = Tally()
-        self.chains: dict[tuple[str, str], LoadedChain] = {}
+        self.chains: dict[tuple[str, str], LoadedChain | None] = {}
         self.pending: deque = deque()
         self.followers: dict[str, list[InboxFile]] = {}  # same bytes as a file being scored
         self.n_spectra = 0
@@ -186,8 +186,8 @@ class InboxRun:
         future = score_file_task.submit(f.rel, quote(job), quote(chain))
         self.followers[sha] = []
         self.pending.append((job, future))
-        while len(self.pending) >= self.window:
-            self.finish(*self.pending.popleft())
+        if len(self.pending) >= self.window:
+            self.finish_ready()
 
     def loaded(self, chain_id: str, dataset: str) -> LoadedChain | None:
         key = (chain_id, dataset)
@@ -197,6 +197,7 @@ class InboxRun:
             except Exception as exc:  # noqa: BLE001 - e.g. a corrupt artifact: reported, not loaded
                 self.log.error("chain %s (%s/%s) cannot be loaded: %s: %s", chain_id, dataset, self.alias,
                                type(exc).__name__, exc)
+                self.chains[key] = None  # said once per run, not once per file
                 return None
             self.log.info("%s/%s -> chain %s (%s)", dataset, self.alias, chain_id, self.chains[key].model_class)
         return self.chains[key]
@@ -204,42 +205,74 @@ class InboxRun:
     # -- finishing a file -------------------------------------------------------------
     def drain(self) -> None:
         while self.pending:
-            self.finish(*self.pending.popleft())
+            self.finish_ready()
 
-    def finish(self, job: ScoreJob, future) -> None:
-        f = job.file
+    def finish_ready(self) -> None:
+        """Finish the oldest file in flight (waiting for it) and every other one already
+        done: their records go into the store in one transaction, and only once it has
+        committed are their inputs moved out of the inbox."""
+        ready = [self.pending.popleft()]
+        for item in list(self.pending):
+            if _done(item[1]):
+                self.pending.remove(item)
+                ready.append(item)
+        finished = [(job, self.outcome(future)) for job, future in ready]
+        errors = self.record([(job, o) for job, o in finished if o["status"] == "scored"])
+        for job, outcome in finished:
+            f, status = job.file, outcome["status"]
+            if status == "scored":
+                self.scored(f, job, outcome, errors.get(job.sha256))
+            elif status == "rejected":
+                self.reject(f, job.sha256, outcome["problem"])
+            elif status == "changed":
+                self.wait(f, outcome["reason"])
+            elif status == "gone":
+                self.tally.gone.append(f.rel)
+            else:
+                self.fail(f, outcome.get("reason", status))
+            self.settle_followers(job.sha256, outcome)
+
+    @staticmethod
+    def outcome(future) -> dict:
         try:
-            outcome = future.result()
+            return future.result()
         except Exception as exc:  # noqa: BLE001 - the task itself failed: not the file's fault
-            outcome = {"status": "failed", "reason": f"the scoring task failed: {type(exc).__name__}: {exc}"}
-        status = outcome["status"]
-        if status == "scored":
-            self.scored(f, job, outcome)
-        elif status == "rejected":
-            self.reject(f, job.sha256, outcome["problem"])
-        elif status == "changed":
-            self.wait(f, outcome["reason"])
-        elif status == "gone":
-            self.tally.gone.append(f.rel)
-        else:
-            self.fail(f, outcome.get("reason", status))
-        self.settle_followers(job.sha256, outcome)
+            return {"status": "failed", "reason": f"the scoring task failed: {type(exc).__name__}: {exc}"}
 
-    def scored(self, f: InboxFile, job: ScoreJob, outcome: dict) -> None:
-        try:
-            self.store.record_scored_file(job.sha256, f.rel, outcome["chain_id"], outcome["result_path"],
-                                          n_spectra=outcome["n_spectra"], dataset_name=f.dataset,
+    def record(self, scored: list[tuple[ScoreJob, dict]]) -> dict[str, Exception]:
+        """Record scored files, in one transaction when they all go in; {sha256: error}
+        for those that did not."""
+        def one(job: ScoreJob, o: dict) -> None:
+            self.store.record_scored_file(job.sha256, job.file.rel, o["chain_id"], o["result_path"],
+                                          n_spectra=o["n_spectra"], dataset_name=job.file.dataset,
                                           alias=self.alias, flow_run_id=self.flow_run_id)
-        except (StoreError, OSError) as exc:
-            record = None
-            if isinstance(exc, InvalidInputError):
-                record = self.store.find_scored_file(job.sha256)
+        if not scored:
+            return {}
+        if len(scored) > 1:
+            try:
+                with self.store.batch():
+                    for job, o in scored:
+                        one(job, o)
+                return {}
+            except Exception:  # noqa: BLE001 - one of them is refused: record them one by one
+                pass
+        errors = {}
+        for job, o in scored:
+            try:
+                one(job, o)
+            except Exception as exc:  # noqa: BLE001 - sorted out in scored()
+                errors[job.sha256] = exc
+        return errors
+
+    def scored(self, f: InboxFile, job: ScoreJob, outcome: dict, error: Exception | None) -> None:
+        if error is not None:
+            record = self.store.find_scored_file(job.sha256) if isinstance(error, InvalidInputError) else None
             if record is not None:  # another run recorded the same bytes meanwhile
                 self.known(f, job.sha256, record)
                 return
             self.store_errors += 1
             self.fail(f, f"scored into {outcome['result_path']} but not recorded in the store "
-                         f"({type(exc).__name__}: {exc}); left in the inbox for the next run")
+                         f"({type(error).__name__}: {error}); left in the inbox for the next run")
             return
         dest = self.move(f, self.root / "processed" / f.dataset)
         if dest is None:
@@ -247,7 +280,7 @@ class InboxRun:
         self.n_spectra += outcome["n_spectra"]
         self.tally.scored.append({"file": f.rel, "n_spectra": outcome["n_spectra"],
                                   "seconds": round(outcome["seconds"], 3), "result": outcome["result_path"],
-                                  "chain_id": outcome["chain_id"], "moved_to": str(dest) if dest else None,
+                                  "chain_id": outcome["chain_id"], "moved_to": str(dest),
                                   **({"resampled_from": outcome["resampled_from"]}
                                      if "resampled_from" in outcome else {})})
 
@@ -332,6 +365,11 @@ class InboxRun:
                              "tried again next run")
 
 
+def _done(future) -> bool:
+    wrapped = getattr(future, "wrapped_future", None)
+    return wrapped is not None and wrapped.done()
+
+
 def _summary_markdown(summary: dict, tally: Tally) -> str:
     c = summary["counts"]
     lines = [f"# Inbox scoring: {summary['inbox']}", "",
@@ -381,7 +419,7 @@ def _publish(summary: dict, tally: Tally, logger) -> None:
 @flow(name="score_inbox", flow_run_name=_flow_run_name, persist_result=False,
       task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS))
 def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: str = "production",
-                settle_seconds: float = 2.0, csv: bool = False, chunk_rows: int = 2000,
+                settle_seconds: float = 2.0, csv: bool = False, chunk_rows: int = 500,
                 id_column: str | None = "sample_id", max_files: int | None = None, window: int | None = None,
                 lock_timeout: float = 60.0) -> dict[str, Any]:
     """Score the stable files of ``inbox`` (see the module docstring for the layout).
@@ -429,7 +467,7 @@ def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: st
         logger.info("%d files ready in %s, %d still changing, %d left for the next run", len(stable), inbox_path,
                     len(changing), len(later))
         scoring_started = time.perf_counter()
-        with WorkspaceStore(workspace, lock_timeout=lock_timeout) as store:
+        with WorkspaceStore(workspace, lock_timeout=lock_timeout, idle=1.0) as store:
             run = InboxRun(store, root, alias=alias, csv=csv, chunk_rows=int(chunk_rows), id_column=id_column,
                            window=window or 2 * DEFAULT_WORKERS, flow_run_id=flow_run_id, logger=logger)
             for f in changing:

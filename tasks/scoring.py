@@ -256,7 +256,7 @@ class ScoreJob:
     sha256: str
     result_path: Path
     csv_path: Path | None
-    chunk_rows: int = 2000
+    chunk_rows: int = 500
     id_column: str | None = "sample_id"
 
 
