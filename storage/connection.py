@@ -213,6 +213,10 @@ class Connector:
         if self._closed or self.idle <= 0 or self.lock.others_waiting():
             self._disconnect(handing_over=not self._closed)
             return
+        # The reaper clears `_reaper` itself, under the mutex, as it stops: `is_alive()`
+        # alone stays True for a moment after a stopping reaper let go of the mutex, and
+        # a call landing in that moment would keep its connection (and the lock) for
+        # good, with nobody left to close it.
         if self._reaper is None or not self._reaper.is_alive():
             self._reaper = threading.Thread(target=self._reap, name="nirsflow-store-idle", daemon=True)
             self._reaper.start()
@@ -221,12 +225,16 @@ class Connector:
         # Closes the connection once it has been idle for `idle` seconds, or as soon as
         # another process is seen waiting (checked a few times per window).
         with self._mutex:
-            while self._con is not None and os.getpid() == self._pid:
-                quiet = time.monotonic() - self._last_used
-                if not self._active and (quiet >= self.idle or self.lock.others_waiting()):
-                    self._disconnect(handing_over=quiet < self.idle)
-                    return
-                self._wake.wait(timeout=max(min(self.idle - quiet, 0.02), 0.002))
+            try:
+                while self._con is not None and os.getpid() == self._pid:
+                    quiet = time.monotonic() - self._last_used
+                    if not self._active and (quiet >= self.idle or self.lock.others_waiting()):
+                        self._disconnect(handing_over=quiet < self.idle)
+                        return
+                    self._wake.wait(timeout=max(min(self.idle - quiet, 0.02), 0.002))
+            finally:
+                if self._reaper is threading.current_thread():
+                    self._reaper = None
 
     def _disconnect(self, handing_over: bool = False) -> None:
         con, self._con, self._mode, self._in_transaction = self._con, None, None, False

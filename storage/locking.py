@@ -139,8 +139,47 @@ class FileLock:
                 found.append(note)
         return found
 
+    def _live_waiters(self) -> set[str]:
+        """Other processes' waiter notes, without those of processes that died waiting.
+
+        A waiter killed (SIGKILL, OOM) while it waits leaves its note behind; trusting
+        it would make every holder hand over after every call and then stall up to
+        0.25 s for a turn nobody takes, for good. A note whose pid is gone on this
+        host is stale: it is removed."""
+        names = self._other_notes(self._waiters)
+        if not names:
+            return names
+        live = set()
+        for name in names:
+            try:
+                pid = int(name.split("-", 1)[0])
+            except ValueError:
+                live.add(name)
+                continue
+            if _pid_alive(pid) or not self._stale_note(self._waiters / name):
+                live.add(name)
+        return live
+
+    @staticmethod
+    def _stale_note(note: Path) -> bool:
+        """For a note whose pid is not alive here: drop it if it was written on this
+        host (or is an unreadable leftover of a writer killed mid-write)."""
+        try:
+            host = json.loads(note.read_text()).get("host")
+        except FileNotFoundError:
+            return True
+        except (OSError, ValueError):
+            try:
+                host = socket.gethostname() if time.time() - note.stat().st_mtime > 1.0 else None
+            except OSError:
+                return True
+        if host != socket.gethostname():
+            return False  # another machine's process: its pid means nothing here
+        note.unlink(missing_ok=True)
+        return True
+
     def others_waiting(self) -> bool:
-        return bool(self._other_notes(self._waiters))
+        return bool(self._live_waiters())
 
     # -- acquire / release ---------------------------------------------------
     def acquire(self, mode: Mode) -> None:
@@ -180,7 +219,7 @@ class FileLock:
         if not self._handed_to:
             return
         give_up = min(deadline, time.monotonic() + 0.25)
-        while time.monotonic() < give_up and self._handed_to & self._other_notes(self._waiters):
+        while time.monotonic() < give_up and self._handed_to & self._live_waiters():
             time.sleep(0.0005)
         self._handed_to = set()
 
@@ -188,7 +227,7 @@ class FileLock:
         if self._file is None:
             return
         if handing_over:
-            self._handed_to = self._other_notes(self._waiters)
+            self._handed_to = self._live_waiters()
         (self._holders / self._note_name()).unlink(missing_ok=True)
         try:
             portalocker.unlock(self._file)
