@@ -40,8 +40,13 @@ from tasks.reporting import (Progress, artifact_key, leaderboard_rows, markdown_
                              publish_markdown)
 from tasks.training import fit_fold_task, plan_pipeline_folds, refit_plan, train_pipeline
 
-#: Fold fits run on this many threads (numpy/scikit-learn release the GIL in BLAS calls).
-DEFAULT_WORKERS = max(2, (os.cpu_count() or 2))
+#: Fold fits run on this many threads, one core left to the flow-run thread (Prefect API
+#: calls, the hooks' store writes). Measured on 2 cores with PLS on Tablet (bench/flow_bench.py):
+#: one fold thread overlaps the store writes and is 1.10-1.21x the plain core + store;
+#: two threads fight over the GIL and are slower (1.21-1.33x). Fits that release the GIL
+#: (large BLAS calls) gain from more: ``train.with_options(task_runner=ThreadPoolTaskRunner(n))``.
+#: A ProcessPoolTaskRunner works too (the flow pickles) but costs ~350 ms per fold task here.
+DEFAULT_WORKERS = max(1, (os.cpu_count() or 2) - 1)
 DEFAULT_DATASETS = ("tablet1",)
 
 

@@ -299,54 +299,67 @@ def _begin(store: WorkspaceStore, description: RunDescription, flow_run) -> str:
 
 
 # -- the run-level hooks ---------------------------------------------------------------------
+# Module-level functions bound with functools.partial, never closures: Prefect pickles the
+# flow object (hooks included) for process-pool task runners, and a closure would drag
+# this module's locks and books along by value.
+def run_started(describe: Describe, flow, flow_run, state) -> None:
+    book = get_book(flow_run.id)
+    if book is not None and book.run_id is not None:
+        return  # Running again after a retry: the run is already recorded
+    install_store_log_handler()
+    params = dict(flow_run.parameters or {})
+    book = RunBook(flow_run_id=str(flow_run.id), flow_run_name=flow_run.name, store=open_store(params))
+    with _BOOKS_LOCK:
+        _BOOKS[book.flow_run_id] = book
+    try:
+        found = find_run(book.store, flow_run.id)
+        book.run_id = found[0] if found else _begin(book.store, _describe_safely(describe, flow_run), flow_run)
+    except Exception as exc:
+        book.begin_error = describe_exception(exc)
+        raise
+
+
+def run_completed(describe: Describe, flow, flow_run, state) -> None:
+    book = _drop_book(flow_run.id)
+    if book is None:
+        log.error("flow run %s completed without a run book; nothing was recorded", flow_run.id)
+        return
+    try:
+        problems = book.problems()
+        if book.run_id is None:
+            raise StoreWriteError("; ".join(problems))
+        _flush_quietly(book)
+        if problems:
+            # Never `completed` when writes are missing. If this write fails too, the
+            # row stays `running` and reconcile settles it against Prefect's state.
+            book.store.fail_run(book.run_id, "completed in Prefect, but " + "; ".join(problems),
+                                status="failed")
+        else:
+            book.store.complete_run(book.run_id, summary=book.summary or book.counts())
+    finally:
+        book.close()
+
+
+def run_failed(describe: Describe, flow, flow_run, state) -> None:
+    _end_run(describe, flow_run, state, "failed")
+
+
+def run_crashed(describe: Describe, flow, flow_run, state) -> None:
+    _end_run(describe, flow_run, state, "crashed")
+
+
+def run_cancelled(describe: Describe, flow, flow_run, state) -> None:
+    _end_run(describe, flow_run, state, "cancelled")
+
+
 def run_hooks(describe: Describe) -> dict:
-    """The ``@flow(...)`` keyword arguments that mirror a run in the store."""
+    """The ``@flow(...)`` keyword arguments that mirror a run in the store. ``describe``
+    must be a module-level function (it is pickled by reference with the flow)."""
+    from functools import partial
 
-    def run_started(flow, flow_run, state) -> None:
-        book = get_book(flow_run.id)
-        if book is not None and book.run_id is not None:
-            return  # Running again after a retry: the run is already recorded
-        install_store_log_handler()
-        params = dict(flow_run.parameters or {})
-        book = RunBook(flow_run_id=str(flow_run.id), flow_run_name=flow_run.name, store=open_store(params))
-        with _BOOKS_LOCK:
-            _BOOKS[book.flow_run_id] = book
-        try:
-            found = find_run(book.store, flow_run.id)
-            book.run_id = found[0] if found else _begin(book.store, _describe_safely(describe, flow_run), flow_run)
-        except Exception as exc:
-            book.begin_error = describe_exception(exc)
-            raise
-
-    def run_completed(flow, flow_run, state) -> None:
-        book = _drop_book(flow_run.id)
-        if book is None:
-            log.error("flow run %s completed without a run book; nothing was recorded", flow_run.id)
-            return
-        try:
-            problems = book.problems()
-            if book.run_id is None:
-                raise StoreWriteError("; ".join(problems))
-            _flush_quietly(book)
-            if problems:
-                # Never `completed` when writes are missing. If this write fails too, the
-                # row stays `running` and reconcile settles it against Prefect's state.
-                book.store.fail_run(book.run_id, "completed in Prefect, but " + "; ".join(problems),
-                                    status="failed")
-            else:
-                book.store.complete_run(book.run_id, summary=book.summary or book.counts())
-        finally:
-            book.close()
-
-    def _ended(status: str):
-        def hook(flow, flow_run, state) -> None:
-            _end_run(describe, flow_run, state, status)
-        hook.__name__ = f"run_{status}"
-        return hook
-
-    return {"on_running": [run_started], "on_completion": [run_completed],
-            "on_failure": [_ended("failed")], "on_crashed": [_ended("crashed")],
-            "on_cancellation": [_ended("cancelled")]}
+    return {"on_running": [partial(run_started, describe)], "on_completion": [partial(run_completed, describe)],
+            "on_failure": [partial(run_failed, describe)], "on_crashed": [partial(run_crashed, describe)],
+            "on_cancellation": [partial(run_cancelled, describe)]}
 
 
 def state_reason(state) -> str:

@@ -46,6 +46,29 @@ class Server:
     home: Path
 
 
+def _drain_prefect_workers() -> None:
+    """Ship queued logs and events while the server is still up (as prefect_test_harness
+    does), so the session does not end retrying them against a stopped server."""
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain():
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    run_coro_as_sync(drain())
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -80,15 +103,15 @@ def prefect_server(tmp_path_factory):
     old = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = url
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield Server(url=url, env=client_env, home=home)
-    finally:
-        try:  # ship the last log records while the server is still up
-            from prefect.logging.handlers import APILogHandler
+        import prefect.context
 
-            APILogHandler().flush()
-        except Exception:  # noqa: BLE001
-            pass
+        with temporary_settings(updates={PREFECT_API_URL: url}), \
+                prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
+            # the global context too, as prefect_test_harness does: threads started without a
+            # copy of this context (Prefect's services) must not start a temporary server
+            yield Server(url=url, env=client_env, home=home)
+            _drain_prefect_workers()
+    finally:
         if old is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:

@@ -137,3 +137,15 @@ def test_train_from_a_library_template_with_refit(prefect_server, workspace):
         assert run["status"] == "completed" and "template:snv-pls" in run["tags"]
         chain = store.get_chain(run["summary"]["best"]["chain_id"])
         assert chain["fold_strategy"] == "refit" and "refit" in chain["fold_artifacts"]
+
+
+def test_the_train_flow_runs_its_folds_on_a_process_pool_too(prefect_server, workspace):
+    """The flow object (hooks included) must pickle for process-pool task runners."""
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    state = train.with_options(task_runner=ProcessPoolTaskRunner(max_workers=2))(
+        workspace=str(workspace), config=GRID_2, export=False, return_state=True)
+    assert state.is_completed(), state.message
+    with WorkspaceStore(workspace) as store:
+        run = store.get_run(store.list_runs()["run_id"][0])
+        assert run["status"] == "completed" and run["summary"]["counts"]["completed"] == 2

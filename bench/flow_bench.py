@@ -1,0 +1,221 @@
+"""What Prefect orchestration costs a training grid, measured (never part of the test run).
+
+    python bench/flow_bench.py [--repeats 3] [--pipelines 20]
+
+With ``PREFECT_API_URL`` set, uses that server; otherwise starts a local one in a temporary
+PREFECT_HOME and reports its start-up time on its own line. Prints:
+
+1. Prefect's unit costs in a flow: a synchronous subflow (heartbeats on and off), async
+   subflows gathered, a task called, a task submitted to the thread pool, a tagged task
+   (tags make every task run ask the server for concurrency slots);
+2. the same 20-pipeline x 5-fold grid on Tablet through the plain training core
+   (``nirs.training.fit_pipeline``, without and with storing each trace), and through the
+   ``train`` flow with fold tasks on threads and on processes: medians of ``--repeats``
+   runs, the ratio to the plain core, and the orchestration cost per task run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+GRID_PREPROCESSING = ["SNV", "MSC", None, {"class": "SavitzkyGolay", "params": {"window_length": 11, "polyorder": 2,
+                                                                              "deriv": 1}}]
+
+
+def grid(n_pipelines: int) -> list:
+    components = list(range(4, 4 + 2 * max(1, n_pipelines // len(GRID_PREPROCESSING)), 2))
+    return [{"_or_": GRID_PREPROCESSING}, "StandardScaler",
+            {"model": {"class": "PLSRegression", "params": {"n_components": {"_or_": components}}}}]
+
+
+def start_server() -> tuple[subprocess.Popen, str, float, Path]:
+    home = Path(tempfile.mkdtemp(prefix="nirsflow-bench-prefect-"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update({"PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false"})
+    started = time.perf_counter()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("the Prefect server did not start")
+            time.sleep(0.25)
+    return proc, url, time.perf_counter() - started, home
+
+
+def unit_costs(n: int = 10) -> list[tuple[str, float]]:
+    from prefect import flow, tags, task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    @task(cache_policy=NO_CACHE, persist_result=False)
+    def t(i):
+        return i
+
+    @flow(persist_result=False)
+    def sub(i):
+        return i
+
+    @flow(persist_result=False)
+    async def asub(i):
+        return i
+
+    @flow(persist_result=False)
+    def parent(heartbeat: bool):
+        out = []
+        s = time.perf_counter()
+        for i in range(n):
+            sub(i)
+        out.append((f"sync subflow (heartbeats {'on, 180 s' if heartbeat else 'off'})", (time.perf_counter() - s) / n))
+        if heartbeat:
+            t(0)
+            s = time.perf_counter()
+            for i in range(n * 5):
+                t(i)
+            out.append(("task, called", (time.perf_counter() - s) / (n * 5)))
+            s = time.perf_counter()
+            futures = [t.submit(i) for i in range(n * 5)]
+            [f.result() for f in futures]
+            out.append(("task, submitted to the thread pool", (time.perf_counter() - s) / (n * 5)))
+            with tags("dataset:x"):
+                t(0)
+                s = time.perf_counter()
+                for i in range(n * 5):
+                    t(i)
+            out.append(("task with a tag, called", (time.perf_counter() - s) / (n * 5)))
+        return out
+
+    @flow(persist_result=False)
+    async def aparent():
+        s = time.perf_counter()
+        await asyncio.gather(*[asub(i) for i in range(n)])
+        return [("async subflows, gathered", (time.perf_counter() - s) / n)]
+
+    rows = parent(True)
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        rows += parent(False)
+    rows += asyncio.run(aparent())
+    return rows
+
+
+def plain_core(config, store_path: Path | None) -> float:
+    from nirs.config import expand
+    from nirs.datasets import load_tablet
+    from nirs.training import fit_pipeline
+    from storage import WorkspaceStore
+    from storage.chain_builder import record_trace
+
+    started = time.perf_counter()
+    train_set, test_set = load_tablet(1)
+    pipelines = expand(config)
+    store = WorkspaceStore(store_path) if store_path else None
+    run_id = store.begin_run("bench") if store else None
+    for p in pipelines:
+        trace = fit_pipeline(train_set, p, test=test_set)
+        if store:
+            record_trace(store, run_id, trace)
+    if store:
+        store.complete_run(run_id)
+        store.close()
+    return time.perf_counter() - started
+
+
+def through_flow(config, workspace: Path, runner: str) -> tuple[float, float]:
+    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+    from flows.train import train
+
+    task_runner = {"threads": lambda: ThreadPoolTaskRunner(max_workers=2),
+                   "thread": lambda: ThreadPoolTaskRunner(max_workers=1),
+                   "processes": lambda: ProcessPoolTaskRunner(max_workers=2)}[runner]()
+    started = time.perf_counter()
+    out = train.with_options(task_runner=task_runner)(workspace=str(workspace), config=config, datasets=["tablet1"],
+                                                      export=False)
+    return time.perf_counter() - started, out["wall_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pipelines", type=int, default=20)
+    parser.add_argument("--skip-units", action="store_true")
+    args = parser.parse_args()
+
+    server = None
+    if os.environ.get("PREFECT_API_URL"):
+        print(f"Prefect server: already running at {os.environ['PREFECT_API_URL']}")
+    else:
+        server, url, startup, home = start_server()
+        os.environ["PREFECT_API_URL"] = url
+        print(f"Prefect server start-up (one-time, not counted below): {startup:.1f} s")
+    try:
+        from nirs.config import count_pipelines
+
+        config = grid(args.pipelines)
+        n = count_pipelines(config)
+        if not args.skip_units:
+            print("\nPrefect unit costs, in a flow (per call)")
+            for label, seconds in unit_costs():
+                print(f"  {label:<44} {seconds * 1000:8.1f} ms")
+
+        work = Path(tempfile.mkdtemp(prefix="nirsflow-bench-"))
+        through_flow(grid(2), work / "warmup", "threads")  # imports, client, first-flow costs
+        plain_core(grid(2), None)
+        results: dict[str, list] = {}
+        for r in range(args.repeats):
+            results.setdefault("plain core", []).append((plain_core(config, None), None))
+            results.setdefault("plain core + store", []).append((plain_core(config, work / f"core{r}"), None))
+            for runner in ("threads", "thread", "processes"):
+                results.setdefault(f"train flow, folds on {runner}", []).append(
+                    through_flow(config, work / f"{runner}{r}", runner))
+        core = statistics.median(w for w, _ in results["plain core"])
+        stored = statistics.median(w for w, _ in results["plain core + store"])
+        folds = 5
+        task_runs = n * (folds + 1)
+        print(f"\n{n} pipelines x {folds} folds on Tablet (400 x 597 train, 212 test), median of {args.repeats}; "
+              f"{os.cpu_count()} cores")
+        print(f"  {'':<34} {'wall s':>8} {'body s':>8} {'/core':>7} {'/core+store':>12} {'ms per task run':>16}")
+        for label, values in results.items():
+            wall = statistics.median(w for w, _ in values)
+            inner = [b for _, b in values if b is not None]
+            body = f"{statistics.median(inner):8.2f}" if inner else f"{'':8}"
+            per_task = (f"{(wall - stored) / task_runs * 1000:16.1f}" if label.startswith("train") else f"{'':16}")
+            print(f"  {label:<34} {wall:8.2f} {body} {wall / core:7.2f} {wall / stored:12.2f} {per_task}")
+        print(f"  ({task_runs} task runs per flow: {n} pipeline tasks + {n * folds} fold tasks; 'body' excludes the "
+              "flow run's own start and end)")
+        shutil.rmtree(work, ignore_errors=True)
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+            shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
