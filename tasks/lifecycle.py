@@ -137,7 +137,7 @@ class PipelineEntry:
 class RunBook:
     flow_run_id: str
     flow_run_name: str
-    store: WorkspaceStore
+    store: WorkspaceStore | None  # None when the workspace could not even be opened
     run_id: str | None = None
     begin_error: str | None = None
     entries: dict = field(default_factory=dict)  # key -> PipelineEntry, in plan order
@@ -215,6 +215,8 @@ class RunBook:
 
     def close(self) -> None:
         self.closed = True
+        if self.store is None:
+            return
         try:
             self.store.close()
         except Exception as exc:  # noqa: BLE001 - closing must not hide the run's outcome
@@ -308,10 +310,11 @@ def run_started(describe: Describe, flow, flow_run, state) -> None:
         return  # Running again after a retry: the run is already recorded
     install_store_log_handler()
     params = dict(flow_run.parameters or {})
-    book = RunBook(flow_run_id=str(flow_run.id), flow_run_name=flow_run.name, store=open_store(params))
+    book = RunBook(flow_run_id=str(flow_run.id), flow_run_name=flow_run.name, store=None)
     with _BOOKS_LOCK:
         _BOOKS[book.flow_run_id] = book
     try:
+        book.store = open_store(params)
         found = find_run(book.store, flow_run.id)
         book.run_id = found[0] if found else _begin(book.store, _describe_safely(describe, flow_run), flow_run)
     except Exception as exc:
@@ -326,7 +329,7 @@ def run_completed(describe: Describe, flow, flow_run, state) -> None:
         return
     try:
         problems = book.problems()
-        if book.run_id is None:
+        if book.run_id is None or book.store is None:
             raise StoreWriteError("; ".join(problems))
         _flush_quietly(book)
         if problems:
@@ -377,6 +380,9 @@ def state_reason(state) -> str:
 
 def _end_run(describe: Describe, flow_run, state, status: str) -> None:
     book = _drop_book(flow_run.id)
+    if book is not None and book.store is None:
+        book.close()
+        book = None  # the workspace could not be opened at the start: try afresh
     store = book.store if book is not None else open_store(dict(flow_run.parameters or {}))
     try:
         run_id = book.run_id if book is not None else None

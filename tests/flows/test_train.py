@@ -149,3 +149,11 @@ def test_the_train_flow_runs_its_folds_on_a_process_pool_too(prefect_server, wor
     with WorkspaceStore(workspace) as store:
         run = store.get_run(store.list_runs()["run_id"][0])
         assert run["status"] == "completed" and run["summary"]["counts"]["completed"] == 2
+
+
+def test_a_workspace_that_cannot_be_opened_fails_the_flow_with_the_store_error(prefect_server, tmp_path):
+    not_a_folder = tmp_path / "ws"
+    not_a_folder.write_text("oops")
+    state = train(workspace=str(not_a_folder), config=GRID_2, return_state=True)
+    assert state.is_failed()
+    assert "is a file, expected a folder" in state.message and str(not_a_folder) in state.message
