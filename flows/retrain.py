@@ -18,7 +18,7 @@ from nirs.config import ConfigError
 from storage import NotFoundError, WorkspaceStore
 from tasks.data import load_dataset, normalize_spec
 from tasks.promotion import is_better, score_chain
-from tasks.reporting import artifact_key, publish_markdown
+from tasks.reporting import artifact_key, publish_markdown, tag_flow_run
 from flows.train import train
 
 
@@ -42,6 +42,7 @@ def retrain(workspace: str, dataset: dict | str, template: str, alias: str = "pr
     logger = get_run_logger()
     spec = normalize_spec(dataset)
     name = spec["name"]
+    tag_flow_run(["nirsflow", "retrain", f"dataset:{name}", f"template:{template}", f"alias:{alias}"])
     summary = train(workspace=workspace, datasets=[dataset], template=template, refit=refit,
                     max_pipelines=max_pipelines, lock_timeout=lock_timeout, name=f"retrain {template} on {name}",
                     tags=["retrain", f"alias:{alias}"])

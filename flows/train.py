@@ -37,7 +37,7 @@ from tasks.data import describe_spec, load_dataset, normalize_spec
 from tasks.lifecycle import (PipelineEntry, RunDescription, StoreWriteError, current_book, pipeline_hooks,
                              run_hooks)
 from tasks.reporting import (Progress, artifact_key, leaderboard_rows, markdown_report, publish_leaderboard,
-                             publish_markdown)
+                             publish_markdown, tag_flow_run)
 from tasks.training import fit_fold_task, plan_pipeline_folds, refit_plan, train_pipeline
 
 #: Fold fits run on this many threads, one core left to the flow-run thread (Prefect API
@@ -101,15 +101,6 @@ def flow_run_name() -> str:
         return "train"
 
 
-def _tag_flow_run(tags: list[str]) -> None:
-    ctx = FlowRunContext.get()
-    try:
-        merged = sorted(set(ctx.flow_run.tags or []) | set(tags))
-        ctx.client.update_flow_run(ctx.flow_run.id, tags=merged)
-    except Exception as exc:  # noqa: BLE001 - tags are for the UI only
-        get_run_logger().warning("could not tag the flow run: %s", exc)
-
-
 @flow(name="train", flow_run_name=flow_run_name, persist_result=False,
       task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS), **run_hooks(describe_run))
 def train(workspace: str, datasets: list[Any] | None = None, config: Any = None, template: str | None = None,
@@ -129,7 +120,7 @@ def train(workspace: str, datasets: list[Any] | None = None, config: Any = None,
         raise StoreWriteError(f"the run could not be recorded in workspace {workspace}: {book.begin_error}")
     logger = get_run_logger()
     description = describe_run(dict(FlowRunContext.get().flow_run.parameters or {}))
-    _tag_flow_run(description.tags)
+    tag_flow_run(description.tags)
 
     pipeline_config, what = resolve_config(config, template, workspace)
     pipelines = validate(pipeline_config, max_pipelines=max_pipelines)

@@ -366,16 +366,16 @@ def run_hooks(describe: Describe) -> dict:
 
 
 def state_reason(state) -> str:
+    """The exception behind a failed state (type, message, nirs's notes) when Prefect still
+    holds it, else the state's message."""
     exc = None
     try:
         exc = state.result(raise_on_failure=False)
     except Exception:  # noqa: BLE001 - the result may not be retrievable; the message is enough
         exc = None
-    message = state.message or state.name
     if isinstance(exc, BaseException):
-        detail = describe_exception(exc)
-        return detail if detail in (message or "") else f"{message}: {detail}" if message else detail
-    return (message or "no reason given")[:MAX_ERROR_CHARS]
+        return describe_exception(exc)
+    return (state.message or state.name or "no reason given")[:MAX_ERROR_CHARS]
 
 
 def _end_run(describe: Describe, flow_run, state, status: str) -> None:
