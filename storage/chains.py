@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from . import artifacts as art
 from .base import StoreBase, first, check_id, check_int, check_text, from_json, new_id, now, to_json
@@ -23,13 +22,6 @@ from .errors import InvalidInputError, NotFoundError
 _CHAIN_JSON = ("steps", "fold_artifacts", "shared_artifacts", "fold_weights", "classes",
                "branch_path", "metadata")
 FOLD_STRATEGIES = ("per_fold", "refit")
-_ARTIFACT_COLUMNS = [
-    ("artifact_id", pa.string()), ("artifact_path", pa.string()), ("content_hash", pa.string()),
-    ("operator_class", pa.string()), ("artifact_type", pa.string()), ("format", pa.string()),
-    ("size_bytes", pa.int64()), ("created_at", pa.timestamp("us")), ("last_saved_at", pa.timestamp("us")),
-]
-
-
 def referenced_artifacts(steps: list, fold_artifacts: dict, shared_artifacts: dict) -> set[str]:
     """Every artifact id a chain points at, whatever the nesting the caller used."""
     found: set[str] = set()
@@ -82,6 +74,10 @@ class ChainsMixin(StoreBase):
             # with them (one statement per flush), after its file is in place.
             with self._db.writing(buffered=True):
                 if not (final.exists() and self.files.is_sound(final, artifact_id)):
+                    if staged is not None and not staged.temp.exists():
+                        # we waited for the lock longer than a gc's grace, and that gc
+                        # swept our temporary as an orphan: write it again
+                        staged = None
                     staged = staged or self.files.stage(artifact_id, format, data)
                     self.files.publish(staged, artifact_id)
                     staged = None
@@ -99,15 +95,22 @@ class ChainsMixin(StoreBase):
         rows, self._pending_artifacts = list(self._pending_artifacts.values()), {}
         if con is None or not rows:
             return
-        table = pa.table({name: pa.array(column, type=kind)
-                          for (name, kind), column in zip(_ARTIFACT_COLUMNS, zip(*rows))})
-        con.register("nirsflow_pending_artifacts", table)
-        try:
-            # A deduplicated save renews the grace period, nothing else.
-            con.execute("INSERT INTO artifacts SELECT * FROM nirsflow_pending_artifacts ON CONFLICT "
-                        "(artifact_id) DO UPDATE SET last_saved_at = excluded.last_saved_at")
-        finally:
-            con.unregister("nirsflow_pending_artifacts")
+        # Rows are appended to a temporary staging table (an appender: no SQL per row, and
+        # no pyarrow, which imports pandas (0.5-1 s) the first time it converts Python
+        # objects, here under the exclusive lock), then merged in one statement.
+        cache = self._db.conn_cache
+        if "artifact_stage" not in cache:
+            con.execute("CREATE TEMP TABLE IF NOT EXISTS nirsflow_pending_artifacts AS "
+                        "SELECT * FROM artifacts LIMIT 0")
+            cache["artifact_stage"] = con.appender("nirsflow_pending_artifacts")
+        stage = cache["artifact_stage"]
+        for row in rows:
+            stage.append_row(*row)
+        stage.flush()
+        # A deduplicated save renews the grace period, nothing else.
+        con.execute("INSERT INTO artifacts SELECT * FROM nirsflow_pending_artifacts ON CONFLICT "
+                    "(artifact_id) DO UPDATE SET last_saved_at = excluded.last_saved_at; "
+                    "DELETE FROM nirsflow_pending_artifacts")
 
     def _artifact_format(self, artifact_id: str) -> str:
         check_id("artifact", artifact_id)

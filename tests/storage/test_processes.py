@@ -347,14 +347,6 @@ def test_gc_racing_saves_of_the_same_content_never_loses_a_chained_artifact(tmp_
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason=(
-    "gc sweeps a save's staged temporary file: save_artifact stages the bytes in "
-    "artifacts/<xx>/.tmp-* BEFORE taking the lock; if it then waits for the lock longer than "
-    "gc's grace, a gc in another process counts the temporary as an orphan older than the grace "
-    "(plan_gc: artifact id None, mtime old) and deletes it; the save then calls os.replace on "
-    "a file that is gone and fails with a raw FileNotFoundError. Fix in chains.py "
-    "(save_artifact_bytes): under the lock, re-stage when staged.temp no longer exists (or "
-    "touch it and let gc skip temporaries whose mtime is younger than the grace)."))
 def test_a_save_waiting_for_the_lock_survives_a_gc_that_runs_meanwhile(tmp_path, workers):
     ws = tmp_path / "ws"
     store = WorkspaceStore(ws)
@@ -371,14 +363,6 @@ def test_a_save_waiting_for_the_lock_survives_a_gc_that_runs_meanwhile(tmp_path,
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason=(
-    "the first save_artifact of a process imports pandas while it holds the exclusive "
-    "workspace lock: chains._flush_artifacts builds a pyarrow table from Python datetimes "
-    "(created_at, last_saved_at), and pyarrow converts datetimes through pyarrow.pandas_compat, "
-    "which imports pandas: 0.5-1.1 s measured here, during which every other process waits "
-    "(it showed as the first chain of each kill -9 trial taking ~0.5-1 s). Fix in chains.py: "
-    "append the artifact rows with a DuckDB appender as predictions do, or pass the "
-    "timestamps as int64 microseconds cast to timestamp, or executemany."))
 def test_the_first_artifact_save_does_not_import_under_the_lock(tmp_path):
     code = ("import sys, numpy as np\n"
             "from storage import WorkspaceStore\n"
