@@ -352,11 +352,6 @@ def main() -> None:
     fn = ROLES[role]
     if role in ("writer", "batcher", "gc_saver"):
         fitted(0)  # import scikit-learn before the start line, not inside the timed part
-    if role == "crasher":
-        # The store's first artifact save imports pandas (through pyarrow's datetime
-        # conversion), ~0.5-1 s under the lock; done here so kills land in writes, not in
-        # that import (see test_the_first_artifact_save_does_not_import_under_the_lock).
-        import pandas  # noqa: F401
     from storage import WorkspaceStore
 
     store = WorkspaceStore(args["workspace"], lock_timeout=args.get("lock_timeout", 120),
