@@ -151,9 +151,9 @@ def through_flow(config, workspace: Path, runner: str) -> tuple[float, float]:
 
     from flows.train import train
 
-    task_runner = {"threads": lambda: ThreadPoolTaskRunner(max_workers=2),
-                   "thread": lambda: ThreadPoolTaskRunner(max_workers=1),
-                   "processes": lambda: ProcessPoolTaskRunner(max_workers=2)}[runner]()
+    task_runner = {"2 threads": lambda: ThreadPoolTaskRunner(max_workers=2),
+                   "1 thread (the default on 2 cores)": lambda: ThreadPoolTaskRunner(max_workers=1),
+                   "2 processes": lambda: ProcessPoolTaskRunner(max_workers=2)}[runner]()
     started = time.perf_counter()
     out = train.with_options(task_runner=task_runner)(workspace=str(workspace), config=config, datasets=["tablet1"],
                                                       export=False)
@@ -165,6 +165,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pipelines", type=int, default=20)
     parser.add_argument("--skip-units", action="store_true")
+    parser.add_argument("--processes", action="store_true",
+                        help="also run the flow with fold tasks on a 2-process pool (slow: ~300 ms per task)")
     args = parser.parse_args()
 
     server = None
@@ -185,13 +187,13 @@ def main() -> None:
                 print(f"  {label:<44} {seconds * 1000:8.1f} ms")
 
         work = Path(tempfile.mkdtemp(prefix="nirsflow-bench-"))
-        through_flow(grid(2), work / "warmup", "threads")  # imports, client, first-flow costs
+        through_flow(grid(2), work / "warmup", "2 threads")  # imports, client, first-flow costs
         plain_core(grid(2), None)
         results: dict[str, list] = {}
         for r in range(args.repeats):
             results.setdefault("plain core", []).append((plain_core(config, None), None))
             results.setdefault("plain core + store", []).append((plain_core(config, work / f"core{r}"), None))
-            for runner in ("threads", "thread", "processes"):
+            for runner in ("1 thread (the default on 2 cores)", "2 threads") + (("2 processes",) if args.processes else ()):
                 results.setdefault(f"train flow, folds on {runner}", []).append(
                     through_flow(config, work / f"{runner}{r}", runner))
         core = statistics.median(w for w, _ in results["plain core"])
@@ -200,13 +202,13 @@ def main() -> None:
         task_runs = n * (folds + 1)
         print(f"\n{n} pipelines x {folds} folds on Tablet (400 x 597 train, 212 test), median of {args.repeats}; "
               f"{os.cpu_count()} cores")
-        print(f"  {'':<34} {'wall s':>8} {'body s':>8} {'/core':>7} {'/core+store':>12} {'ms per task run':>16}")
+        print(f"  {'':<56} {'wall s':>8} {'body s':>8} {'/core':>7} {'/core+store':>12} {'ms per task run':>16}")
         for label, values in results.items():
             wall = statistics.median(w for w, _ in values)
             inner = [b for _, b in values if b is not None]
             body = f"{statistics.median(inner):8.2f}" if inner else f"{'':8}"
             per_task = (f"{(wall - stored) / task_runs * 1000:16.1f}" if label.startswith("train") else f"{'':16}")
-            print(f"  {label:<34} {wall:8.2f} {body} {wall / core:7.2f} {wall / stored:12.2f} {per_task}")
+            print(f"  {label:<56} {wall:8.2f} {body} {wall / core:7.2f} {wall / stored:12.2f} {per_task}")
         print(f"  ({task_runs} task runs per flow: {n} pipeline tasks + {n * folds} fold tasks; 'body' excludes the "
               "flow run's own start and end)")
         shutil.rmtree(work, ignore_errors=True)

@@ -42,8 +42,9 @@ from tasks.training import fit_fold_task, plan_pipeline_folds, refit_plan, train
 
 #: Fold fits run on this many threads, one core left to the flow-run thread (Prefect API
 #: calls, the hooks' store writes). Measured on 2 cores with PLS on Tablet (bench/flow_bench.py):
-#: one fold thread overlaps the store writes and is 1.10-1.21x the plain core + store;
-#: two threads fight over the GIL and are slower (1.21-1.33x). Fits that release the GIL
+#: one fold thread overlaps the store writes and is 1.05-1.21x the plain core + store
+#: (3.5-17 ms per task run, varying with the machine's load); two threads fight over the GIL
+#: and are slower (1.21-1.33x). Fits that release the GIL
 #: (large BLAS calls) gain from more: ``train.with_options(task_runner=ThreadPoolTaskRunner(n))``.
 #: A ProcessPoolTaskRunner works too (the flow pickles) but costs ~350 ms per fold task here.
 DEFAULT_WORKERS = max(1, (os.cpu_count() or 2) - 1)
