@@ -92,8 +92,8 @@ class MaintenanceMixin(StoreBase):
                                  ("pipelines", "run_id = $run"),
                                  ("runs", "run_id = $run")):
                 deleted += con.execute(f"DELETE FROM {table} WHERE {where}", {"run": run_id}).fetchall()[0][0]
-            self._db.conn_cache.pop("known", None)
-            self._db.conn_cache.pop("rows", None)
+            for fact in ("known", "rows", "directions"):
+                self._db.conn_cache.pop(fact, None)
         self._forget_chains(chain_ids)
         return deleted
 
@@ -103,6 +103,7 @@ class MaintenanceMixin(StoreBase):
             self._require(con, "predictions", "prediction_id", prediction_id)
             con.execute("DELETE FROM prediction_arrays WHERE prediction_id = ?", [prediction_id])
             con.execute("DELETE FROM predictions WHERE prediction_id = ?", [prediction_id])
+            self._db.conn_cache.pop("directions", None)
 
     def gc_artifacts(self, grace: float = 3600.0, dry_run: bool = False) -> GcResult:
         """Remove dead artifacts and orphan files older than `grace` seconds.

@@ -176,3 +176,14 @@ def test_caller_given_prediction_id_must_be_new(store):
         store.save_prediction(pipeline_id, prediction_id="p-1")
     assert store.query_predictions()["prediction_id"].to_list() == ["p-1"]
     assert isinstance(store.query_predictions(), pl.DataFrame)
+
+
+def test_ranking_direction_follows_writes_and_deletes_on_one_connection(store):
+    _, pipeline_id = make_run(store)
+    store.save_prediction(pipeline_id, metric="rmse", val_score=1.0)
+    assert store.top_predictions(1)["val_score"].to_list() == [1.0]
+    other = store.save_prediction(pipeline_id, metric="r2", val_score=0.9)
+    with pytest.raises(InvalidInputError, match="different metrics"):
+        store.top_predictions(1)
+    store.delete_prediction(other)
+    assert store.top_predictions(1)["val_score"].to_list() == [1.0]
