@@ -29,7 +29,7 @@ def _json(*args):
 
 def test_runs_and_top(ws):
     runs = _json("runs", "-w", ws)
-    assert [r["status"] for r in runs] == ["completed"] and runs[0]["name"] == "demo"
+    assert [r["status"] for r in runs] == ["completed"] and runs[0]["name"].startswith("demo")
     top = _json("top", "-n", "3", "-w", ws)
     assert len(top) == 3 and {t["fold_id"] for t in top} == {"avg"}
     assert top[0]["val_score"] <= top[1]["val_score"] <= top[2]["val_score"]   # rmse: lower first
@@ -55,7 +55,7 @@ def test_replay_a_file_with_the_production_alias(ws, tmp_path):
     source = tmp_path / "five.csv"
     frame.write_csv(source)
     out = tmp_path / "pred.parquet"
-    done = run_cli("replay", "tablet:production", str(source), "-w", ws, "--out", str(out))
+    done = run_cli("replay", "tablet1:production", str(source), "-w", ws, "--out", str(out))
     assert done.returncode == 0, done.stderr
     predictions = pl.read_parquet(out)
     assert predictions["sample_id"].to_list() == [f"t{i}" for i in range(5)]
@@ -64,7 +64,7 @@ def test_replay_a_file_with_the_production_alias(ws, tmp_path):
 
 def test_promote_moves_the_alias_and_gc_vacuum_check(ws):
     chains = [t["chain_id"] for t in _json("top", "-n", "2", "-w", ws)]
-    done = run_cli("promote", "tablet", chains[1], "-w", ws, "--reason", "cli test")
+    done = run_cli("promote", "tablet1", chains[1], "-w", ws, "--reason", "cli test")
     assert done.returncode == 0 and f"-> {chains[1]}" in done.stdout and "(was" in done.stdout
     gc = _json("gc", "-w", ws, "--dry-run")
     assert gc["dry_run"] is True and gc["artifacts"] == []
@@ -99,7 +99,7 @@ def test_exports(ws, tmp_path):
 def test_plot_writes_pngs_that_show_something(ws, tmp_path):
     from PIL import Image
 
-    done = run_cli("plot", "tablet:production", "-w", ws, "--out", str(tmp_path))
+    done = run_cli("plot", "tablet1:production", "-w", ws, "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     for name in ("predicted_vs_observed.png", "residuals.png"):
         image = Image.open(tmp_path / name).convert("L")
@@ -112,8 +112,8 @@ def test_plot_writes_pngs_that_show_something(ws, tmp_path):
     (["runs", "-w", "/nonexistent/ws"], "no workspace at"),
     (["show", "nope"], "is not a run, pipeline or chain id"),
     (["replay", "ghost-chain", "missing.csv"], "missing.csv"),
-    (["promote", "tablet", "ghost-chain"], "unknown chain id 'ghost-chain'"),
-    (["replay", "tablet:staging", "README.md"], None),
+    (["promote", "tablet1", "ghost-chain"], "unknown chain id 'ghost-chain'"),
+    (["replay", "tablet1:staging", "README.md"], None),
 ])
 def test_errors_are_one_line_with_a_nonzero_exit(ws, args, message):
     if "-w" not in args:

@@ -26,10 +26,24 @@ def test_readme_main_job_is_the_demo():
 
 def test_demo_runs_end_to_end_and_prints_the_leaderboard(demo_run):
     workspace, done = demo_run
-    assert "Leaderboard" in done.stdout and "Production chain for 'tablet'" in done.stdout
-    rmse = float(re.search(r"replayed on the test set: RMSE ([0-9.]+)", done.stdout).group(1))
+    assert "Leaderboard" in done.stdout and "Production chain for 'tablet1'" in done.stdout
+    rmse = float(re.search(r"Inbox: 2 files scored, 212 tablets, RMSE ([0-9.]+)", done.stdout).group(1))
     assert 1.5 < rmse < 3.0  # SNV/MSC/SG + PLS on Tablet: about 2.2-2.4
     assert (workspace / "store.duckdb").is_file()
+    assert len(list((workspace / "outbox" / "tablet1").glob("*.parquet"))) == 2
+    assert not list((workspace / "inbox" / "tablet1").iterdir())
+
+
+def test_the_demo_went_through_the_prefect_flows(demo_run):
+    from storage import WorkspaceStore
+
+    workspace, _ = demo_run
+    with WorkspaceStore(workspace) as store:
+        run = store.list_runs().row(0, named=True)
+        assert run["status"] == "completed" and run["flow_run_id"]
+        pipelines = store.list_pipelines(run_id=run["run_id"])
+        assert pipelines.height == 9 and pipelines["task_run_id"].null_count() == 0
+        assert store.list_scored_files()["flow_run_id"].null_count() == 0
 
 
 def test_readme_config_example_is_a_valid_config(tmp_path):
