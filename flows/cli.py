@@ -95,6 +95,105 @@ def demo(workspace: Path = WorkspaceOption) -> None:
 
 @app.command()
 @friendly
+def train(config: str = typer.Argument(..., help="A config file (.json/.yaml), or a library template name."),
+          data: list[str] = typer.Argument(..., help="Datasets: built-in names (tablet1, tablet2, coffee) or "
+                                                     "spectra files (CSV/TSV, Parquet, JCAMP-DX)."),
+          workspace: Path = WorkspaceOption,
+          target: str = typer.Option(None, help="Target column of the data files."),
+          test: Path = typer.Option(None, help="A held-out test file (with one data file)."),
+          id_column: str = typer.Option("sample_id", help="Sample id column of the data files."),
+          refit: bool = typer.Option(False, help="Also fit each pipeline on all training data."),
+          max_pipelines: int = typer.Option(1000, help="Refuse configs that expand to more."),
+          as_json: bool = JsonOption) -> None:
+    """Train a config on datasets through the Prefect train flow."""
+    from flows.train import train as train_flow
+
+    specs = [_dataset_spec(item, target, id_column, test if len(data) == 1 else None) for item in data]
+    if test is not None and len(data) != 1:
+        raise UserError("--test goes with exactly one data file")
+    is_file = Path(config).suffix.lower() in (".json", ".yaml", ".yml")
+    if is_file and not Path(config).exists():
+        raise UserError(f"config file {config} does not exist")
+    summary = train_flow(workspace=str(_workspace(workspace).absolute()), datasets=specs,
+                         config=str(Path(config).absolute()) if is_file else None,
+                         template=None if is_file else config, refit=refit, max_pipelines=max_pipelines)
+    if as_json:
+        typer.echo(json.dumps(summary, default=str, indent=2))
+        return
+    best = summary.get("best") or {}
+    typer.echo(f"run {summary['run_id']}: {summary['counts']}")
+    if best:
+        typer.echo(f"best: {best.get('pipeline')} on {best.get('dataset')}: {best.get('metric')} "
+                   f"CV {best.get('cv_score')}, test {best.get('test_score')} (chain {best.get('chain_id')})")
+
+
+def _dataset_spec(item: str, target: str | None, id_column: str, test: Path | None):
+    from tasks.data import BUILTIN
+
+    if item.lower() in BUILTIN:
+        return item
+    path = Path(item)
+    if not path.exists():
+        raise UserError(f"{item} is neither a built-in dataset ({', '.join(BUILTIN)}) nor an existing file")
+    if target is None:
+        raise UserError(f"give --target, the column of {path.name} that holds the reference values")
+    spec = {"name": path.stem, "train": str(path.absolute()), "target_column": target, "id_column": id_column}
+    if test is not None:
+        spec["test"] = str(test.absolute())
+    return spec
+
+
+@app.command()
+@friendly
+def score(inbox: Path = typer.Argument(..., help="The inbox folder: one sub-folder per dataset."),
+          workspace: Path = WorkspaceOption, alias: str = "production",
+          outbox: Path = typer.Option(None, help="Root of outbox/, processed/, rejected/ [default: the workspace]"),
+          csv: bool = typer.Option(False, "--csv", help="Also write each result as CSV."),
+          as_json: bool = JsonOption) -> None:
+    """Score the spectra files waiting in an inbox (the score_inbox flow, once)."""
+    from flows.score_inbox import score_inbox
+
+    if not inbox.is_dir():
+        raise UserError(f"inbox {inbox} is not a folder; files go in {inbox}/<dataset>/")
+    summary = score_inbox(workspace=str(_workspace(workspace).absolute()), inbox=str(inbox.absolute()),
+                          outbox=None if outbox is None else str(outbox.absolute()), alias=alias, csv=csv)
+    if as_json:
+        typer.echo(json.dumps(summary, default=str, indent=2))
+        return
+    counts = summary["counts"]
+    typer.echo(", ".join(f"{k} {v}" for k, v in counts.items()))
+    for row in summary.get("rejected", []):
+        typer.echo(f"  rejected {row.get('file')}: {row.get('problem') or row.get('message')}")
+
+
+@app.command()
+@friendly
+def serve(config: Path = typer.Option(None, help="Deployments config [default: deployments/nirsflow.yaml]"),
+          check: bool = typer.Option(False, "--check", help="Only print what would be served.")) -> None:
+    """Serve every deployment of the config file, with its schedule (needs PREFECT_API_URL)."""
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "deployments" / "serve.py"
+    if not script.exists():
+        raise UserError(f"{script} is missing; serve runs from a clone of the repository")
+    module = runpy.run_path(str(script))
+    args = (["check"] if check else []) + ([str(config)] if config else [])
+    raise typer.Exit(module["main"](args))
+
+
+@app.command(name="import")
+@friendly
+def import_bundle(bundle: Path, workspace: Path = WorkspaceOption,
+                  trusted: bool = typer.Option(False, "--trusted", help="Accept a bundle whose signature cannot be "
+                                                                         "checked (hashes and names are still checked)."),
+                  strict: bool = typer.Option(False, "--strict", help="Refuse another scikit-learn minor version.")) -> None:
+    """Bring a .n4a bundle into the workspace; prints the new chain id."""
+    with _open(workspace, must_exist=False) as store:
+        typer.echo(store.import_bundle(bundle, trusted=trusted, strict=strict))
+
+
+@app.command()
+@friendly
 def runs(workspace: Path = WorkspaceOption, status: str = typer.Option(None, help="running, completed, failed, crashed"),
          as_json: bool = JsonOption) -> None:
     """List the runs of a workspace, newest first."""

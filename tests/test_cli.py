@@ -124,3 +124,60 @@ def test_errors_are_one_line_with_a_nonzero_exit(ws, args, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr
     if message:
         assert message in lines[0]
+
+
+def test_train_a_config_file_on_a_data_file_through_the_flow(tmp_path):
+    from nirs.datasets import load_tablet
+
+    train_set, _ = load_tablet(instrument=1)
+    frame = pl.DataFrame({"sample_id": train_set.sample_ids[:150], "content": train_set.y[:150]}).with_columns(
+        [pl.Series(f"{w:g}", train_set.X[:150, j]) for j, w in enumerate(train_set.wavelengths)])
+    data = tmp_path / "wheat.csv"
+    frame.write_csv(data)
+    config = tmp_path / "grid.yaml"
+    config.write_text("pipeline:\n  - SNV\n  - split: {class: KFold, params: {n_splits: 3}}\n"
+                      "  - model: {class: PLSRegression, params: {n_components: {_range_: [2, 4, 2]}}}\n")
+    ws = tmp_path / "ws"
+    done = run_cli("train", str(config), str(data), "--target", "content", "-w", str(ws), "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout[done.stdout.index("{"):])
+    assert summary["counts"]["completed"] == 2 and summary["best"]["dataset"] == "wheat"
+    runs = _json("runs", "-w", str(ws))
+    assert runs[0]["status"] == "completed"
+    missing = run_cli("train", str(config), str(data), "-w", str(ws))
+    assert missing.returncode == 1 and "give --target" in missing.stderr
+
+
+def test_score_an_inbox_and_import_a_bundle(ws, tmp_path):
+    from nirs.datasets import load_tablet
+
+    _, test = load_tablet(instrument=1)
+    inbox = tmp_path / "inbox"
+    (inbox / "tablet1").mkdir(parents=True)
+    pl.DataFrame({"sample_id": [f"s{i}" for i in range(4)]}).with_columns(
+        [pl.Series(f"{w:g}", test.X[:4, j]) for j, w in enumerate(test.wavelengths)]
+    ).write_csv(inbox / "tablet1" / "good.csv")
+    (inbox / "tablet1" / "bad.csv").write_text("sample_id,600,602\na,1.0,oops\n")
+    done = run_cli("score", str(inbox), "-w", ws, "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout[done.stdout.index("{"):])
+    assert summary["counts"]["scored"] == 1 and summary["counts"]["rejected"] == 1
+    assert (tmp_path / "inbox" / "tablet1").exists() and not list((inbox / "tablet1").glob("*.csv"))
+
+    chain_id = _json("top", "-n", "1", "-w", ws)[0]["chain_id"]
+    bundle = tmp_path / "best.n4a"
+    assert run_cli("export", "chain", chain_id, "-w", ws, "--out", str(bundle)).returncode == 0
+    other = tmp_path / "other-ws"
+    refused = run_cli("import", str(bundle), "-w", str(other))
+    assert refused.returncode == 1 and "trusted" in refused.stderr
+    imported = run_cli("import", str(bundle), "-w", str(other), "--trusted")
+    assert imported.returncode == 0, imported.stderr
+    new_chain = imported.stdout.strip().splitlines()[-1]
+    assert _json("show", new_chain, "-w", str(other))["kind"] == "chain"
+
+
+def test_serve_check_lists_the_deployments_of_the_config():
+    done = run_cli("serve", "--check")
+    assert done.returncode == 0, done.stderr
+    for name in ("score-inbox", "gc", "vacuum", "reconcile"):
+        assert name in done.stdout
