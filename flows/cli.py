@@ -16,6 +16,11 @@ from typing import Any, Callable
 
 import typer
 
+# Offline by default: the ephemeral Prefect server would otherwise try to send telemetry
+# and log an error for every run on a machine without internet. Set them to override.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
 app = typer.Typer(help="NIRS model workspaces run by Prefect.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 export_app = typer.Typer(help="Export a chain bundle, a run report or predictions.", no_args_is_help=True)
@@ -373,31 +378,20 @@ def plot(chain: str = typer.Argument(..., help="Chain id, or DATASET:ALIAS."), w
          out: Path = typer.Option(None, help="Folder for the PNGs [default: <workspace>/exports/plots/<chain>]"),
          data: Path = typer.Option(None, help="A spectra file to draw before/after preprocessing.")) -> None:
     """Predicted vs observed and residuals of a chain (and spectra before/after its preprocessing)."""
-    from nirs import plots
+    from tasks.reporting import plot_chain
 
     with _open(workspace) as store:
         chain_id = store.get_alias(*chain.split(":", 1)) if ":" in chain else chain
-        folder = out or store.path / "exports" / "plots" / chain_id
-        sets = {}
-        for partition, label in (("val", "cross-validation"), ("test", "test")):
-            rows = store.query_predictions(chain_id=chain_id, fold_id="avg", partition=partition)
-            if rows.height:
-                arrays = store.get_prediction_arrays(rows["prediction_id"][0])
-                sets[label] = (arrays["y_true"], arrays["y_pred"])
-        info = store.get_chain(chain_id)
-        if info["task_type"] == "classification":
+        if store.get_chain(chain_id)["task_type"] == "classification":
             raise UserError("predicted-vs-observed plots are for regression chains")
-        if not sets:
-            raise UserError(f"chain {chain_id} has no stored 'avg' predictions to plot")
-        title = f"{info['preprocessings'] or '-'} > {info['model_class'].rsplit('.', 1)[-1]}"
-        written = [plots.predicted_vs_observed(sets, folder / "predicted_vs_observed.png", title),
-                   plots.residuals(sets, folder / "residuals.png", title)]
+        spectra = None
         if data is not None:
             from nirs.readers import read_spectra
 
             spectra = read_spectra(data)
-            after, grid = store.preprocess_chain(chain_id, spectra.X, spectra.wavelengths)
-            written.append(plots.spectra(spectra.wavelengths, spectra.X, after, grid, folder / "spectra.png", title))
+        written = plot_chain(store, chain_id, out or store.path / "exports" / "plots" / chain_id, spectra)
+        if not written:
+            raise UserError(f"chain {chain_id} has no stored 'avg' predictions to plot")
     for path in written:
         typer.echo(str(path))
 

@@ -36,8 +36,8 @@ from storage import PipelineLibrary
 from tasks.data import describe_spec, load_dataset, normalize_spec
 from tasks.lifecycle import (PipelineEntry, RunDescription, StoreWriteError, current_book, pipeline_hooks,
                              run_hooks)
-from tasks.reporting import (Progress, artifact_key, leaderboard_rows, markdown_report, publish_leaderboard,
-                             publish_markdown, tag_flow_run)
+from tasks.reporting import (Progress, artifact_key, leaderboard_rows, markdown_report, plot_chain,
+                             publish_leaderboard, publish_markdown, tag_flow_run)
 from tasks.training import fit_fold_task, plan_pipeline_folds, refit_plan, train_pipeline
 
 #: Fold fits run on this many threads, one core left to the flow-run thread (Prefect API
@@ -203,6 +203,8 @@ def train(workspace: str, datasets: list[Any] | None = None, config: Any = None,
         try:
             exports["run (YAML)"] = str(book.store.export_run(book.run_id))
             exports[f"best chain {best['chain_id']} (.n4a bundle)"] = str(book.store.export_chain(best["chain_id"]))
+            for png in plot_chain(book.store, best["chain_id"], book.store.path / "exports" / "plots" / best["chain_id"]):
+                exports[f"best chain: {png.stem.replace('_', ' ')} (PNG)"] = str(png)
         except Exception as exc:  # noqa: BLE001 - exports are conveniences
             logger.warning("exports not written: %s", exc)
     title = f"Training run: {what} on {', '.join(s['name'] for s in specs)}"

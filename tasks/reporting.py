@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -56,12 +57,21 @@ def _fmt(value) -> str:
 
 
 class Progress:
-    """A progress artifact, updated at most every ``every`` seconds (and at the end)."""
+    """A progress artifact, updated at most every ``every`` seconds (and at the end), and a
+    progress bar on the terminal when there is one (quiet in logs, CI and served runs)."""
 
     def __init__(self, total: int, key: str, description: str, every: float = 1.0) -> None:
         self.total, self.done, self.every = max(total, 1), 0, every
         self._last = 0.0
         self.artifact_id = None
+        self._bar = None
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TimeElapsedColumn
+
+            self._bar = Bar("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), transient=False)
+            self._bar_task = self._bar.add_task(description[:60], total=self.total)
+            self._bar.start()
         try:
             from prefect.artifacts import create_progress_artifact
 
@@ -71,6 +81,11 @@ class Progress:
 
     def step(self, n: int = 1, *, force: bool = False) -> None:
         self.done += n
+        if self._bar is not None:
+            self._bar.update(self._bar_task, completed=min(self.done, self.total))
+            if self.done >= self.total:
+                self._bar.stop()
+                self._bar = None
         now = time.monotonic()
         if self.artifact_id is None or (not force and now - self._last < self.every and self.done < self.total):
             return
@@ -150,3 +165,29 @@ def tag_flow_run(tags) -> None:
         ctx.client.update_flow_run(ctx.flow_run.id, tags=merged)
     except Exception as exc:  # noqa: BLE001 - tags are for the UI only
         log.warning("could not tag the flow run: %s", exc)
+
+
+def plot_chain(store, chain_id: str, folder: Path, data=None) -> list[Path]:
+    """PNGs of a regression chain from its stored "avg" predictions: predicted vs observed
+    (1:1 line, RMSE, R²) and residuals; with ``data`` (a SpectraDataset), its spectra
+    before and after the chain's preprocessing. Classification chains get none."""
+    from nirs import plots
+
+    info = store.get_chain(chain_id)
+    if info["task_type"] == "classification":
+        return []
+    sets = {}
+    for partition, label in (("val", "cross-validation"), ("test", "test")):
+        rows = store.query_predictions(chain_id=chain_id, fold_id="avg", partition=partition)
+        if rows.height:
+            arrays = store.get_prediction_arrays(rows["prediction_id"][0])
+            sets[label] = (arrays["y_true"], arrays["y_pred"])
+    if not sets:
+        return []
+    title = f"{info['preprocessings'] or '-'} > {info['model_class'].rsplit('.', 1)[-1]}"
+    written = [plots.predicted_vs_observed(sets, Path(folder) / "predicted_vs_observed.png", title),
+               plots.residuals(sets, Path(folder) / "residuals.png", title)]
+    if data is not None:
+        after, grid = store.preprocess_chain(chain_id, data.X, data.wavelengths)
+        written.append(plots.spectra(data.wavelengths, data.X, after, grid, Path(folder) / "spectra.png", title))
+    return written

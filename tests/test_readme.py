@@ -44,6 +44,11 @@ def test_the_demo_went_through_the_prefect_flows(demo_run):
         pipelines = store.list_pipelines(run_id=run["run_id"])
         assert pipelines.height == 9 and pipelines["task_run_id"].null_count() == 0
         assert store.list_scored_files()["flow_run_id"].null_count() == 0
+        best = store.get_alias("tablet1")
+    # the run report's exports: the YAML, the bundle and the best chain's plots
+    plots = workspace / "exports" / "plots" / best
+    assert (plots / "predicted_vs_observed.png").stat().st_size > 10_000
+    assert (workspace / "exports" / f"{best}.n4a").is_file()
 
 
 def test_readme_config_example_is_a_valid_config(tmp_path):
