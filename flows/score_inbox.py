@@ -80,6 +80,7 @@ from prefect.utilities.annotations import quote
 
 from storage import WorkspaceStore
 from storage.errors import InvalidInputError, NotFoundError
+from tasks.reporting import Progress
 from tasks.scoring import (FileChanged, InboxFile, LoadedChain, ScoreJob, ScoringLock,
                            discover, move_file, plan_destination, result_paths, same_bytes_exists,
                            score_file_task, sha256_of, sweep_partials, write_note)
@@ -140,6 +141,14 @@ class InboxRun:
         self.followers: dict[str, list[InboxFile]] = {}  # same bytes as a file being scored
         self.n_spectra = 0
         self.store_errors = 0
+        self.progress = None  # a tasks.reporting.Progress over the files of this pass
+
+    def tick(self) -> None:
+        """Move the progress (artifact, and bar on a terminal) to the files handled so far."""
+        if self.progress is not None:
+            handled = sum(self.tally.counts().values())
+            if handled > self.progress.done:
+                self.progress.step(handled - self.progress.done)
 
     # -- admitting a file ------------------------------------------------------------
     def admit(self, f: InboxFile) -> None:
@@ -231,6 +240,7 @@ class InboxRun:
             else:
                 self.fail(f, outcome.get("reason", status))
             self.settle_followers(job.sha256, outcome)
+        self.tick()
 
     @staticmethod
     def outcome(future) -> dict:
@@ -472,9 +482,13 @@ def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: st
                            window=window or 2 * DEFAULT_WORKERS, flow_run_id=flow_run_id, logger=logger)
             for f in changing:
                 run.wait(f, f"still being written: size or mtime changed between two looks {settle_seconds:g} s apart")
+            if stable:
+                run.progress = Progress(len(stable), key=_artifact_key("progress", Path(inbox).name),
+                                        description=f"score inbox {Path(inbox).name}: files")
             try:
                 for f in stable:
                     run.admit(f)
+                    run.tick()
             finally:
                 run.drain()
         scoring_s = time.perf_counter() - scoring_started
