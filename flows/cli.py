@@ -191,10 +191,12 @@ def serve(config: Path = typer.Option(None, help="Deployments config [default: d
 def import_bundle(bundle: Path, workspace: Path = WorkspaceOption,
                   trusted: bool = typer.Option(False, "--trusted", help="Accept a bundle whose signature cannot be "
                                                                          "checked (hashes and names are still checked)."),
-                  strict: bool = typer.Option(False, "--strict", help="Refuse another scikit-learn minor version.")) -> None:
+                  strict: bool = typer.Option(False, "--strict", help="Refuse another scikit-learn minor version."),
+                  as_json: bool = JsonOption) -> None:
     """Bring a .n4a bundle into the workspace; prints the new chain id."""
     with _open(workspace, must_exist=False) as store:
-        typer.echo(store.import_bundle(bundle, trusted=trusted, strict=strict))
+        chain_id = store.import_bundle(bundle, trusted=trusted, strict=strict)
+    typer.echo(json.dumps({"chain_id": chain_id}) if as_json else chain_id)
 
 
 @app.command()
@@ -307,7 +309,7 @@ def replay(chain: str = typer.Argument(..., help="Chain id, or DATASET:ALIAS suc
 @app.command()
 @friendly
 def promote(dataset: str, chain: str, workspace: Path = WorkspaceOption, alias: str = "production",
-            reason: str = typer.Option(None, help="Why, for the alias history.")) -> None:
+            reason: str = typer.Option(None, help="Why, for the alias history."), as_json: bool = JsonOption) -> None:
     """Point a dataset's alias (production by default) at a chain."""
     from storage import NotFoundError
 
@@ -317,6 +319,9 @@ def promote(dataset: str, chain: str, workspace: Path = WorkspaceOption, alias: 
         except NotFoundError:  # the first promotion: nothing pointed there yet
             previous = None
         store.set_alias(dataset, alias, chain, changed_by=f"cli:{os.environ.get('USER', '?')}", reason=reason)
+    if as_json:
+        typer.echo(json.dumps({"dataset": dataset, "alias": alias, "chain_id": chain, "previous": previous}))
+        return
     typer.echo(f"{dataset}/{alias} -> {chain}" + (f" (was {previous})" if previous else ""))
 
 
@@ -398,29 +403,36 @@ def plot(chain: str = typer.Argument(..., help="Chain id, or DATASET:ALIAS."), w
 
 @export_app.command("chain")
 @friendly
-def export_chain(chain: str, workspace: Path = WorkspaceOption, out: Path = typer.Option(None, help="Bundle path (.n4a)")) -> None:
-    """A portable .n4a bundle of a chain."""
+def export_chain(chain: str, workspace: Path = WorkspaceOption, out: Path = typer.Option(None, help="Bundle path (.n4a)"),
+                 as_json: bool = JsonOption) -> None:
+    """A portable, signed .n4a bundle of a chain."""
     with _open(workspace) as store:
-        typer.echo(str(store.export_chain(chain, out)))
+        _print_path(store.export_chain(chain, out), as_json)
 
 
 @export_app.command("run")
 @friendly
-def export_run(run: str, workspace: Path = WorkspaceOption, out: Path = typer.Option(None, help="YAML path")) -> None:
+def export_run(run: str, workspace: Path = WorkspaceOption, out: Path = typer.Option(None, help="YAML path"),
+               as_json: bool = JsonOption) -> None:
     """A YAML report of a run: its pipelines, chains and scores."""
     with _open(workspace) as store:
-        typer.echo(str(store.export_run(run, out)))
+        _print_path(store.export_run(run, out), as_json)
 
 
 @export_app.command("predictions")
 @friendly
 def export_predictions(workspace: Path = WorkspaceOption, out: Path = typer.Option(None, help="Parquet path"),
                        dataset: str = None, partition: str = None, run: str = None,
-                       arrays: bool = typer.Option(False, "--arrays", help="Include y_true, y_pred, ... as lists.")) -> None:
+                       arrays: bool = typer.Option(False, "--arrays", help="Include y_true, y_pred, ... as lists."),
+                       as_json: bool = JsonOption) -> None:
     """Predictions as Parquet (filtered by dataset, partition, run)."""
     with _open(workspace) as store:
-        typer.echo(str(store.export_predictions_parquet(out, include_arrays=arrays, dataset_name=dataset,
-                                                        partition=partition, run_id=run)))
+        _print_path(store.export_predictions_parquet(out, include_arrays=arrays, dataset_name=dataset,
+                                                     partition=partition, run_id=run), as_json)
+
+
+def _print_path(path: Path, as_json: bool) -> None:
+    typer.echo(json.dumps({"path": str(path)}) if as_json else str(path))
 
 
 def main() -> None:  # pragma: no cover - the console script

@@ -66,6 +66,8 @@ def test_promote_moves_the_alias_and_gc_vacuum_check(ws):
     chains = [t["chain_id"] for t in _json("top", "-n", "2", "-w", ws)]
     done = run_cli("promote", "tablet1", chains[1], "-w", ws, "--reason", "cli test")
     assert done.returncode == 0 and f"-> {chains[1]}" in done.stdout and "(was" in done.stdout
+    back = _json("promote", "tablet1", chains[0], "-w", ws)
+    assert back == {"dataset": "tablet1", "alias": "production", "chain_id": chains[0], "previous": chains[1]}
     gc = _json("gc", "-w", ws, "--dry-run")
     assert gc["dry_run"] is True and gc["artifacts"] == []
     vac = _json("vacuum", "-w", ws)
@@ -86,8 +88,8 @@ def test_check_fails_on_a_damaged_workspace(ws, tmp_path):
 def test_exports(ws, tmp_path):
     run_id = _json("runs", "-w", ws)[0]["run_id"]
     chain_id = _json("top", "-n", "1", "-w", ws)[0]["chain_id"]
-    bundle = run_cli("export", "chain", chain_id, "-w", ws, "--out", str(tmp_path / "m.n4a"))
-    assert bundle.returncode == 0 and (tmp_path / "m.n4a").stat().st_size > 0
+    bundle = _json("export", "chain", chain_id, "-w", ws, "--out", str(tmp_path / "m.n4a"))
+    assert bundle == {"path": str(tmp_path / "m.n4a")} and (tmp_path / "m.n4a").stat().st_size > 0
     report = run_cli("export", "run", run_id, "-w", ws, "--out", str(tmp_path / "run.yaml"))
     assert report.returncode == 0 and yaml.safe_load((tmp_path / "run.yaml").read_text())["run"]["run_id"] == run_id
     preds = run_cli("export", "predictions", "-w", ws, "--out", str(tmp_path / "p.parquet"), "--partition", "test", "--arrays")
@@ -170,9 +172,9 @@ def test_score_an_inbox_and_import_a_bundle(ws, tmp_path):
     other = tmp_path / "other-ws"
     refused = run_cli("import", str(bundle), "-w", str(other))
     assert refused.returncode == 1 and "trusted" in refused.stderr
-    imported = run_cli("import", str(bundle), "-w", str(other), "--trusted")
+    imported = run_cli("import", str(bundle), "-w", str(other), "--trusted", "--json")
     assert imported.returncode == 0, imported.stderr
-    new_chain = imported.stdout.strip().splitlines()[-1]
+    new_chain = json.loads(imported.stdout)["chain_id"]
     assert _json("show", new_chain, "-w", str(other))["kind"] == "chain"
 
 
