@@ -314,32 +314,32 @@ class InboxRun:
                 "result_present": result_present, "chain_id": record["chain_id"], "alias": record.get("alias"),
                 "scored_at": record.get("scored_at"), "scored_by_flow_run": record.get("flow_run_id"),
                 "seen_again_at": _now(), "seen_again_by_flow_run": self.flow_run_id, "moved_to": str(dest)}
-        try:
-            write_note(dest.with_name(dest.name + ".duplicate.json"), note)
-            move_file(f.path, dest)
-        except FileNotFoundError:
-            self.tally.gone.append(f.rel)
-            return
-        except OSError as exc:
-            self.fail(f, f"duplicate of {record['file_name']}, but not moved out of the inbox: {exc}")
+        if not self.set_aside(f, dest, ".duplicate.json", note, f"duplicate of {record['file_name']}"):
             return
         self.tally.duplicates.append({"file": f.rel, "duplicate_of": record["file_name"],
                                       "result": record["result_path"], "moved_to": str(dest)})
         self.log.info("%s: duplicate of %s (scored %s); result %s", f.rel, record["file_name"],
                       record.get("scored_at"), record["result_path"])
 
+    def set_aside(self, f: InboxFile, dest: Path, note_suffix: str, note: dict, why: str) -> bool:
+        """Write the note beside `dest`, then move the input there. False (and the file
+        counted as gone, or failed and left in the inbox) when that did not happen."""
+        try:
+            write_note(dest.with_name(dest.name + note_suffix), note)
+            move_file(f.path, dest)
+        except FileNotFoundError:
+            self.tally.gone.append(f.rel)
+            return False
+        except OSError as exc:
+            self.fail(f, f"{why}, but not moved out of the inbox: {exc}")
+            return False
+        return True
+
     def reject(self, f: InboxFile, sha: str | None, problem: dict) -> None:
         dest = plan_destination(self.root / "rejected" / (f.dataset or ""), f.name)
         note = {**problem, "content_sha256": sha, "size_bytes": f.stat.size, "rejected_at": _now(),
                 "flow_run_id": self.flow_run_id, "moved_to": str(dest)}
-        try:
-            write_note(dest.with_name(dest.name + ".error.json"), note)
-            move_file(f.path, dest)
-        except FileNotFoundError:
-            self.tally.gone.append(f.rel)
-            return
-        except OSError as exc:
-            self.fail(f, f"rejected ({problem.get('message')}) but not moved out of the inbox: {exc}")
+        if not self.set_aside(f, dest, ".error.json", note, f"rejected ({problem.get('message')})"):
             return
         self.tally.rejected.append(note)
         self.log.warning("rejected %s -> %s: %s", f.rel, dest, problem.get("message"))
