@@ -132,6 +132,17 @@ class StoreBase:
                 known[(table, value)] = row[:2]  # ids only: statuses change
         return row
 
+    def _column_of(self, con, table: str, key: str, value: str, column: str):
+        """One never-changing column of the row with this id (NotFoundError if none),
+        remembered like ``_require``'s rows for as long as the connection is open."""
+        known = self._db.conn_cache.setdefault("rows", {})
+        if (table, value, column) not in known:
+            row = first(con.execute(f"SELECT {column} FROM {table} WHERE {key} = ?", [value]))
+            if row is None:
+                raise NotFoundError(table.rstrip("s"), value, self.path)
+            known[(table, value, column)] = row[0]
+        return known[(table, value, column)]
+
     def _one_dict(self, con, sql: str, params: list, kind: str, key: str) -> dict:
         cur = con.execute(sql, params)
         row = first(cur)

@@ -92,7 +92,7 @@ class MaintenanceMixin(StoreBase):
                                  ("pipelines", "run_id = $run"),
                                  ("runs", "run_id = $run")):
                 deleted += con.execute(f"DELETE FROM {table} WHERE {where}", {"run": run_id}).fetchall()[0][0]
-            for fact in ("known", "rows", "directions"):
+            for fact in ("rows", "directions"):
                 self._db.conn_cache.pop(fact, None)
         self._forget_chains(chain_ids)
         return deleted

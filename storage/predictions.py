@@ -18,7 +18,7 @@ import polars as pl
 from . import arrays
 from .base import (LOWER_IS_BETTER, PARTITIONS, StoreBase, check_id, check_int, check_score, first,
                    check_text, from_json, new_id, now, to_json)
-from .errors import InvalidInputError, NotFoundError
+from .errors import InvalidInputError
 
 _PRED_COLUMNS = [
     "prediction_id", "pipeline_id", "chain_id", "dataset_name", "model_name", "model_class", "fold_id",
@@ -114,27 +114,12 @@ class PredictionsMixin(StoreBase):
         return prediction_id
 
     def _fill_defaults(self, con, row: list) -> None:
-        # Existence checks, cached while the connection (and so the lock) is held: no
-        # other process can delete a pipeline meanwhile, and our own deletes clear it.
-        cache = self._db.conn_cache.setdefault("known", {})
         pipeline_id, chain_id = row[1], row[2]
-        key = ("pipeline", pipeline_id)
-        if key not in cache:
-            found = first(con.execute("SELECT dataset_name FROM pipelines WHERE pipeline_id = ?",
-                                [pipeline_id]))
-            if found is None:
-                raise NotFoundError("pipeline", pipeline_id, self.path)
-            cache[key] = found[0]
+        dataset_name = self._column_of(con, "pipelines", "pipeline_id", pipeline_id, "dataset_name")
         if chain_id is not None:
-            ckey = ("chain", chain_id)
-            if ckey not in cache:
-                found = first(con.execute("SELECT model_class FROM chains WHERE chain_id = ?",
-                                    [chain_id]))
-                if found is None:
-                    raise NotFoundError("chain", chain_id, self.path)
-                cache[ckey] = found[0]
-            row[5] = row[5] if row[5] is not None else cache[ckey]
-        row[3] = row[3] if row[3] is not None else cache[key]
+            model_class = self._column_of(con, "chains", "chain_id", chain_id, "model_class")
+            row[5] = row[5] if row[5] is not None else model_class
+        row[3] = row[3] if row[3] is not None else dataset_name
         row[5] = row[5] if row[5] is not None else ""
         row[4] = row[4] if row[4] is not None else row[5].rsplit(".", 1)[-1]
 
