@@ -8,8 +8,11 @@ portalocker's flock/LockFileEx; on top of it sit the three things a plain flock 
   (each holder leaves a small JSON note in ``holders/``);
 * a way for a holder to see that someone is waiting (each waiter leaves a note in
   ``waiters/``), so a busy process hands the workspace over instead of starving others;
-* politeness: a process that just handed over waits for the waiters it saw before it
-  takes the lock again, so hand-over is not a race the releaser always wins.
+* order: a note carries the time its waiter started waiting, and nobody tries the lock
+  while an older waiter it would conflict with is still waiting. Waiters are served
+  first come, first served (readers together), so a process that just handed over
+  queues behind the ones it handed to, and no call waits behind more than one turn of
+  each process ahead of it. A plain flock is a race that the fastest poller wins.
 
 A ``MemoryLock`` with the same protocol serves single-process use and tests, after
 Prefect's own ``locking/`` (a Protocol with memory and file implementations).
@@ -32,11 +35,12 @@ from .errors import LockTimeoutError
 
 Mode = Literal["shared", "exclusive"]
 _FLAGS = {"shared": portalocker.LockFlags.SHARED, "exclusive": portalocker.LockFlags.EXCLUSIVE}
+_NOTE_TTL = 5.0  # seconds: a waiter refreshes its note well within this while it waits
 
 
 class WorkspaceLock(Protocol):
     def acquire(self, mode: Mode) -> None: ...
-    def release(self, *, handing_over: bool = False) -> None: ...
+    def release(self) -> None: ...
     def others_waiting(self) -> bool: ...
 
 
@@ -61,7 +65,7 @@ class MemoryLock:
             else:
                 self._writer = True
 
-    def release(self, *, handing_over: bool = False) -> None:
+    def release(self) -> None:
         with self._cond:
             if self._writer:
                 self._writer = False
@@ -99,7 +103,6 @@ class FileLock:
         self._file = None
         self._mode: Mode | None = None
         self._pid = os.getpid()
-        self._handed_to: set[str] = set()  # waiters seen when we last handed over
 
     # -- notes ---------------------------------------------------------------
     def _ensure_folders(self) -> None:
@@ -139,25 +142,32 @@ class FileLock:
                 found.append(note)
         return found
 
-    def _live_waiters(self) -> set[str]:
-        """Other processes' waiter notes, without those of processes that died waiting.
+    def _live_waiters(self, mine: str = "") -> dict[str, tuple[int, str]]:
+        """Other waiters' notes, as name -> (ticket, mode), without those of processes
+        that died waiting.
 
         A waiter killed (SIGKILL, OOM) while it waits leaves its note behind; trusting
-        it would make every holder hand over after every call and then stall up to
-        0.25 s for a turn nobody takes, for good. A note whose pid is gone on this
-        host is stale: it is removed."""
-        names = self._other_notes(self._waiters)
-        if not names:
-            return names
-        live = set()
+        it would make every holder hand over after every call to nobody, and everyone
+        queue behind it, for good. A note whose pid is gone on this host is removed;
+        a note nobody refreshed for ``_NOTE_TTL`` seconds (its waiter is frozen, or
+        on another host and gone) is ignored."""
+        names = {n for n in self._other_notes(self._waiters) if n != mine}
+        live: dict[str, tuple[int, str]] = {}
         for name in names:
             try:
-                pid = int(name.split("-", 1)[0])
+                pid, _, ticket, mode = name.split("-")
+                pid_number, ticket_number = int(pid), int(ticket)
             except ValueError:
-                live.add(name)
+                continue  # not a waiter note of this version
+            note = self._waiters / name
+            if not _pid_alive(pid_number) and self._stale_note(note):
                 continue
-            if _pid_alive(pid) or not self._stale_note(self._waiters / name):
-                live.add(name)
+            try:
+                fresh = time.time() - note.stat().st_mtime < _NOTE_TTL
+            except FileNotFoundError:
+                continue  # its waiter just got the lock
+            if fresh:
+                live[name] = (ticket_number, mode)
         return live
 
     @staticmethod
@@ -181,53 +191,63 @@ class FileLock:
     def others_waiting(self) -> bool:
         return bool(self._live_waiters())
 
+    def _ahead_of_me(self, mode: Mode, ticket: int | None, mine: str) -> bool:
+        """Whether a waiter that came before us (any waiter, while we have no ticket
+        yet) wants the lock in a way that conflicts with ours."""
+        for name, (other_ticket, other_mode) in self._live_waiters(mine).items():
+            came_first = ticket is None or (other_ticket, name) < (ticket, mine)
+            if came_first and (mode == "exclusive" or other_mode == "exclusive"):
+                return True
+        return False
+
     # -- acquire / release ---------------------------------------------------
     def acquire(self, mode: Mode) -> None:
         if self._file is not None:
             raise RuntimeError("FileLock.acquire called while already held")
         self._ensure_folders()
         deadline = time.monotonic() + self.timeout
-        self._let_handed_over_waiters_go(deadline)
         fh = open(self.folder / "lock", "a+b")
-        waiter_note: Path | None = None
+        note: Path | None = None
+        ticket: int | None = None
+        refreshed = time.monotonic()
         pause = 0.0005
         try:
             while True:
-                try:
-                    portalocker.lock(fh, _FLAGS[mode] | portalocker.LockFlags.NON_BLOCKING)
-                    break
-                except portalocker.AlreadyLocked:
-                    pass
-                if waiter_note is None:
-                    waiter_note = self._write_note(self._waiters, mode)
+                mine = note.name if note is not None else ""
+                if not self._ahead_of_me(mode, ticket, mine):
+                    try:
+                        portalocker.lock(fh, _FLAGS[mode] | portalocker.LockFlags.NON_BLOCKING)
+                        break
+                    except portalocker.AlreadyLocked:
+                        pass
+                if note is None:
+                    ticket = time.time_ns()
+                    note = self._write_waiter_note(ticket, mode)
+                elif time.monotonic() - refreshed > _NOTE_TTL / 4:
+                    os.utime(note)  # still waiting: keep the note fresh
+                    refreshed = time.monotonic()
                 if time.monotonic() >= deadline:
                     raise LockTimeoutError(self._timeout_message(mode))
                 time.sleep(pause)
-                pause = min(pause * 1.5, 0.005)
+                pause = min(pause * 1.5, 0.003)
         except BaseException:
             fh.close()
             raise
         finally:
-            if waiter_note is not None:
-                waiter_note.unlink(missing_ok=True)
+            if note is not None:
+                note.unlink(missing_ok=True)
         self._file, self._mode = fh, mode
         self._write_note(self._holders, mode)
 
-    def _let_handed_over_waiters_go(self, deadline: float) -> None:
-        # After we handed the workspace over, give the processes we handed it to a moment
-        # to take it; without this the releaser usually wins the next race.
-        if not self._handed_to:
-            return
-        give_up = min(deadline, time.monotonic() + 0.25)
-        while time.monotonic() < give_up and self._handed_to & self._live_waiters():
-            time.sleep(0.0005)
-        self._handed_to = set()
+    def _write_waiter_note(self, ticket: int, mode: Mode) -> Path:
+        note = self._write_note(self._waiters, mode)
+        named = note.with_name(f"{note.name}-{ticket}-{mode}")
+        os.replace(note, named)  # the name is what others read: it appears whole
+        return named
 
-    def release(self, *, handing_over: bool = False) -> None:
+    def release(self) -> None:
         if self._file is None:
             return
-        if handing_over:
-            self._handed_to = self._live_waiters()
         (self._holders / self._note_name()).unlink(missing_ok=True)
         try:
             portalocker.unlock(self._file)
@@ -240,7 +260,7 @@ class FileLock:
         shared with the parent's open file description; unlocking would free *its* lock)."""
         if self._file is not None:
             _leaked_after_fork.append(self._file)
-        self._file, self._mode, self._handed_to = None, None, set()
+        self._file, self._mode = None, None
 
     def _timeout_message(self, mode: Mode) -> str:
         holders = self.holders()

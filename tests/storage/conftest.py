@@ -9,6 +9,7 @@ from sklearn.cross_decomposition import PLSRegression
 from sklearn.preprocessing import StandardScaler
 
 from storage import WorkspaceStore
+from tests.storage.worker_pool import Worker
 
 
 @pytest.fixture
@@ -57,3 +58,19 @@ def save_scaler_pls_chain(store, pipeline_id, folds, n_features):
     return store.save_chain(pipeline_id, steps, 1, "sklearn.cross_decomposition.PLSRegression",
                             "StandardScaler", "per_fold", fold_artifacts, {}, n_features=n_features,
                             task_type="regression")
+
+
+@pytest.fixture
+def workers(tmp_path):
+    started: list[Worker] = []
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+
+    def start(role: str, **args) -> Worker:
+        worker = Worker(role, args, log_dir)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:  # never leave a process behind, whatever happened
+        worker.kill()

@@ -9,11 +9,8 @@ with a fresh store. Each test is bounded in time (``pytest.mark.timeout``).
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -26,98 +23,11 @@ import pytest
 from storage import LockTimeoutError, WorkspaceStore
 from storage.arrays import decode
 from storage.artifacts import file_sha256
+from tests.storage.worker_pool import Worker, start_together
 from tests.storage.store_worker import (expected_arrays, fitted, fitted_params, probe_input,
                                         same_params, save_seeded_prediction, score_of)
 
-WORKER = Path(__file__).with_name("store_worker.py")
 pytestmark = pytest.mark.slow
-
-
-class Worker:
-    """One worker process; its stdout lines are pumped into a queue by a thread."""
-
-    def __init__(self, role: str, args: dict, log_dir: Path) -> None:
-        self.role = role
-        self.stderr_path = log_dir / f"{role}-{time.monotonic_ns()}.stderr"
-        self._stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen([sys.executable, str(WORKER), role, json.dumps(args)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-                                     text=True, bufsize=1)
-        self.pid = self.proc.pid
-        self.lines: queue.Queue = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def stderr(self) -> str:
-        self._stderr.flush()
-        return self.stderr_path.read_text()[-4000:]
-
-    def expect(self, wanted: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                raise AssertionError(f"{self.role} did not say {wanted!r} within {timeout} s\n{self.stderr()}")
-            if line is None:
-                raise AssertionError(f"{self.role} ended before saying {wanted!r}\n{self.stderr()}")
-            if line == wanted:
-                return
-            if line.startswith("RESULT "):
-                raise AssertionError(f"{self.role} ended early: {line[:2000]}\n{self.stderr()}")
-
-    def go(self) -> None:
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
-
-    def result(self, timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                self.kill()
-                raise AssertionError(f"{self.role} gave no result within {timeout} s\n{self.stderr()}")
-            if line is None:
-                raise AssertionError(f"{self.role} ended without a result (exit {self.proc.wait()})\n"
-                                     f"{self.stderr()}")
-            if line.startswith("RESULT "):
-                payload = json.loads(line[len("RESULT "):])
-                self.proc.wait(timeout=30)
-                assert "error" not in payload, f"{self.role} failed: {payload.get('traceback')}"
-                return payload
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-
-@pytest.fixture
-def workers(tmp_path):
-    started: list[Worker] = []
-    log_dir = tmp_path / "logs"
-    log_dir.mkdir()
-
-    def start(role: str, **args) -> Worker:
-        worker = Worker(role, args, log_dir)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:  # never leave a process behind, whatever happened
-        worker.kill()
-
-
-def start_together(workers_: list[Worker]) -> None:
-    for w in workers_:
-        w.expect("ready", timeout=90)
-    for w in workers_:
-        w.go()
 
 
 def read_acks(path: Path) -> list[list[str]]:
