@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from . import arrays
+from . import arrays, journal
 from .base import (LOWER_IS_BETTER, PARTITIONS, StoreBase, check_id, check_int, check_score, first,
                    check_text, from_json, new_id, now, to_json)
 from .errors import InvalidInputError
@@ -27,6 +27,10 @@ _PRED_COLUMNS = [
     "refit_context", "created_at", "task_run_id",
 ]
 _ARRAY_COLUMNS = ["prediction_id", *arrays.ARRAY_FIELDS]
+_INSERT_PREDICTION = (f"INSERT INTO predictions ({', '.join(_PRED_COLUMNS)}) "
+                      f"VALUES ({', '.join('?' * len(_PRED_COLUMNS))})")
+_INSERT_ARRAYS = (f"INSERT INTO prediction_arrays ({', '.join(_ARRAY_COLUMNS)}) "
+                  f"VALUES ({', '.join('?' * len(_ARRAY_COLUMNS))})")
 _SCORE_COLUMNS = ("val_score", "test_score", "train_score")
 TASK_TYPES = ("regression", "classification")
 
@@ -105,6 +109,17 @@ class PredictionsMixin(StoreBase):
             if given_id:
                 self._check_new_prediction_id(con, prediction_id)
             self._db.conn_cache.pop("directions", None)
+            if not self._db.in_batch:
+                if self._db.released_after_this_call():
+                    # handed over right after this call: the journal would be settled at
+                    # once, and new appenders cost more than two INSERTs
+                    con.execute(_INSERT_PREDICTION, row)
+                    con.execute(_INSERT_ARRAYS, [prediction_id, *blobs])
+                else:
+                    # a call on its own commits one narrow journal row (storage/journal.py)
+                    journal.write(con, prediction_id, row, blobs)
+                    self._db.journal = True
+                return prediction_id
             rows, blobs_out = self._appenders(con)
             rows.append_row(*row)
             blobs_out.append_row(prediction_id, *blobs)
@@ -126,6 +141,8 @@ class PredictionsMixin(StoreBase):
     def _check_new_prediction_id(self, con, prediction_id: str) -> None:
         taken = prediction_id in self._pending_ids or first(con.execute(
             "SELECT 1 FROM predictions WHERE prediction_id = ?", [prediction_id])) is not None
+        if not taken and self._db.journal is not False:
+            taken = journal.contains(con, prediction_id)
         if taken:
             raise InvalidInputError(f"prediction id {prediction_id!r} is already used")
 
@@ -135,6 +152,20 @@ class PredictionsMixin(StoreBase):
             cache["appenders"] = (con.appender("predictions", columns=_PRED_COLUMNS),
                                   con.appender("prediction_arrays", columns=_ARRAY_COLUMNS))
         return cache["appenders"]
+
+    def _settle_journal(self, con) -> None:
+        rows, blobs_out = self._appenders(con)
+
+        def append(row: list, blobs: list) -> None:
+            rows.append_row(*row)
+            blobs_out.append_row(row[0], *blobs)
+
+        def flush() -> None:
+            rows.flush()
+            blobs_out.flush()
+
+        if journal.settle(con, append, flush):
+            self._db.conn_cache.pop("directions", None)
 
     def _flush_predictions(self, con) -> None:
         """Write the buffered rows into the open transaction (``con`` None: drop them)."""

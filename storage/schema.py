@@ -200,10 +200,22 @@ CREATE TABLE scored_files (
 """)
 
 
+def _prediction_journal(con: duckdb.DuckDBPyConnection) -> None:
+    # Single save_prediction calls commit here, one narrow row each, and are settled into
+    # predictions / prediction_arrays in bulk (see storage/journal.py for why).
+    con.execute("""
+CREATE TABLE prediction_journal (
+    prediction_id VARCHAR NOT NULL,
+    payload BLOB NOT NULL               -- the predictions row and its arrays, journal.encode
+);
+""")
+
+
 # (name, function): append only; never edit one that has shipped.
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("0001_initial", _initial),
     ("0002_scored_files", _scored_files),
+    ("0003_prediction_journal", _prediction_journal),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ("runs", "pipelines", "chains", "chain_artifacts", "predictions", "prediction_arrays",
@@ -213,7 +225,8 @@ TABLES = ("runs", "pipelines", "chains", "chain_artifacts", "predictions", "pred
 def stored_version(con: duckdb.DuckDBPyConnection) -> int:
     """The schema version a workspace was written with (0 for an empty database)."""
     has_meta = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'"
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta' "
+        "AND table_catalog = current_database()"
     ).fetchall()[0][0]
     if not has_meta:
         return 0

@@ -30,7 +30,7 @@ from .records import RecordsMixin
 from .aliases import AliasesMixin
 from .scoring import ScoringMixin
 from .check import CheckMixin
-from . import schema
+from . import journal, schema
 from .base import now
 
 DB_NAME = "store.duckdb"
@@ -86,10 +86,15 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
             with self._db.reading() as con:
                 version = schema.stored_version(con)
             schema.check_version(version, self.path)
-            if version == schema.SCHEMA_VERSION:
-                return
-        with self._db.writing() as con:
-            schema.migrate(con, self.path, now())
+            if version < schema.SCHEMA_VERSION:
+                with self._db.writing() as con:
+                    schema.migrate(con, self.path, now())
+        else:
+            with self._db.writing() as con:
+                schema.migrate(con, self.path, now())
+        # From here on every read connection first checks for journal rows a killed
+        # writer left behind (the table exists only once the schema is current).
+        self._db.unsettled, self._db.settle = journal.has_rows, self._settle_journal
 
     def _flush_pending(self, con) -> None:
         # Artifacts first: a chain or prediction buffered after them may point at them.

@@ -342,7 +342,23 @@ def role_waiter(store, args: dict) -> dict:
     return {"runs": store.list_runs().height}
 
 
-ROLES = {"waiter": role_waiter, "writer": role_writer, "batcher": role_batcher, "reader": role_reader, "crasher": role_crasher,
+def role_journaler(store, args: dict) -> None:
+    """Single save_prediction calls with a long idle window (their journal rows stay
+    unsettled), acknowledged one by one; then it holds on until the test kills it."""
+    acks = Acks(args["acks"])
+    for seed in range(args["first_seed"], args["first_seed"] + args["n"]):
+        acks.write("pred", save_seeded_prediction(store, args["pipeline_id"], seed), seed)
+    print("written", flush=True)
+    time.sleep(600)
+
+
+def role_queuer(store, args: dict) -> dict:
+    """One write, made as soon as the lock is ours: a run named after this worker."""
+    store.begin_run(args["name"])
+    return {"at": time.monotonic()}
+
+
+ROLES = {"journaler": role_journaler, "queuer": role_queuer, "waiter": role_waiter, "writer": role_writer, "batcher": role_batcher, "reader": role_reader, "crasher": role_crasher,
          "gc_saver": role_gc_saver, "gc_collector": role_gc_collector, "holder": role_holder,
          "fair": role_fair}
 

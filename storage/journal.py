@@ -1,0 +1,77 @@
+"""The prediction journal: how a single ``save_prediction`` commits in ~2 ms.
+
+DuckDB's cost for one committed row grows with its number of columns (about 90 µs a
+column here, measured on DuckDB 2.0.1, whether through an appender, a prepared INSERT or
+literal SQL). A prediction is 23 columns plus 6 in ``prediction_arrays``: ~4 ms a call,
+under 250 calls/s. So a call made on its own commits one two-column row into
+``prediction_journal`` instead (the prediction's fields and arrays in one payload), in
+its own transaction: it is as durable when the call returns as a row in the final
+tables would be. The journal is settled, that is moved into ``predictions`` and
+``prediction_arrays`` through the fast appender path, in one transaction, before any
+other call runs on the connection and before the workspace is handed to another process
+(so nobody ever reads the final tables without the journal's rows in them). A writer
+killed in between leaves committed journal rows; the next process to open the workspace
+settles them first (a reader takes the write lock for it).
+
+Calls inside ``store.batch()`` skip the journal: their rows go straight to the appenders.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from datetime import datetime
+from typing import Callable, Sequence
+
+import duckdb
+
+TABLE = "prediction_journal"
+_HEAD = struct.Struct("<I")  # length of the JSON header that follows
+_CREATED_AT = 21  # index of created_at in a predictions row (a datetime; JSON carries text)
+
+
+def encode(row: Sequence, blobs: Sequence[bytes | None]) -> bytes:
+    fields = list(row)
+    fields[_CREATED_AT] = fields[_CREATED_AT].isoformat()
+    header = json.dumps([fields, [None if b is None else len(b) for b in blobs]]).encode()
+    return b"".join([_HEAD.pack(len(header)), header, *(b for b in blobs if b is not None)])
+
+
+def decode(payload: bytes) -> tuple[list, list[bytes | None]]:
+    (size,) = _HEAD.unpack_from(payload)
+    fields, lengths = json.loads(payload[_HEAD.size:_HEAD.size + size])
+    fields[_CREATED_AT] = datetime.fromisoformat(fields[_CREATED_AT])
+    blobs: list[bytes | None] = []
+    at = _HEAD.size + size
+    for length in lengths:
+        blobs.append(None if length is None else payload[at:at + length])
+        at += length or 0
+    return fields, blobs
+
+
+def write(con: duckdb.DuckDBPyConnection, prediction_id: str, row: Sequence, blobs: Sequence) -> None:
+    con.execute(f"INSERT INTO {TABLE} VALUES (?, ?)", [prediction_id, encode(row, blobs)])
+
+
+def has_rows(con: duckdb.DuckDBPyConnection) -> bool:
+    return con.execute(f"SELECT count(*) FROM (SELECT 1 FROM {TABLE} LIMIT 1)").fetchall()[0][0] > 0
+
+
+def contains(con: duckdb.DuckDBPyConnection, prediction_id: str) -> bool:
+    return con.execute(f"SELECT count(*) FROM {TABLE} WHERE prediction_id = ?",
+                       [prediction_id]).fetchall()[0][0] > 0
+
+
+def settle(con: duckdb.DuckDBPyConnection, append: Callable[[list, list], None],
+           flush: Callable[[], None]) -> int:
+    """Move the journal's rows, in the order they were written, through ``append``;
+    ``flush`` then writes them and the journal is emptied, all in the caller's
+    transaction. Returns how many rows moved."""
+    rows = con.execute(f"SELECT payload FROM {TABLE} ORDER BY rowid").fetchall()
+    if not rows:
+        return 0
+    for (payload,) in rows:
+        append(*decode(payload))
+    flush()
+    con.execute(f"DELETE FROM {TABLE}")
+    return len(rows)

@@ -1,0 +1,124 @@
+"""Single save_prediction calls commit to the prediction journal and are settled into
+predictions / prediction_arrays before anything reads them (storage/journal.py).
+
+The journal is looked at through the store's own connection where a test must see it
+unsettled (nothing else may open the file while the store holds it)."""
+
+from __future__ import annotations
+
+import time
+
+import duckdb
+import numpy as np
+import pytest
+
+from storage import InvalidInputError, NotFoundError, WorkspaceStore
+from tests.storage.test_processes import assert_prediction_content, read_acks
+
+
+def _raw_counts(store: WorkspaceStore) -> tuple[int, int, int]:
+    """(journal, predictions, prediction_arrays) rows as the file holds them now, without
+    the settling a store call would do first."""
+    con = store._db._con
+    return tuple(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+                 for table in ("prediction_journal", "predictions", "prediction_arrays"))
+
+
+@pytest.fixture
+def kept(tmp_path):
+    """A store whose connection stays open (no other process waits, a long idle window)."""
+    with WorkspaceStore(tmp_path / "ws", idle=60) as store:
+        run_id = store.begin_run("journal")
+        pipeline_id = store.begin_pipeline(run_id, "p", None, [], "tablet")
+        yield store, pipeline_id
+
+
+def test_single_calls_land_in_the_journal_and_reads_see_them_settled(kept):
+    store, pipeline_id = kept
+    labels = np.array(["coffee", "tea", "coffee"], dtype=object)
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], dtype=np.float32)
+    ids = [store.save_prediction(pipeline_id, val_score=0.5, task_type="classification", metric="accuracy",
+                                 y_true=labels, y_pred=labels[::-1], y_proba=proba,
+                                 sample_indices=np.arange(3, dtype=np.int32), weights=None)
+           for _ in range(3)]
+    assert _raw_counts(store) == (3, 0, 0)  # committed, not yet in the final tables
+
+    frame = store.query_predictions(pipeline_id=pipeline_id)
+    assert sorted(frame["prediction_id"].to_list()) == sorted(ids)
+    assert _raw_counts(store) == (0, 3, 3)
+    row = store.get_prediction(ids[1], load_arrays=True)
+    assert row["val_score"] == 0.5 and row["dataset_name"] == "tablet" and row["test_score"] is None
+    assert row["y_proba"].shape == (3, 2) and row["y_proba"].dtype == np.float32
+    assert row["y_true"].tolist() == ["coffee", "tea", "coffee"]
+    assert row["sample_indices"].dtype == np.int32 and row["weights"] is None
+
+
+def test_settling_keeps_the_order_of_the_calls(kept):
+    store, pipeline_id = kept
+    x = np.linspace(0.0, 1.0, 10)
+    ids = [store.save_prediction(pipeline_id, val_score=1.0, y_true=x, y_pred=x) for _ in range(6)]
+    assert _raw_counts(store)[0] == 6
+    # equal scores rank in the order they were saved
+    assert store.top_predictions(6, metric="rmse")["prediction_id"].to_list() == ids
+
+
+def test_release_settles_the_journal_so_a_plain_reader_finds_every_row(kept, tmp_path):
+    store, pipeline_id = kept
+    x = np.linspace(0.0, 1.0, 100)
+    for k in range(20):
+        store.save_prediction(pipeline_id, val_score=float(k), y_true=x, y_pred=x)
+    store.release()
+    with duckdb.connect(str(store.db_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM predictions").fetchall()[0][0] == 20
+        assert con.execute("SELECT count(*) FROM prediction_journal").fetchall()[0][0] == 0
+
+
+def test_a_given_prediction_id_is_refused_twice_while_the_first_is_still_in_the_journal(kept):
+    store, pipeline_id = kept
+    store.save_prediction(pipeline_id, val_score=1.0, prediction_id="pred-1", y_true=[1.0], y_pred=[1.0])
+    assert _raw_counts(store)[0] == 1
+    with pytest.raises(InvalidInputError, match="pred-1"):
+        store.save_prediction(pipeline_id, val_score=2.0, prediction_id="pred-1", y_true=[1.0], y_pred=[1.0])
+    assert store.query_predictions(pipeline_id=pipeline_id).height == 1
+
+
+def test_a_failed_call_after_journal_writes_keeps_them(kept):
+    store, pipeline_id = kept
+    first = store.save_prediction(pipeline_id, val_score=1.0, y_true=[1.0], y_pred=[1.0])
+    with pytest.raises(NotFoundError):  # it settled the journal first, then rolled back
+        store.complete_pipeline("no-such-pipeline", 1.0, 1.0, "rmse", 1)
+    assert _raw_counts(store) == (1, 0, 0)
+    assert store.get_prediction(first)["val_score"] == 1.0
+    assert _raw_counts(store) == (0, 1, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_writer_killed_with_unsettled_rows_loses_none_and_the_next_reader_settles_them(tmp_path, workers):
+    ws = tmp_path / "ws"
+    with WorkspaceStore(ws) as store:
+        pipeline_id = store.begin_pipeline(store.begin_run("r"), "p", None, [], "tablet")
+    acks = tmp_path / "acks.txt"
+    writer = workers("journaler", workspace=str(ws), acks=str(acks), pipeline_id=pipeline_id,
+                     first_seed=100, n=25, idle=600)
+    writer.expect("ready")
+    writer.go()
+    writer.expect("written")
+    writer.kill()  # -9, holding the workspace with every row still in the journal
+    with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM prediction_journal").fetchall()[0][0] == 25
+        assert con.execute("SELECT count(*) FROM predictions").fetchall()[0][0] == 0
+
+    t0 = time.monotonic()
+    reader = WorkspaceStore(ws)
+    found = {r[0]: r[1:] for r in reader.sql(
+        "SELECT p.prediction_id, p.val_score, a.y_true, a.y_pred, a.sample_indices "
+        "FROM predictions p JOIN prediction_arrays a USING (prediction_id)").rows()}
+    acked = [(line[1], int(line[2])) for line in read_acks(acks) if line[0] == "pred"]
+    assert len(acked) == 25
+    for pid, seed in acked:
+        assert_prediction_content(found.get(pid), seed, pid)
+    reader.close()
+    with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM prediction_journal").fetchall()[0][0] == 0
+    assert time.monotonic() - t0 < 10
