@@ -51,10 +51,13 @@ def new_pipeline(store: WorkspaceStore, name: str) -> str:
 
 
 def single_calls(store: WorkspaceStore, pipeline_id: str, n: int) -> float:
+    """Calls/s of n single calls, the settling of their journal rows into the final
+    tables and the hand-over of the workspace included (``release``)."""
     a = arrays()
     t = time.perf_counter()
     for i in range(n):
         store.save_prediction(pipeline_id, val_score=float(i % 97), **a)
+    store.release()
     return n / (time.perf_counter() - t)
 
 
@@ -83,7 +86,8 @@ def bench_single_and_batch(folder: Path, full: bool) -> None:
     for point in points:
         fill(store, pipeline_id, point - 500 - count(store))
         rates[point] = single_calls(store, pipeline_id, 1_000)
-    row("save_prediction, single calls, rows 0-1,000", f"{rates[1_000]:.0f} calls/s", ">= 400 calls/s")
+    row("save_prediction, single calls, rows 0-1,000 (settling and release included)",
+        f"{rates[1_000]:.0f} calls/s", ">= 400 calls/s")
     for point in points:
         row(f"save_prediction, single calls, around row {point:,}", f"{rates[point]:.0f} calls/s",
             ">= 400 calls/s, flat")
@@ -207,6 +211,19 @@ def bench_top_and_open(folder: Path, n: int) -> None:
         raw.append(statistics.median(times))
     row(f"raw duckdb.connect + close on this {os.path.getsize(db) / 1e6:.0f} MB file (read-only, read-write)",
         f"{raw[0] * 1000:.1f} ms, {raw[1] * 1000:.1f} ms", "")
+    kept = duckdb.connect(":memory:")  # what the store does instead: attach to a kept instance
+    raw = []
+    for options in (" (READ_ONLY)", ""):
+        times = []
+        for _ in range(7):
+            t = time.perf_counter()
+            kept.execute(f"ATTACH '{db}' AS ws{options}")
+            kept.execute("DETACH ws")
+            times.append(time.perf_counter() - t)
+        raw.append(statistics.median(times))
+    kept.close()
+    row("ATTACH + DETACH of the same file on a kept in-memory instance (read-only, read-write)",
+        f"{raw[0] * 1000:.1f} ms, {raw[1] * 1000:.1f} ms", "")
     from storage.locking import FileLock
     lock = FileLock(ws / ".nirsflow", timeout=10, workspace=ws)
     times = []
@@ -222,8 +239,9 @@ def bench_top_and_open(folder: Path, n: int) -> None:
 # cProfile cannot see inside DuckDB: the C++ time of an appender flush or a COMMIT is
 # counted as the own time of the Python function that called it.
 _DUCKDB_INSIDE = {
-    "_flush_predictions": "DuckDB: flush of the 2 appenders (predictions, prediction_arrays)",
+    "write": "DuckDB: INSERT of the 2-column journal row",
     "_call": "DuckDB: BEGIN + COMMIT (WAL write + fsync); the call's bookkeeping",
+    "settle": "DuckDB: the journal settled at release (read, appenders, delete)",
     "_fill_defaults": "a cached dict lookup (the pipeline checked once per connection)",
 }
 
@@ -238,6 +256,7 @@ def profile_single(folder: Path, n: int = 2_000) -> str:
     t = time.perf_counter()
     for i in range(n):
         store.save_prediction(pipeline_id, val_score=float(i % 97), **a)
+    store.release()
     wall = time.perf_counter() - t
     prof.disable()
     store.close()
@@ -259,11 +278,15 @@ def profile_single(folder: Path, n: int = 2_000) -> str:
 
 
 def statement_costs(folder: Path, n: int = 600) -> str:
-    """The store's own statements, timed one by one on a store file (no profiler)."""
+    """Why single calls go through the journal: the same durable one-call transaction
+    written straight into the spec's two tables, and as one journal row, timed statement
+    by statement on a store file (no profiler), in alternating rounds so that the
+    machine's load falls on both alike; then what settling costs per row."""
     import datetime
     import uuid
 
     from storage import arrays as A
+    from storage import journal
     from storage.predictions import _ARRAY_COLUMNS, _PRED_COLUMNS
 
     store = WorkspaceStore(folder / "statements")
@@ -273,64 +296,56 @@ def statement_costs(folder: Path, n: int = 600) -> str:
     preds = con.appender("predictions", columns=_PRED_COLUMNS)
     blobs = con.appender("prediction_arrays", columns=_ARRAY_COLUMNS)
     blob = A.encode("y_true", np.linspace(0.0, 1.0, 100))
-    steps = ["BEGIN TRANSACTION", "append_row predictions (23 columns)", "append_row prediction_arrays (6)",
-             "flush predictions appender", "flush prediction_arrays appender", "COMMIT (WAL + fsync)"]
-    times = {k: [] for k in steps}
-    for i in range(n):
-        pid, now = str(uuid.uuid4()), datetime.datetime.now()
-        values = [pid, pipeline_id, None, "bench", "", "", "", "val", 0.5, None, None, "rmse", "regression",
-                  100, None, None, None, "", None, None, None, now, None]
-        actions = [lambda: con.execute("BEGIN TRANSACTION"), lambda: preds.append_row(*values),
-                   lambda: blobs.append_row(pid, blob, blob, None, None, None), preds.flush, blobs.flush,
-                   lambda: con.execute("COMMIT")]
+
+    def values(pid: str) -> list:
+        return [pid, pipeline_id, None, "bench", "", "", "", "val", 0.5, None, None, "rmse", "regression",
+                100, None, None, None, "", None, None, None, datetime.datetime.now(), None]
+
+    wide_steps = ["BEGIN TRANSACTION", "append + flush predictions (23 columns)",
+                  "append + flush prediction_arrays (6 columns)", "COMMIT (WAL + fsync)"]
+    journal_steps = ["BEGIN TRANSACTION", "INSERT prediction_journal (2 columns)", "COMMIT (WAL + fsync)"]
+    times: dict[str, dict[str, list[float]]] = {"wide": {k: [] for k in wide_steps},
+                                                "journal": {k: [] for k in journal_steps}}
+
+    def timed(kind: str, steps: list[str], actions: list) -> None:
         for step, action in zip(steps, actions):
             t = time.perf_counter()
             action()
-            times[step].append(time.perf_counter() - t)
-    # The same durable transaction, with the store's rows and with narrower ones (the
-    # rarely-filtered fields in one JSON column, the arrays in one BLOB), alternated in
-    # rounds so that the machine's load falls on both alike. Still two tables, one COMMIT.
-    con.execute("CREATE TABLE narrow_p (prediction_id VARCHAR, pipeline_id VARCHAR, chain_id VARCHAR, "
-                "dataset_name VARCHAR, model_class VARCHAR, fold_id VARCHAR, partition VARCHAR, "
-                "val_score DOUBLE, metric VARCHAR, created_at TIMESTAMP, extra JSON)")
-    con.execute("CREATE TABLE narrow_a (prediction_id VARCHAR, arrays BLOB)")
-    narrow_p, narrow_a = con.appender("narrow_p"), con.appender("narrow_a")
+            times[kind][step].append(time.perf_counter() - t)
 
-    def wide_tx() -> None:
-        pid = str(uuid.uuid4())
-        con.execute("BEGIN TRANSACTION")
-        preds.append_row(pid, pipeline_id, None, "bench", "", "", "", "val", 0.5, None, None, "rmse",
-                         "regression", 100, None, None, None, "", None, None, None, datetime.datetime.now(), None)
-        blobs.append_row(pid, blob, blob, None, None, None)
-        preds.flush(), blobs.flush()
-        con.execute("COMMIT")
-
-    def narrow_tx() -> None:
-        pid = str(uuid.uuid4())
-        con.execute("BEGIN TRANSACTION")
-        narrow_p.append_row(pid, pipeline_id, None, "bench", "", "", "val", 0.5, "rmse", datetime.datetime.now(), None)
-        narrow_a.append_row(pid, blob + blob)
-        narrow_p.flush(), narrow_a.flush()
-        con.execute("COMMIT")
-
-    rounds: dict[str, list[float]] = {"wide": [], "narrow": []}
     for _ in range(8):
-        for name, tx in (("wide", wide_tx), ("narrow", narrow_tx)):
-            t = time.perf_counter()
-            for _ in range(n // 8):
-                tx()
-            rounds[name].append((n // 8) / (time.perf_counter() - t))
-    wide, narrow = statistics.median(rounds["wide"]), statistics.median(rounds["narrow"])
+        for _ in range(n // 8):
+            pid = str(uuid.uuid4())
+            row_values = values(pid)
+            timed("wide", wide_steps, [
+                lambda: con.execute("BEGIN TRANSACTION"),
+                lambda: (preds.append_row(*row_values), preds.flush()),
+                lambda: (blobs.append_row(pid, blob, blob, None, None, None), blobs.flush()),
+                lambda: con.execute("COMMIT")])
+        for _ in range(n // 8):
+            pid = str(uuid.uuid4())
+            row_values = values(pid)
+            timed("journal", journal_steps, [
+                lambda: con.execute("BEGIN TRANSACTION"),
+                lambda: journal.write(con, pid, row_values, [blob, blob, None, None, None]),
+                lambda: con.execute("COMMIT")])
+    pending = con.execute("SELECT count(*) FROM prediction_journal").fetchall()[0][0]
+    t = time.perf_counter()
+    con.execute("BEGIN TRANSACTION")
+    journal.settle(con, lambda r, b: (preds.append_row(*r), blobs.append_row(r[0], *b)),
+                   lambda: (preds.flush(), blobs.flush()))
+    con.execute("COMMIT")
+    settle = (time.perf_counter() - t) / pending
     con.close()
-    med = {k: statistics.median(v) for k, v in times.items()}
-    total = sum(med.values())
-    lines = ["The store's statements for one call, timed one by one (median of "
-             f"{n}, DuckDB alone): {total * 1e6:.0f} us, i.e. at most {1 / total:.0f} calls/s before any Python.",
-             "", "| statement | us |", "|---|---|"]
-    lines += [f"| {k} | {v * 1e6:.0f} |" for k, v in med.items()]
-    lines += ["", f"The same transaction in alternating rounds: the store's 23+6-column rows {wide:.0f}/s; "
-              f"an 11-column predictions row (rarely-filtered fields in one JSON column) and one BLOB for "
-              f"the arrays, still two tables and one fsynced COMMIT: {narrow:.0f}/s."]
+    lines = [f"One durable single-call transaction, statement by statement (median of {n}, DuckDB alone, "
+             "alternating rounds):", "", "| path | statement | us |", "|---|---|---|"]
+    for kind, steps in times.items():
+        meds = {k: statistics.median(v) for k, v in steps.items()}
+        lines += [f"| {kind} | {k} | {v * 1e6:.0f} |" for k, v in meds.items()]
+        total = sum(meds.values())
+        lines.append(f"| {kind} | **total** | **{total * 1e6:.0f}** (at most {1 / total:.0f} calls/s) |")
+    lines += ["", f"Settling the journal into the final tables afterwards: {settle * 1e6:.0f} us per row "
+              f"({pending} rows in one transaction)."]
     return "\n".join(lines)
 
 
