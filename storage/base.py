@@ -143,6 +143,10 @@ class StoreBase:
             known[(table, value, column)] = row[0]
         return known[(table, value, column)]
 
+    def _remember(self, table: str, value: str, column: str, found) -> None:
+        """Seed ``_column_of``'s memory with a row this connection has just written."""
+        self._db.conn_cache.setdefault("rows", {})[(table, value, column)] = found
+
     def _one_dict(self, con, sql: str, params: list, kind: str, key: str) -> dict:
         cur = con.execute(sql, params)
         row = first(cur)

@@ -95,22 +95,27 @@ class ChainsMixin(StoreBase):
         rows, self._pending_artifacts = list(self._pending_artifacts.values()), {}
         if con is None or not rows:
             return
-        # Rows are appended to a temporary staging table (an appender: no SQL per row, and
-        # no pyarrow, which imports pandas (0.5-1 s) the first time it converts Python
-        # objects, here under the exclusive lock), then merged in one statement.
-        cache = self._db.conn_cache
-        if "artifact_stage" not in cache:
-            con.execute("CREATE TEMP TABLE IF NOT EXISTS nirsflow_pending_artifacts AS "
-                        "SELECT * FROM artifacts LIMIT 0")
-            cache["artifact_stage"] = con.appender("nirsflow_pending_artifacts")
-        stage = cache["artifact_stage"]
-        for row in rows:
-            stage.append_row(*row)
-        stage.flush()
-        # A deduplicated save renews the grace period, nothing else.
-        con.execute("INSERT INTO artifacts SELECT * FROM nirsflow_pending_artifacts ON CONFLICT "
-                    "(artifact_id) DO UPDATE SET last_saved_at = excluded.last_saved_at; "
-                    "DELETE FROM nirsflow_pending_artifacts")
+        # New rows go in through an appender (no SQL per row, and no pyarrow, which
+        # imports pandas (0.5-1 s) the first time it converts Python objects, here under
+        # the exclusive lock); a deduplicated save only renews the grace period. Three
+        # cheap statements: an upsert through a staging table cost 5-6 ms a flush.
+        ids = [row[0] for row in rows]
+        existing = {r[0] for r in con.execute(
+            "SELECT artifact_id FROM artifacts WHERE list_contains(?, artifact_id)", [ids]).fetchall()}
+        fresh = [row for row in rows if row[0] not in existing]
+        if fresh:
+            cache = self._db.conn_cache
+            if "artifacts_appender" not in cache:
+                cache["artifacts_appender"] = con.appender("artifacts")
+            appender = cache["artifacts_appender"]
+            for row in fresh:
+                appender.append_row(*row)
+            appender.flush()
+        if existing:
+            con.execute("UPDATE artifacts SET last_saved_at = ? WHERE list_contains(?, artifact_id)",
+                        [rows[0][-1], sorted(existing)])
+        for artifact_id in ids:
+            self._remember("artifacts", artifact_id, "artifact_id", artifact_id)
 
     def _artifact_format(self, artifact_id: str) -> str:
         check_id("artifact", artifact_id)
@@ -190,16 +195,19 @@ class ChainsMixin(StoreBase):
                to_json("metadata", metadata), now(), check_text("task_run_id", task_run_id, optional=True)]
         with self._db.writing() as con:
             self._require(con, "pipelines", "pipeline_id", pipeline_id)
-            if referenced:
+            remembered = self._db.conn_cache.get("rows", {})
+            unchecked = sorted(a for a in referenced if ("artifacts", a, "artifact_id") not in remembered)
+            if unchecked:
                 known = {r[0] for r in con.execute(
                     "SELECT artifact_id FROM artifacts WHERE list_contains(?, artifact_id)",
-                    [sorted(referenced)]).fetchall()}
-                missing = sorted(referenced - known)
+                    [unchecked]).fetchall()}
+                missing = sorted(set(unchecked) - known)
                 if missing:
                     raise NotFoundError("artifact", ", ".join(missing), self.path)
             con.execute(f"INSERT INTO chains VALUES ({', '.join('?' * len(row))})", row)
             if referenced:
                 con.execute("INSERT INTO chain_artifacts SELECT ?, unnest(?)", [chain_id, sorted(referenced)])
+            self._remember("chains", chain_id, "model_class", model_class)
         return chain_id
 
     def get_chain(self, chain_id: str) -> dict:

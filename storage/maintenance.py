@@ -128,6 +128,7 @@ class MaintenanceMixin(StoreBase):
                 ids = [a.artifact_id for a in plan.dead]
                 if ids:
                     con.execute("DELETE FROM artifacts WHERE list_contains(?, artifact_id)", [ids])
+                    self._db.conn_cache.pop("rows", None)
 
                 def remove_files() -> None:
                     for a in plan.dead:

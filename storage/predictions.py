@@ -125,7 +125,7 @@ class PredictionsMixin(StoreBase):
             blobs_out.append_row(prediction_id, *blobs)
             if given_id:
                 self._pending_ids.add(prediction_id)
-            self._db.pending = True
+            self._db.pending = self._db.txn_cache["predictions_buffered"] = True
         return prediction_id
 
     def _fill_defaults(self, con, row: list) -> None:
@@ -170,6 +170,8 @@ class PredictionsMixin(StoreBase):
     def _flush_predictions(self, con) -> None:
         """Write the buffered rows into the open transaction (``con`` None: drop them)."""
         self._pending_ids = set()
+        if not self._db.txn_cache.pop("predictions_buffered", False):
+            return  # an empty flush still costs DuckDB ~0.5 ms
         appenders = self._db.conn_cache.get("appenders", ())
         for appender in appenders:
             appender.flush() if con is not None else appender.clear()

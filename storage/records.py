@@ -89,6 +89,7 @@ class RecordsMixin(StoreBase):
                         "generator_choices, dataset_name, dataset_hash, created_at, flow_run_id, "
                         "task_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
             self._db.conn_cache.setdefault("rows", {})[("pipelines", pipeline_id)] = (pipeline_id, run_id)
+            self._remember("pipelines", pipeline_id, "dataset_name", dataset_name)
         return pipeline_id
 
     def complete_pipeline(self, pipeline_id: str, best_val: float | None = None,
