@@ -192,6 +192,15 @@ def _avg_val(dataset, fold_results, task, classes) -> PredictionRecord | None:
     return _record("avg", "val", dataset.y[idx], combined, idx, task, classes, dataset.y.dtype)
 
 
+def _fold_output(result: FoldResult, partition: str, task: str) -> np.ndarray | None:
+    """What ``replay.predict_fold`` returned for this fold and partition when it was fitted
+    (predictions in target units, or class probabilities), or None if it made none."""
+    for rec in result.predictions:
+        if rec.partition == partition:
+            return rec.y_pred if task == "regression" else rec.y_proba
+    return None
+
+
 def assemble_trace(
     dataset: SpectraDataset,
     pipeline,
@@ -239,7 +248,12 @@ def assemble_trace(
     if avg_val is not None:
         predictions.append(avg_val)
     if test is not None:
-        outputs = [replay.predict_fold(steps, f, test.X, dataset.wavelengths, task, classes) for f in fold_ids]
+        # each fold already predicted the test set as it was fitted: combine those outputs
+        # rather than run every fold's transforms and model on it a second time
+        outputs = [_fold_output(result, "test", task) for result in fold_results]
+        outputs = [out if out is not None else
+                   replay.predict_fold(steps, result.fold_id, test.X, dataset.wavelengths, task, classes)
+                   for out, result in zip(outputs, fold_results)]
         combined = replay.combine(outputs)
         predictions.append(
             _record("avg", "test", test.y, combined, np.arange(test.n_samples), task, classes, dataset.y.dtype)
