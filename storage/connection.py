@@ -39,6 +39,10 @@ from .locking import Mode, WorkspaceLock
 
 _LEAKED_CONNECTIONS: list = []  # inherited across fork: never closed by the child
 _OPEN: "weakref.WeakSet[Connector]" = weakref.WeakSet()
+# A process that wrote this many journal rows settles them before it hands the workspace
+# over; fewer are left for the next writer. (The journal stays under this many rows per
+# process taking turns, plus what crashed processes left.)
+HAND_OVER_JOURNAL_ROWS = 64
 _ALIAS = "workspace"  # the attached database's name; every statement runs with USE on it
 
 
@@ -85,6 +89,7 @@ class Connector:
         self.unsettled: Callable[[duckdb.DuckDBPyConnection], bool] | None = None
         self.settle: Callable[[duckdb.DuckDBPyConnection], None] | None = None
         self.journal: bool | None = None
+        self.journaled = 0  # journal rows this process wrote since it last settled
         self._after_commit: list[Callable[[], None]] = []
 
     # -- public --------------------------------------------------------------
@@ -109,12 +114,6 @@ class Connector:
         """One write transaction for every call made inside the block (re-entrant)."""
         with self._call("exclusive") as con:
             yield con
-
-    def released_after_this_call(self) -> bool:
-        """Whether the workspace will be handed over as soon as the current call ends
-        (another process waits, or no idle window): work deferred to later would then be
-        done at once anyway."""
-        return self._closed or self.idle <= 0 or self.lock.others_waiting()
 
     @property
     def is_open(self) -> bool:
@@ -173,6 +172,7 @@ class Connector:
                     con.execute("COMMIT")
                     if self.txn_cache.get("settled"):
                         self.journal = self.journal or False  # unless a journal write followed
+                        self.journaled = 0
                     self._run_after_commit()
             except BaseException:
                 if began:
@@ -266,15 +266,19 @@ class Connector:
         con.execute(f"USE {_ALIAS}")
         return con
 
-    def _disconnect(self) -> None:
+    def _disconnect(self, handing_over: bool = False) -> None:
+        """Detach and free the lock, the journal settled first: always when this process
+        goes idle, and on a hand-over once the journal is long. A short journal is left
+        to the next writer (a reader that finds one takes the write lock and settles it):
+        a settle rewrites the 29-column tables' last row groups at the checkpoint, which
+        would be most of a hand-over while processes take turns call by call."""
         con = self._con
         if con is None:
             return
         settle_error: Exception | None = None
         if self._mode == "exclusive" and not self._in_transaction:
             try:
-                if self.journal:
-                    # hand the workspace over with the journal settled: readers find every row
+                if self.journal and not (handing_over and self.journaled < HAND_OVER_JOURNAL_ROWS):
                     self._settle_now(con)
             except Exception as exc:  # noqa: BLE001 - raised below, once the file is free
                 settle_error = exc
@@ -294,6 +298,7 @@ class Connector:
         try:
             self.settle(con)
             con.execute("COMMIT")
+            self.journaled = 0
         except BaseException:
             try:
                 con.execute("ROLLBACK")
@@ -318,8 +323,11 @@ class Connector:
 
     def _after_call(self) -> None:
         self._last_used = time.monotonic()
-        if self.released_after_this_call():
+        if self._closed or self.idle <= 0:
             self._disconnect()
+            return
+        if self.lock.others_waiting():
+            self._disconnect(handing_over=True)
             return
         # The reaper clears `_reaper` itself, under the mutex, as it stops: `is_alive()`
         # alone stays True for a moment after a stopping reaper let go of the mutex, and
@@ -336,8 +344,11 @@ class Connector:
             try:
                 while self._con is not None and os.getpid() == self._pid:
                     quiet = time.monotonic() - self._last_used
-                    if not self._active and (quiet >= self.idle or self.lock.others_waiting()):
+                    if not self._active and quiet >= self.idle:
                         self._disconnect()
+                        return
+                    if not self._active and self.lock.others_waiting():
+                        self._disconnect(handing_over=True)
                         return
                     self._wake.wait(timeout=max(min(self.idle - quiet, 0.005), 0.001))
             finally:

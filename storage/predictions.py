@@ -27,10 +27,6 @@ _PRED_COLUMNS = [
     "refit_context", "created_at", "task_run_id",
 ]
 _ARRAY_COLUMNS = ["prediction_id", *arrays.ARRAY_FIELDS]
-_INSERT_PREDICTION = (f"INSERT INTO predictions ({', '.join(_PRED_COLUMNS)}) "
-                      f"VALUES ({', '.join('?' * len(_PRED_COLUMNS))})")
-_INSERT_ARRAYS = (f"INSERT INTO prediction_arrays ({', '.join(_ARRAY_COLUMNS)}) "
-                  f"VALUES ({', '.join('?' * len(_ARRAY_COLUMNS))})")
 _SCORE_COLUMNS = ("val_score", "test_score", "train_score")
 TASK_TYPES = ("regression", "classification")
 
@@ -110,15 +106,10 @@ class PredictionsMixin(StoreBase):
                 self._check_new_prediction_id(con, prediction_id)
             self._db.conn_cache.pop("directions", None)
             if not self._db.in_batch:
-                if self._db.released_after_this_call():
-                    # handed over right after this call: the journal would be settled at
-                    # once, and new appenders cost more than two INSERTs
-                    con.execute(_INSERT_PREDICTION, row)
-                    con.execute(_INSERT_ARRAYS, [prediction_id, *blobs])
-                else:
-                    # a call on its own commits one narrow journal row (storage/journal.py)
-                    journal.write(con, prediction_id, row, blobs)
-                    self._db.journal = True
+                # a call on its own commits one narrow journal row (storage/journal.py)
+                journal.write(con, prediction_id, row, blobs)
+                self._db.journal = True
+                self._db.journaled += 1
                 return prediction_id
             rows, blobs_out = self._appenders(con)
             rows.append_row(*row)

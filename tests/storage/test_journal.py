@@ -122,3 +122,23 @@ def test_a_writer_killed_with_unsettled_rows_loses_none_and_the_next_reader_sett
     with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM prediction_journal").fetchall()[0][0] == 0
     assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_hand_over_leaves_a_short_journal_and_the_reader_it_goes_to_settles_it(kept, workers):
+    """Processes taking turns call by call do not settle on every hand-over (a settle's
+    checkpoint would be most of a turn); whoever reads next finds every row."""
+    store, pipeline_id = kept
+    ids = [store.save_prediction(pipeline_id, val_score=float(k), y_true=[1.0], y_pred=[2.0]) for k in range(3)]
+    assert _raw_counts(store) == (3, 0, 0)
+    reader = workers("waiter", workspace=str(store.path))
+    reader.expect("ready")
+    reader.go()
+    assert reader.result(timeout=60)["runs"] == 1  # our idle connection was handed over at once
+    assert not store._db.is_open
+    assert store._db.journaled == 3  # handed over unsettled: the reader settled them
+    with duckdb.connect(str(store.db_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM prediction_journal").fetchall()[0][0] == 0
+        settled = {r[0] for r in con.execute("SELECT prediction_id FROM predictions").fetchall()}
+    assert settled == set(ids)
