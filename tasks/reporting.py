@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-from nirs.metrics import METRIC_DIRECTION
-
 log = logging.getLogger("nirsflow.reporting")
 
 
@@ -27,6 +25,10 @@ def rank_value(metric: str | None, value: float | None) -> float:
     """A sort key: smaller is better, missing scores last."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return math.inf
+    # Imported here, not at the top: the score_inbox flow imports this module (Progress),
+    # and nirs.metrics brings scikit-learn's metrics (~3 MB) that scoring never uses.
+    from nirs.metrics import METRIC_DIRECTION
+
     direction = METRIC_DIRECTION.get(metric or "", "min")
     return {"min": value, "max": -value, "min_abs": abs(value)}[direction]
 
