@@ -22,9 +22,9 @@ is not supported there (spectra files have none).
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import csv
-import io
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -179,8 +179,10 @@ def _describe_bad_cell(raw) -> str:
 
 
 def _to_float_matrix(frame: pl.DataFrame) -> np.ndarray:
+    # Row-major straight away: SpectraDataset wants C order, and polars' default (Fortran
+    # order) would be copied once more there, a second matrix for every chunk.
     if all(dt == pl.Float64 for dt in frame.dtypes):
-        return frame.to_numpy()
+        return frame.to_numpy(order="c")
     # Text (or booleans, dates) where numbers belong: parse leniently, then report the cells
     # that did not parse by looking at their raw value.
     exprs = [
@@ -188,7 +190,63 @@ def _to_float_matrix(frame: pl.DataFrame) -> np.ndarray:
         else pl.col(c).cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
         for c, dt in zip(frame.columns, frame.dtypes)
     ]
-    return frame.select(exprs).to_numpy()
+    return frame.select(exprs).to_numpy(order="c")
+
+
+class _SeenIds:
+    """The sample ids met so far in a file, and the row each was first on: the duplicate
+    check across the chunks of a file.
+
+    Held as arrays, about 40 bytes an id: the ids' hashes (sorted, with where each id
+    sits in file order), their rows, and the ids themselves as one numpy string array
+    per chunk, to tell a repeated id from two ids that share a hash. A dict of Python strings
+    costs some 130 bytes an id, and would grow with the file (~25 MB at 190,000 spectra)
+    however small the chunks are.
+    """
+
+    _hash = staticmethod(hash)  # str hashes: stable within a process, which is all this needs
+
+    def __init__(self) -> None:
+        self.hashes = np.empty(0, dtype=np.int64)  # sorted
+        self.where = np.empty(0, dtype=np.int64)   # aligned with hashes: the id's place in file order
+        self.starts: list[int] = []                # place of each chunk's first id
+        self.ids: list[np.ndarray] = []
+        self.rows: list[np.ndarray] = []
+
+    def _first_row(self, sid: str, h: int) -> int | None:
+        lo, hi = np.searchsorted(self.hashes, h, "left"), np.searchsorted(self.hashes, h, "right")
+        for place in self.where[lo:hi].tolist():
+            k = bisect.bisect_right(self.starts, place) - 1
+            if self.ids[k][place - self.starts[k]] == sid:
+                return int(self.rows[k][place - self.starts[k]])
+        return None  # only a hash in common
+
+    def add(self, ids: list[str], rows: np.ndarray) -> tuple[str, int, int] | None:
+        """Remember a chunk's ids (on `rows`), or return the first repeated one in file
+        order as (id, its row, the row it was first on), remembering nothing."""
+        h = np.fromiter(map(self._hash, ids), dtype=np.int64, count=len(ids))
+        pos = np.searchsorted(self.hashes, h)
+        known = np.zeros(len(ids), dtype=bool)
+        if self.hashes.size:
+            known = self.hashes[np.minimum(pos, self.hashes.size - 1)] == h
+        if known.any() or len(set(ids)) < len(ids):
+            here: dict[str, int] = {}
+            for i, (sid, r) in enumerate(zip(ids, rows.tolist())):
+                first = here.get(sid)
+                if first is None and known[i]:
+                    first = self._first_row(sid, int(h[i]))
+                if first is not None:
+                    return sid, r, first
+                here[sid] = r
+        order = np.argsort(h, kind="stable")
+        at = np.searchsorted(self.hashes, h[order])
+        start = self.starts[-1] + len(self.ids[-1]) if self.ids else 0
+        self.hashes = np.insert(self.hashes, at, h[order])
+        self.where = np.insert(self.where, at, start + order)
+        self.starts.append(start)
+        self.ids.append(np.array(ids, dtype=np.dtypes.StringDType()))
+        self.rows.append(np.asarray(rows, dtype=np.int64))
+        return None
 
 
 class _Converter:
@@ -196,7 +254,8 @@ class _Converter:
 
     def __init__(self, path: Path, layout: _Layout, task: str | None, name: str):
         self.path, self.layout, self.task, self.name = path, layout, task, name
-        self.seen: dict[str, int] = {}
+        # Row numbers (id_column=None) cannot repeat; only ids from the file are checked.
+        self.seen = None if layout.id_col is None else _SeenIds()
 
     def __call__(self, df: pl.DataFrame, chunk_name: str | None = None) -> SpectraDataset:
         path, lay = self.path, self.layout
@@ -208,26 +267,34 @@ class _Converter:
             col = lay.wl_cols[c]
             raise SpectraFileError(path, _describe_bad_cell(df[col][r]), row=int(rows[r]), column=col)
 
-        if lay.id_col is None:
+        ids = self._ids(rows, None if lay.id_col is None else
+                        df[lay.id_col].cast(pl.String).str.strip_chars().to_list())
+        y = None if lay.target_col is None else self._targets(df[lay.target_col], rows)
+        meta = None
+        if lay.meta_cols:
+            meta = df.select(lay.meta_cols).rename({c: c.strip() for c in lay.meta_cols})
+        return self._dataset(X, ids, y, meta, chunk_name)
+
+    def _ids(self, rows: np.ndarray, raw_ids: list | None) -> list[str]:
+        """The chunk's ids, checked (present, not already met in the file); row numbers
+        when the file has no id column."""
+        path, lay = self.path, self.layout
+        if raw_ids is None:
             ids = [str(r) for r in rows]
         else:
-            raw_ids = df[lay.id_col].cast(pl.String).str.strip_chars().to_list()
             ids = []
             for r, sid in zip(rows, raw_ids):
                 if not sid:
                     raise SpectraFileError(path, "missing sample id", row=int(r), column=lay.id_col)
                 ids.append(sid)
-        for r, sid in zip(rows, ids):
-            first = self.seen.setdefault(sid, int(r))
-            if first != r:
-                raise SpectraFileError(
-                    path, f"duplicate sample id {sid!r}: also on row {first}", row=int(r), column=lay.id_col
-                )
+        repeated = None if self.seen is None else self.seen.add(ids, rows)
+        if repeated is not None:
+            sid, r, first = repeated
+            raise SpectraFileError(path, f"duplicate sample id {sid!r}: also on row {first}", row=r, column=lay.id_col)
+        return ids
 
-        y = None if lay.target_col is None else self._targets(df[lay.target_col], rows)
-        meta = None
-        if lay.meta_cols:
-            meta = df.select(lay.meta_cols).rename({c: c.strip() for c in lay.meta_cols})
+    def _dataset(self, X, ids, y, meta, chunk_name) -> SpectraDataset:
+        path, lay = self.path, self.layout
         try:
             return SpectraDataset(
                 X=X, wavelengths=lay.wavelengths, sample_ids=np.array(ids), y=y, metadata=meta,
@@ -262,6 +329,8 @@ class _Converter:
 def _drop_blank_rows(df: pl.DataFrame) -> pl.DataFrame:
     """Blank lines (often one at the end) come back as all-null rows; they are not samples."""
     data = [c for c in df.columns if c != _ROW]
+    if any(df[c].null_count() == 0 for c in data):
+        return df  # a column without nulls: no row is all-null (and the frame is not copied)
     return df.filter(~pl.all_horizontal([pl.col(c).is_null() for c in data]))
 
 
@@ -324,24 +393,44 @@ def _read_text_frame(path: Path, sep: str, layout: _Layout) -> pl.DataFrame:
         raise _structure_error(path, sep, len(layout.names), exc) from None
 
 
-def _text_chunks(path: Path, sep: str, layout: _Layout, chunk_rows: int) -> Iterator[pl.DataFrame]:
-    with open(path, "rb") as fh:
-        header = fh.readline()
-        offset = 0
-        while True:
-            lines = list(itertools.islice(fh, chunk_rows))
-            if not lines:
-                return
-            buf = header + b"".join(lines)
-            try:
-                df = _read_csv(io.BytesIO(buf), sep, layout, typed=True, offset=offset)
-            except pl.exceptions.PolarsError:
-                try:
-                    df = _read_csv(io.BytesIO(buf), sep, layout, typed=False, offset=offset)
-                except pl.exceptions.PolarsError as exc:
-                    raise _structure_error(path, sep, len(layout.names), exc) from None
-            offset += len(lines)
-            yield df
+class _TextChunks:
+    """The frames of a text table, `rows` lines at a time.
+
+    An iterator object rather than a generator on purpose: a generator suspended at its
+    ``yield`` keeps its locals (the lines, their joined text, the parsed frame) alive while
+    the caller scores the chunk, two or three more copies of it; here nothing of a chunk
+    outlives ``__next__``."""
+
+    def __init__(self, path: Path, sep: str, layout: _Layout, rows: int):
+        self.path, self.sep, self.layout, self.rows = path, sep, layout, rows
+        self.fh = open(path, "rb")
+        self.header = self.fh.readline()
+        self.offset = 0
+
+    def __iter__(self) -> "_TextChunks":
+        return self
+
+    def __next__(self) -> pl.DataFrame:
+        lines = list(itertools.islice(self.fh, self.rows)) if not self.fh.closed else []
+        if not lines:
+            self.close()
+            raise StopIteration
+        offset, self.offset = self.offset, self.offset + len(lines)
+        lines.insert(0, self.header)
+        text = b"".join(lines)
+        del lines
+        try:
+            return _read_csv(text, self.sep, self.layout, typed=True, offset=offset)
+        except pl.exceptions.PolarsError:
+            pass  # a bad cell, padded numbers, mixed metadata: the untyped read below says which
+        try:
+            return _read_csv(text, self.sep, self.layout, typed=False, offset=offset)
+        except pl.exceptions.PolarsError as exc:
+            self.close()
+            raise _structure_error(self.path, self.sep, len(self.layout.names), exc) from None
+
+    def close(self) -> None:
+        self.fh.close()
 
 
 # -- parquet ------------------------------------------------------------------------------
@@ -437,7 +526,7 @@ def iter_spectra_chunks(
     Chunks are named "<name>[rows a-b]" with 1-based data rows; ids are checked for
     duplicates across the whole file. Text files are cut at line ends; Parquet files are
     sliced (row groups outside the slice are not read); a JCAMP-DX folder is read
-    `chunk_rows` files at a time.
+    `chunk_rows` files at a time. Nothing of a chunk is kept once the next is asked for.
     """
     if int(chunk_rows) < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows!r}")
@@ -449,19 +538,34 @@ def iter_spectra_chunks(
 
         yield from iter_jcamp(path, chunk_rows=chunk_rows, target_column=target_column, task=task, name=name)
         return
+    rows = chunk_rows
     convert = _Converter(path, layout, task, name)
     if kind == "text":
-        frames = _text_chunks(path, sep, layout, chunk_rows)
+        frames = _TextChunks(path, sep, layout, rows)
     else:
         total = _parquet_rows(path)
-        frames = (_read_parquet(path, offset=o, length=chunk_rows) for o in range(0, total, chunk_rows))
+        frames = (_read_parquet(path, offset=o, length=rows) for o in range(0, total, rows))
     produced = False
-    for df in frames:
-        df = _drop_blank_rows(df)
-        if df.height == 0:
-            continue
-        first, last = int(df[_ROW][0]) + 1, int(df[_ROW][-1]) + 1
-        produced = True
-        yield convert(df, f"{name}[rows {first}-{last}]")
+    try:
+        while True:
+            ds = _next_chunk(frames, convert, name)
+            if ds is None:
+                break
+            produced = True
+            yield ds
+            del ds  # the caller has moved on: let this chunk go before the next one is read
+    finally:
+        frames.close()
     if not produced:
         raise _no_rows(path)
+
+
+def _next_chunk(frames, convert: _Converter, name: str) -> SpectraDataset | None:
+    """The next chunk with data rows as a dataset (None at the end); a function, so its
+    frame is gone by the time the dataset is scored."""
+    for df in frames:
+        df = _drop_blank_rows(df)
+        if df.height:
+            first, last = int(df[_ROW][0]) + 1, int(df[_ROW][-1]) + 1
+            return convert(df, f"{name}[rows {first}-{last}]")
+    return None

@@ -341,8 +341,8 @@ def score_file(job: ScoreJob, chain: LoadedChain) -> dict:
         with ExitStack() as stack:
             writer = _ResultWriter(stack, job.result_path, job.csv_path)
             chunks = iter_spectra_chunks(f.path, chunk_rows=job.chunk_rows, id_column=job.id_column)
-            for k, ds in enumerate(chunks):
-                if k == 0:
+            for ds in chunks:
+                if n == 0:
                     stage = "check"
                     notes = chain.check(ds.wavelengths, ds.X.shape[1])
                 stage = "replay"
@@ -353,6 +353,9 @@ def score_file(job: ScoreJob, chain: LoadedChain) -> dict:
                 except (OSError, pa.ArrowException) as exc:
                     raise OutputError(f"result {job.result_path} not written: {exc}") from exc
                 n += ds.X.shape[0]
+                # Let this chunk go before the next is read, or two would be held at once
+                # (hence no enumerate() either: its reused tuple holds the last chunk).
+                del ds, pred, proba
                 stage = "read"
             stage = "write"
             try:

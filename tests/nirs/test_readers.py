@@ -213,3 +213,16 @@ def test_chunk_errors_name_the_file_row(tmp_path):
     dup = write(tmp_path / "d.csv", csv_text([f"s{i % 4},1,x,1,1,1" for i in range(6)]))
     with pytest.raises(SpectraFileError, match=r"row 5, column 'sample_id': duplicate sample id 's0': also on row 1"):
         list(iter_spectra_chunks(dup, chunk_rows=2))
+
+
+def test_ids_that_share_a_hash_are_told_apart(tmp_path, monkeypatch):
+    import nirs.readers as readers
+
+    monkeypatch.setattr(readers._SeenIds, "_hash", staticmethod(lambda sid: len(sid)))  # collisions galore
+    rows = [f"s{i},1,x,{i},1,1" for i in range(1, 21)]
+    ok = write(tmp_path / "ok.csv", csv_text(rows))
+    assert [i for c in iter_spectra_chunks(ok, chunk_rows=3) for i in c.sample_ids] == [f"s{i}" for i in range(1, 21)]
+    rows[16] = "s12,1,x,1,1,1"
+    dup = write(tmp_path / "dup.csv", csv_text(rows))
+    with pytest.raises(SpectraFileError, match=r"row 17, column 'sample_id': duplicate sample id 's12': also on row 12"):
+        list(iter_spectra_chunks(dup, chunk_rows=3))
