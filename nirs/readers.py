@@ -17,7 +17,9 @@ expected against what was found.
 
 `iter_spectra_chunks` reads the same files in chunks of rows with bounded memory, for the
 scoring of large files. Text files are cut at line ends, so a quoted field that spans lines
-is not supported there (spectra files have none).
+is not supported there (spectra files have none). Chunks of a plain table (ids and
+wavelengths only) are parsed by pyarrow while they are clean, which reads them exactly as
+polars does at less memory (see `_read_plain`); everything else is read by polars.
 """
 
 from __future__ import annotations
@@ -275,6 +277,11 @@ class _Converter:
             meta = df.select(lay.meta_cols).rename({c: c.strip() for c in lay.meta_cols})
         return self._dataset(X, ids, y, meta, chunk_name)
 
+    def plain(self, chunk: "_PlainChunk", chunk_name: str | None = None) -> SpectraDataset:
+        """A chunk pyarrow read (see `_read_plain`): X already checked, no targets, no metadata."""
+        rows = np.arange(chunk.offset + 1, chunk.offset + 1 + chunk.X.shape[0])
+        return self._dataset(chunk.X, self._ids(rows, chunk.ids), None, None, chunk_name)
+
     def _ids(self, rows: np.ndarray, raw_ids: list | None) -> list[str]:
         """The chunk's ids, checked (present, not already met in the file); row numbers
         when the file has no id column."""
@@ -393,8 +400,61 @@ def _read_text_frame(path: Path, sep: str, layout: _Layout) -> pl.DataFrame:
         raise _structure_error(path, sep, len(layout.names), exc) from None
 
 
+@dataclass(frozen=True)
+class _PlainChunk:
+    X: np.ndarray           # checked: finite float64
+    ids: list[str] | None   # stripped, non-empty; None without an id column
+    offset: int             # data rows before this chunk
+
+
+def _read_plain(data: bytes, n_lines: int, offset: int, sep: str, layout: _Layout) -> _PlainChunk | None:
+    """A chunk of a plain table (an id column and wavelengths, nothing else) parsed by
+    pyarrow's CSV reader, or None: then polars reads it, as it reads everything else.
+
+    Why two parsers: a scoring process has pyarrow's code in memory anyway (results are
+    written with it, and pandas, which scikit-learn imports, loads it), while polars' CSV
+    parser and the frame operations after it would bring some 30 MB more of polars' library
+    into memory. Only a clean chunk is taken here, so that it reads exactly as polars would
+    read it: every line a row (no blank lines), every wavelength a finite number, every id
+    plain printable ASCII. Anything else (a bad cell, a short row, an odd id) goes to the
+    polars path, whose errors name row and column.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    types = {c: pa.float64() for c in layout.wl_cols}
+    if layout.id_col is not None:
+        types[layout.id_col] = pa.string()
+    try:
+        table = pa_csv.read_csv(
+            pa.py_buffer(data),
+            read_options=pa_csv.ReadOptions(column_names=layout.names, use_threads=False, block_size=len(data) + 1),
+            parse_options=pa_csv.ParseOptions(delimiter=sep),
+            convert_options=pa_csv.ConvertOptions(column_types=types),
+        )
+    except pa.ArrowException:
+        return None
+    if table.num_rows != n_lines:
+        return None
+    columns = [table.column(c) for c in layout.wl_cols]
+    if any(c.null_count or c.type != pa.float64() for c in columns):
+        return None
+    X = np.column_stack([c.to_numpy() for c in columns])
+    del columns
+    if not np.isfinite(X).all():
+        return None
+    ids = None
+    if layout.id_col is not None:
+        ids = table.column(layout.id_col).to_pylist()
+        if not all(sid and sid.isascii() and sid.isprintable() and '"' not in sid for sid in ids):
+            return None
+        ids = [sid.strip() for sid in ids]  # for printable ASCII, what polars' strip_chars() strips
+    return _PlainChunk(X, ids, offset)
+
+
 class _TextChunks:
-    """The frames of a text table, `rows` lines at a time.
+    """The chunks of a text table, `rows` lines at a time: `_PlainChunk`s while pyarrow
+    can read them (`_read_plain`), polars frames from the first chunk it cannot on.
 
     An iterator object rather than a generator on purpose: a generator suspended at its
     ``yield`` keeps its locals (the lines, their joined text, the parsed frame) alive while
@@ -403,6 +463,7 @@ class _TextChunks:
 
     def __init__(self, path: Path, sep: str, layout: _Layout, rows: int):
         self.path, self.sep, self.layout, self.rows = path, sep, layout, rows
+        self.plain = layout.target_col is None and not layout.meta_cols
         self.fh = open(path, "rb")
         self.header = self.fh.readline()
         self.offset = 0
@@ -410,15 +471,21 @@ class _TextChunks:
     def __iter__(self) -> "_TextChunks":
         return self
 
-    def __next__(self) -> pl.DataFrame:
+    def __next__(self) -> pl.DataFrame | _PlainChunk:
         lines = list(itertools.islice(self.fh, self.rows)) if not self.fh.closed else []
         if not lines:
             self.close()
             raise StopIteration
         offset, self.offset = self.offset, self.offset + len(lines)
-        lines.insert(0, self.header)
-        text = b"".join(lines)
+        data = b"".join(lines)
         del lines
+        if self.plain:
+            chunk = _read_plain(data, self.offset - offset, offset, self.sep, self.layout)
+            if chunk is not None:
+                return chunk
+            self.plain = False  # this file needs polars: read it all with polars from here on
+        text = self.header + data
+        del data
         try:
             return _read_csv(text, self.sep, self.layout, typed=True, offset=offset)
         except pl.exceptions.PolarsError:
@@ -563,8 +630,11 @@ def iter_spectra_chunks(
 def _next_chunk(frames, convert: _Converter, name: str) -> SpectraDataset | None:
     """The next chunk with data rows as a dataset (None at the end); a function, so its
     frame is gone by the time the dataset is scored."""
-    for df in frames:
-        df = _drop_blank_rows(df)
+    for piece in frames:
+        if isinstance(piece, _PlainChunk):
+            first, last = piece.offset + 1, piece.offset + piece.X.shape[0]
+            return convert.plain(piece, f"{name}[rows {first}-{last}]")
+        df = _drop_blank_rows(piece)
         if df.height:
             first, last = int(df[_ROW][0]) + 1, int(df[_ROW][-1]) + 1
             return convert(df, f"{name}[rows {first}-{last}]")

@@ -215,6 +215,62 @@ def test_chunk_errors_name_the_file_row(tmp_path):
         list(iter_spectra_chunks(dup, chunk_rows=2))
 
 
+# Plain tables (an id column and wavelengths) are read in chunks by pyarrow's CSV reader
+# while they are clean, by polars otherwise: either way as read_spectra (polars) reads them.
+PLAIN_CASES = {
+    "clean": b"sample_id,1000,1002\ns1,0.1,2\ns2,-3.5e-2,4\ns3,5,6\n",
+    "odd numbers": "sample_id,1000,1002\ns1,+1,.5\ns2,-0,1e-400\ns3,00012,\t1.5\ns4,\"2.5\",4.9e-324\n"
+                   "s5,0.1000000000000000055511151231257827021181583404541015625,123456789012345678901234567890\n".encode(),
+    "crlf, bom, no final newline": "\ufeffsample_id,1000,1002\r\ns1,1,2\r\ns2,3,4".encode(),
+    "semicolons": b"sample_id;1000;1002\ns1;1;2\ns2;3;4\n",
+    "id last, padded header": b" 1000 ,1002,sample_id\n1,2,s1\n3,4,s2\n",
+    "padded and quoted ids": b'sample_id,1000,1002\n  s1 ,1,2\n"s,2",3,4\n',
+    "unicode id": "sample_id,1000,1002\ns1,1,2\nÅ2,3,4\n".encode(),
+    "blank lines": b"sample_id,1000,1002\ns1,1,2\n\ns2,3,4\n,,\ns3,5,6\n\n",
+    "empty id": b"sample_id,1000,1002\ns1,1,2\n,3,4\n",
+    "blank id": b"sample_id,1000,1002\ns1,1,2\n   ,3,4\n",
+    "duplicate id": b"sample_id,1000,1002\ns1,1,2\ns2,3,4\ns1,5,6\n",
+    "not a number": b"sample_id,1000,1002\ns1,1,2\ns2,0x10,4\n",
+    "not finite": b"sample_id,1000,1002\ns1,1,2\ns2,3,1e309\n",
+    "NA": b"sample_id,1000,1002\ns1,1,2\ns2,NA,4\n",
+    "short row": b"sample_id,1000,1002\ns1,1,2\ns2,3\n",
+    "long row": b"sample_id,1000,1002\ns1,1,2\ns2,3,4,5\n",
+}
+
+
+@pytest.mark.parametrize("case", PLAIN_CASES)
+@pytest.mark.parametrize("chunk_rows", [1, 2, 10])
+def test_plain_tables_read_in_chunks_as_read_whole(tmp_path, case, chunk_rows):
+    path = tmp_path / "p.csv"
+    path.write_bytes(PLAIN_CASES[case])
+
+    def outcome(read):
+        try:
+            return read()
+        except SpectraFileError as exc:
+            return ("error", str(exc), exc.row, exc.column)
+
+    whole = outcome(lambda: read_spectra(path))
+    chunks = outcome(lambda: list(iter_spectra_chunks(path, chunk_rows=chunk_rows)))
+    if isinstance(whole, tuple):
+        assert chunks == whole
+        return
+    X = np.vstack([c.X for c in chunks])
+    assert X.tobytes() == whole.X.tobytes()  # the same bits, signs of zeros included
+    assert [i for c in chunks for i in c.sample_ids.tolist()] == whole.sample_ids.tolist()
+    assert all(c.X.flags.c_contiguous and c.X.dtype == np.float64 for c in chunks)
+
+
+def test_a_clean_plain_table_does_not_need_polars_csv_parser(tmp_path, monkeypatch):
+    import nirs.readers as readers
+
+    path = write(tmp_path / "p.csv", "sample_id,1000,1002\ns1,1,2\ns2,3,4\ns3,5,6\n")
+    monkeypatch.setattr(readers, "_read_csv", lambda *a, **k: pytest.fail("polars' CSV reader was used"))
+    chunks = list(iter_spectra_chunks(path, chunk_rows=2))
+    assert [c.name for c in chunks] == ["p[rows 1-2]", "p[rows 3-3]"]
+    assert chunks[1].sample_ids.tolist() == ["s3"] and chunks[1].X.tolist() == [[5.0, 6.0]]
+
+
 def test_ids_that_share_a_hash_are_told_apart(tmp_path, monkeypatch):
     import nirs.readers as readers
 
