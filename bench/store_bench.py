@@ -110,7 +110,7 @@ def bench_single_and_batch(folder: Path, full: bool) -> None:
 
 # -- 3 ----------------------------------------------------------------------------------------
 def _interleaver(workspace: str, pipeline_id: str, seconds: float, start_at: float, out) -> None:
-    store = WorkspaceStore(workspace, lock_timeout=120)
+    store = WorkspaceStore(workspace, lock_timeout=120, idle=INTERLEAVE_IDLE)
     store.release()
     a = arrays()
     while time.time() < start_at:
@@ -123,6 +123,13 @@ def _interleaver(workspace: str, pipeline_id: str, seconds: float, start_at: flo
         waits.append(time.perf_counter() - t)
     store.close()
     out.put((os.getpid(), len(waits), max(waits), float(np.percentile(waits, 99)), statistics.median(waits)))
+
+
+# The bound is "one idle window + one call"; the window does not change how the
+# processes take turns (a holder hands over as soon as it sees a waiter), so it is set to
+# the 50 ms the bound was written for rather than the 1 s default, which would make the
+# bound meaningless.
+INTERLEAVE_IDLE = 0.05
 
 
 def bench_interleaving(folder: Path, seconds: float = 5.0) -> None:
@@ -147,7 +154,7 @@ def bench_interleaving(folder: Path, seconds: float = 5.0) -> None:
     row("4 processes interleaving single calls: calls/s of each", rates,
         "each makes progress")
     row("... longest wait of one call (p99, median)", f"{worst * 1000:.0f} ms ({p99 * 1000:.0f} ms, "
-        f"{med * 1000:.0f} ms)", "<= one idle window + one call (~1 s bound in tests)")
+        f"{med * 1000:.0f} ms)", f"<= one idle window ({INTERLEAVE_IDLE * 1000:.0f} ms) + one call")
 
 
 # -- 4 and 5 ---------------------------------------------------------------------------------
