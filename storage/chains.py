@@ -112,10 +112,23 @@ class ChainsMixin(StoreBase):
                 appender.append_row(*row)
             appender.flush()
         if existing:
-            con.execute("UPDATE artifacts SET last_saved_at = ? WHERE list_contains(?, artifact_id)",
-                        [rows[0][-1], sorted(existing)])
+            # Renewed at commit, and only if no chain of this transaction references them:
+            # a chain keeps them alive from the moment it commits (the usual case: a
+            # pipeline's batch re-saves stateless steps that earlier pipelines saved).
+            renew = self._db.txn_cache.setdefault("renew", {})
+            if not renew:
+                self._db.before_commit(self._renew_artifacts)
+            renew.update({artifact_id: rows[0][-1] for artifact_id in existing})
         for artifact_id in ids:
             self._remember("artifacts", artifact_id, "artifact_id", artifact_id)
+
+    def _renew_artifacts(self, con) -> None:
+        renew = self._db.txn_cache.get("renew", {})
+        chained = self._db.txn_cache.get("chained", set())
+        ids = sorted(set(renew) - chained)
+        if ids:
+            con.execute("UPDATE artifacts SET last_saved_at = ? WHERE list_contains(?, artifact_id)",
+                        [max(renew[i] for i in ids), ids])
 
     def _artifact_format(self, artifact_id: str) -> str:
         check_id("artifact", artifact_id)
@@ -207,6 +220,7 @@ class ChainsMixin(StoreBase):
             con.execute(f"INSERT INTO chains VALUES ({', '.join('?' * len(row))})", row)
             if referenced:
                 con.execute("INSERT INTO chain_artifacts SELECT ?, unnest(?)", [chain_id, sorted(referenced)])
+                self._db.txn_cache.setdefault("chained", set()).update(referenced)
             self._remember("chains", chain_id, "model_class", model_class)
         return chain_id
 

@@ -91,6 +91,7 @@ class Connector:
         self.journal: bool | None = None
         self.journaled = 0  # journal rows this process wrote since it last settled
         self._after_commit: list[Callable[[], None]] = []
+        self._before_commit: list[Callable[[duckdb.DuckDBPyConnection], None]] = []
 
     # -- public --------------------------------------------------------------
     @contextmanager
@@ -168,6 +169,9 @@ class Connector:
                 if began:
                     if self.pending:
                         self._flush(con)
+                    actions, self._before_commit = self._before_commit, []
+                    for action in actions:
+                        action(con)
                     self._in_transaction = False
                     con.execute("COMMIT")
                     if self.txn_cache.get("settled"):
@@ -178,7 +182,7 @@ class Connector:
                 if began:
                     self._drop_pending()
                     self.journal = None  # a settle or journal write may have been undone
-                    self._after_commit = []
+                    self._after_commit, self._before_commit = [], []
                     # what this transaction taught the cache may be rolled back with it
                     self.conn_cache = {k: v for k, v in self.conn_cache.items() if k == "appenders"}
                 if began and self._in_transaction:
@@ -192,6 +196,11 @@ class Connector:
                 self._active -= 1
                 if outermost:
                     self._after_call()
+
+    def before_commit(self, action: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
+        """Run `action(con)` as the last statement(s) of the current transaction, once
+        everything buffered has been written."""
+        self._before_commit.append(action)
 
     def after_commit(self, action: Callable[[], None]) -> None:
         """Run `action` once the current transaction commits, still under the lock

@@ -88,6 +88,30 @@ def test_gc_keeps_young_and_referenced_artifacts_and_removes_dead_ones(store, fi
     assert _files(store) == [] and store.list_artifacts().height == 0
 
 
+def test_saving_the_same_content_again_renews_its_grace_period(store, tablet):
+    scaler = StandardScaler().fit(tablet[0][:50])
+    first = store.save_artifact(scaler, "StandardScaler", "transformer")
+    time.sleep(1.2)
+    with store.batch():  # re-saved, and no chain of this batch refers to it
+        assert store.save_artifact(scaler, "StandardScaler", "transformer") == first
+    assert store.gc_artifacts(grace=1.0) == 0  # renewed: younger than the grace period
+    time.sleep(1.2)
+    assert store.gc_artifacts(grace=1.0).artifact_ids == [first]
+
+
+def test_a_chain_saved_with_a_re_saved_artifact_keeps_it_past_the_grace_period(store, fitted_folds, tablet):
+    run_id, pipeline_id = make_run(store)
+    save_scaler_pls_chain(store, pipeline_id, fitted_folds, tablet[0].shape[1])
+    time.sleep(1.2)
+    with store.batch():  # the same fitted objects again, in a second chain
+        save_scaler_pls_chain(store, store.begin_pipeline(run_id, "again", [], [], "tablet"),
+                              fitted_folds, tablet[0].shape[1])
+    time.sleep(1.2)
+    assert store.gc_artifacts(grace=1.0) == 0  # referenced: not collected, however old
+    store.delete_run(run_id)
+    assert store.gc_artifacts(grace=1.0) == 6
+
+
 def test_gc_sweeps_orphan_files_and_temporaries_older_than_grace(store, tablet):
     artifact_id = store.save_artifact(StandardScaler().fit(tablet[0]), "StandardScaler", "transformer")
     shard = store.path / "artifacts" / "ab"
