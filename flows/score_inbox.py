@@ -131,9 +131,11 @@ class InboxRun:
     """One pass over the inbox, in the flow-run process (the only one that opens the store)."""
 
     def __init__(self, store: WorkspaceStore, root: Path, *, alias: str, csv: bool, chunk_rows: int,
-                 id_column: str | None, window: int, flow_run_id: str | None, logger) -> None:
+                 chunk_bytes: int | None, id_column: str | None, window: int, flow_run_id: str | None,
+                 logger) -> None:
         self.store, self.root, self.alias, self.csv = store, root, alias, csv
-        self.chunk_rows, self.id_column, self.window = chunk_rows, id_column, max(1, window)
+        self.chunk_rows, self.chunk_bytes = chunk_rows, chunk_bytes
+        self.id_column, self.window = id_column, max(1, window)
         self.flow_run_id, self.log = flow_run_id, logger
         self.tally = Tally()
         self.chains: dict[tuple[str, str], LoadedChain | None] = {}
@@ -191,7 +193,8 @@ class InboxRun:
             self.fail(f, f"chain {chain_id} of {f.dataset}/{self.alias} could not be loaded (see the log)")
             return
         result, csv_path = result_paths(self.root, f, sha, self.csv)
-        job = ScoreJob(f, sha, result, csv_path, chunk_rows=self.chunk_rows, id_column=self.id_column)
+        job = ScoreJob(f, sha, result, csv_path, chunk_rows=self.chunk_rows, chunk_bytes=self.chunk_bytes,
+                       id_column=self.id_column)
         future = score_file_task.submit(f.rel, quote(job), quote(chain))
         self.followers[sha] = []
         self.pending.append((job, future))
@@ -430,15 +433,18 @@ def _publish(summary: dict, tally: Tally, logger) -> None:
       task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS))
 def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: str = "production",
                 settle_seconds: float = 2.0, csv: bool = False, chunk_rows: int = 500,
-                id_column: str | None = "sample_id", max_files: int | None = None, window: int | None = None,
-                lock_timeout: float = 60.0) -> dict[str, Any]:
+                chunk_mb: float | None = 4.0, id_column: str | None = "sample_id", max_files: int | None = None,
+                window: int | None = None, lock_timeout: float = 60.0) -> dict[str, Any]:
     """Score the stable files of ``inbox`` (see the module docstring for the layout).
 
     outbox: the folder that gets ``outbox/``, ``processed/``, ``rejected/`` (default: the
     workspace). alias: the alias every dataset's chain is looked up by. settle_seconds:
     the gap between the two looks. csv: also write each result as CSV. chunk_rows: spectra
-    read and replayed at a time (memory). id_column: the sample-id column (None numbers
-    the rows). max_files: at most this many files per run (the rest wait for the next).
+    read and replayed at a time, at most (memory). chunk_mb: and at most as many as fit
+    this many MB as float64 (8 bytes a wavelength), so a file of wide spectra gets fewer
+    rows a chunk; scoring a chunk takes about ten times this; None: rows alone decide.
+    id_column: the sample-id column (None numbers the rows). max_files: at most this many
+    files per run (the rest wait for the next).
     window: files in flight at once (default 2 x the task runner's threads).
     """
     started = time.perf_counter()
@@ -457,6 +463,8 @@ def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: st
                              "give score_inbox another inbox or another outbox root")
     if int(chunk_rows) < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows!r}")
+    if chunk_mb is not None and not chunk_mb > 0:
+        raise ValueError(f"chunk_mb must be more than 0 (or None), got {chunk_mb!r}")
     summary: dict[str, Any] = {"inbox": str(inbox_path), "root": str(root), "flow_run_id": flow_run_id}
 
     with ScoringLock([inbox_path, root / "outbox"]) as lock:
@@ -478,8 +486,10 @@ def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: st
                     len(changing), len(later))
         scoring_started = time.perf_counter()
         with WorkspaceStore(workspace, lock_timeout=lock_timeout, idle=1.0) as store:
-            run = InboxRun(store, root, alias=alias, csv=csv, chunk_rows=int(chunk_rows), id_column=id_column,
-                           window=window or 2 * DEFAULT_WORKERS, flow_run_id=flow_run_id, logger=logger)
+            run = InboxRun(store, root, alias=alias, csv=csv, chunk_rows=int(chunk_rows),
+                           chunk_bytes=None if chunk_mb is None else max(1, int(chunk_mb * 1e6)),
+                           id_column=id_column, window=window or 2 * DEFAULT_WORKERS, flow_run_id=flow_run_id,
+                           logger=logger)
             for f in changing:
                 run.wait(f, f"still being written: size or mtime changed between two looks {settle_seconds:g} s apart")
             if stable:

@@ -582,6 +582,7 @@ def iter_spectra_chunks(
     path,
     *,
     chunk_rows: int = 10_000,
+    chunk_bytes: int | None = None,
     id_column: str | None = "sample_id",
     target_column: str | None = None,
     separator: str | None = None,
@@ -590,6 +591,11 @@ def iter_spectra_chunks(
 ) -> Iterator[SpectraDataset]:
     """Yield the file as datasets of at most `chunk_rows` samples, holding one chunk at a time.
 
+    chunk_bytes: also at most as many samples as fit this many bytes of spectra as
+    float64 (8 bytes a wavelength, so a wide file gets fewer rows a chunk than a narrow
+    one); at least one sample a chunk. Working on a chunk (replaying a chain, say) takes a
+    few times this. JCAMP-DX folders are cut by `chunk_rows` alone.
+
     Chunks are named "<name>[rows a-b]" with 1-based data rows; ids are checked for
     duplicates across the whole file. Text files are cut at line ends; Parquet files are
     sliced (row groups outside the slice are not read); a JCAMP-DX folder is read
@@ -597,6 +603,8 @@ def iter_spectra_chunks(
     """
     if int(chunk_rows) < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows!r}")
+    if chunk_bytes is not None and int(chunk_bytes) < 1:
+        raise ValueError(f"chunk_bytes must be at least 1, got {chunk_bytes!r}")
     chunk_rows = int(chunk_rows)
     path, kind, sep, layout = _prepare(path, id_column, target_column, separator)
     name = name or path.stem
@@ -605,7 +613,7 @@ def iter_spectra_chunks(
 
         yield from iter_jcamp(path, chunk_rows=chunk_rows, target_column=target_column, task=task, name=name)
         return
-    rows = chunk_rows
+    rows = _chunk_rows(len(layout.wl_cols), chunk_rows, chunk_bytes)
     convert = _Converter(path, layout, task, name)
     if kind == "text":
         frames = _TextChunks(path, sep, layout, rows)
@@ -625,6 +633,14 @@ def iter_spectra_chunks(
         frames.close()
     if not produced:
         raise _no_rows(path)
+
+
+def _chunk_rows(n_wavelengths: int, chunk_rows: int, chunk_bytes: int | None) -> int:
+    """Rows a chunk of `iter_spectra_chunks`: at most `chunk_rows`, and at most as many
+    spectra of `n_wavelengths` float64 values as fit `chunk_bytes`; at least 1."""
+    if chunk_bytes is None:
+        return max(1, int(chunk_rows))
+    return max(1, min(int(chunk_rows), int(chunk_bytes) // (8 * max(1, n_wavelengths))))
 
 
 def _next_chunk(frames, convert: _Converter, name: str) -> SpectraDataset | None:

@@ -257,6 +257,7 @@ class ScoreJob:
     result_path: Path
     csv_path: Path | None
     chunk_rows: int = 500
+    chunk_bytes: int | None = None  # see nirs.readers.iter_spectra_chunks
     id_column: str | None = "sample_id"
 
 
@@ -340,7 +341,8 @@ def score_file(job: ScoreJob, chain: LoadedChain) -> dict:
     try:
         with ExitStack() as stack:
             writer = _ResultWriter(stack, job.result_path, job.csv_path)
-            chunks = iter_spectra_chunks(f.path, chunk_rows=job.chunk_rows, id_column=job.id_column)
+            chunks = iter_spectra_chunks(f.path, chunk_rows=job.chunk_rows, chunk_bytes=job.chunk_bytes,
+                                         id_column=job.id_column)
             for ds in chunks:
                 if n == 0:
                     stage = "check"

@@ -223,6 +223,26 @@ def test_duplicate_sample_ids_across_chunks(inbox):
     _assert_good_scored(inbox, summary)
 
 
+def test_chunk_mb_gives_wide_spectra_fewer_rows_a_chunk(inbox):
+    import pyarrow.parquet as pq
+
+    X, ids, wl = inbox.tablet(slice(0, 30))
+    inbox.drop_csv("tablet/narrow.csv", X, ids, wl)                     # 597 wavelengths
+    fine = np.linspace(590.0, 1800.0, 1211)                            # 1211, resampled onto the trained grid
+    X_fine = np.vstack([np.interp(fine, wl, row) for row in X])
+    inbox.drop_csv("tablet/wide.csv", X_fine, ids, fine)
+    summary = inbox.run(chunk_rows=1000, chunk_mb=0.1)
+    assert summary["counts"]["scored"] == 2, summary
+    for s in summary["scored"]:
+        width = 597 if s["file"] == "tablet/narrow.csv" else 1211
+        rows = int(0.1e6) // (8 * width)                               # 20 and 10 spectra a chunk
+        meta = pq.ParquetFile(s["result"]).metadata                    # one row group a chunk
+        assert [meta.row_group(k).num_rows for k in range(meta.num_row_groups)] == \
+            [rows] * (30 // rows) + ([30 % rows] if 30 % rows else []), s["file"]
+    with pytest.raises(ValueError, match="chunk_mb must be more than 0"):
+        inbox.run(chunk_mb=0)
+
+
 def test_binary_garbage_with_a_csv_name(inbox):
     inbox.drop_csv("tablet/good.csv", rows=slice(0, 10))
     garbage = bytes(np.random.default_rng(5).integers(0, 256, 4096, dtype=np.uint8))

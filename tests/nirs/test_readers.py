@@ -215,6 +215,26 @@ def test_chunk_errors_name_the_file_row(tmp_path):
         list(iter_spectra_chunks(dup, chunk_rows=2))
 
 
+def test_chunk_bytes_sets_the_rows_by_the_width_of_the_spectra(tmp_path):
+    rng = np.random.default_rng(3)
+    for width in (3, 6):
+        wl = [f"{1000 + 2 * k}" for k in range(width)]
+        frame = pl.DataFrame({"sample_id": [f"s{i}" for i in range(7)]}).hstack(
+            pl.DataFrame(rng.random((7, width)), schema=wl))
+        frame.write_csv(tmp_path / f"w{width}.csv")
+        frame.write_parquet(tmp_path / f"w{width}.parquet")
+        budget = 8 * 3 * 2  # two spectra of 3 wavelengths, one of 6
+        per_chunk = budget // (8 * width)
+        for name in (f"w{width}.csv", f"w{width}.parquet"):
+            chunks = list(iter_spectra_chunks(tmp_path / name, chunk_rows=100, chunk_bytes=budget))
+            assert [len(c) for c in chunks] == [per_chunk] * (7 // per_chunk) + ([7 % per_chunk] if 7 % per_chunk else [])
+            np.testing.assert_array_equal(np.vstack([c.X for c in chunks]), read_spectra(tmp_path / name).X)
+            assert [len(c) for c in iter_spectra_chunks(tmp_path / name, chunk_rows=1, chunk_bytes=budget)] == [1] * 7
+            assert [len(c) for c in iter_spectra_chunks(tmp_path / name, chunk_rows=100, chunk_bytes=1)] == [1] * 7
+    with pytest.raises(ValueError, match="chunk_bytes must be at least 1"):
+        next(iter_spectra_chunks(tmp_path / "w3.csv", chunk_bytes=0))
+
+
 # Plain tables (an id column and wavelengths) are read in chunks by pyarrow's CSV reader
 # while they are clean, by polars otherwise: either way as read_spectra (polars) reads them.
 PLAIN_CASES = {
