@@ -100,24 +100,34 @@ class PredictionsMixin(StoreBase):
                check_int("branch_id", branch_id), check_text("branch_name", branch_name, optional=True),
                check_text("refit_context", refit_context, optional=True), now(),
                check_text("task_run_id", task_run_id, optional=True)]
+        con = self._db.batch_connection()
+        if con is not None:
+            self._append_prediction(con, row, blobs, given_id)
+            return prediction_id
         with self._db.writing(buffered=True) as con:
             self._fill_defaults(con, row)
             if given_id:
                 self._check_new_prediction_id(con, prediction_id)
             self._db.conn_cache.pop("directions", None)
-            if not self._db.in_batch:
-                # a call on its own commits one narrow journal row (storage/journal.py)
-                journal.write(con, prediction_id, row, blobs)
-                self._db.journal = True
-                self._db.journaled += 1
-                return prediction_id
-            rows, blobs_out = self._appenders(con)
-            rows.append_row(*row)
-            blobs_out.append_row(prediction_id, *blobs)
-            if given_id:
-                self._pending_ids.add(prediction_id)
-            self._db.pending = self._db.txn_cache["predictions_buffered"] = True
+            # a call on its own commits one narrow journal row (storage/journal.py)
+            journal.write(con, prediction_id, row, blobs)
+            self._db.journal = True
+            self._db.journaled += 1
         return prediction_id
+
+    def _append_prediction(self, con, row: list, blobs: list, given_id: bool) -> None:
+        """Buffer a prediction in the open batch (written at its end, or before any other
+        statement of it)."""
+        self._fill_defaults(con, row)
+        if given_id:
+            self._check_new_prediction_id(con, row[0])
+        self._db.conn_cache.pop("directions", None)
+        rows, blobs_out = self._appenders(con)
+        rows.append_row(*row)
+        blobs_out.append_row(row[0], *blobs)
+        if given_id:
+            self._pending_ids.add(row[0])
+        self._db.pending = self._db.txn_cache["predictions_buffered"] = True
 
     def _fill_defaults(self, con, row: list) -> None:
         pipeline_id, chain_id = row[1], row[2]
