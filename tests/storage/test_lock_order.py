@@ -30,11 +30,12 @@ def test_writers_get_the_workspace_in_the_order_they_started_waiting(tmp_path, w
     WorkspaceStore(ws).close()
     holder = workers("holder", workspace=str(ws), hold=6)
     queue = [workers("queuer", workspace=str(ws), name=f"q{k}") for k in range(5)]
+    for worker in queue:  # each opened the store (and let it go) before the holder takes it
+        worker.expect("ready", timeout=90)
     start_together([holder])
     holder.expect("held")
     notes = ws / ".nirsflow" / "waiters"
     for worker in queue:
-        worker.expect("ready")
         worker.go()
         _wait_for_note(notes, worker.pid)  # it waits: the next one comes after it
     holder.result(timeout=60)
