@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from collections import Counter
+
 import numpy as np
 
 from .errors import ReplayError
@@ -131,19 +133,32 @@ def run_chain(chain: dict, X: np.ndarray, load: Loader) -> tuple[np.ndarray, np.
     classes = chain.get("classes")
     is_classifier = chain.get("task_type") == "classification"
     grid0 = chain.get("wavelengths")
-    # Folds that share a fitted prefix (e.g. a stateless SNV saved once) share its output.
-    memo: dict[tuple, tuple[np.ndarray, Any]] = {}
-    outputs = []
+    # Folds that share a fitted prefix (e.g. a stateless SNV saved once) share its output,
+    # which is kept only until the last fold that needs it has used it: a chunk being
+    # scored then costs a few copies of itself, not one per fold and step.
+    prefixes: dict[str, list[tuple]] = {}
+    uses: Counter = Counter()
     for fold in folds:
-        Xf, grid, key = X, grid0, ()
+        key, keys = (), []
         for idx in transformers:
             artifact_id = _artifact_for(chain, fold, idx)
             if artifact_id is None:
                 raise ReplayError(f"chain {chain['chain_id']} has no artifact for step {idx} of {fold}")
             key = key + (artifact_id,)
+            keys.append(key)
+        prefixes[fold] = keys
+        uses.update(keys)
+    memo: dict[tuple, tuple[np.ndarray, Any]] = {}
+    outputs = []
+    for fold in folds:
+        Xf, grid = X, grid0
+        for key in prefixes[fold]:
             if key not in memo:
-                memo[key] = _transform(load(artifact_id), Xf, grid)
+                memo[key] = _transform(load(key[-1]), Xf, grid)
             Xf, grid = memo[key]
+            uses[key] -= 1
+            if not uses[key]:
+                del memo[key]
         model = load(_artifact_for(chain, fold, model_idx))
         if is_classifier:
             outputs.append(_class_scores(model, Xf, classes))
