@@ -25,9 +25,8 @@ number of features is refused with both counts.
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 from collections import Counter
+from typing import Any, Callable
 
 import numpy as np
 
