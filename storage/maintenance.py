@@ -92,8 +92,8 @@ class MaintenanceMixin(StoreBase):
                                  ("pipelines", "run_id = $run"),
                                  ("runs", "run_id = $run")):
                 deleted += con.execute(f"DELETE FROM {table} WHERE {where}", {"run": run_id}).fetchall()[0][0]
-            for fact in ("rows", "directions"):
-                self._db.conn_cache.pop(fact, None)
+            self._db.forget_rows()
+            self._db.conn_cache.pop("directions", None)
         self._forget_chains(chain_ids)
         return deleted
 
@@ -128,7 +128,7 @@ class MaintenanceMixin(StoreBase):
                 ids = [a.artifact_id for a in plan.dead]
                 if ids:
                     con.execute("DELETE FROM artifacts WHERE list_contains(?, artifact_id)", [ids])
-                    self._db.conn_cache.pop("rows", None)
+                    self._db.forget_rows()
 
                 def remove_files() -> None:
                     for a in plan.dead:

@@ -127,7 +127,7 @@ class RecordsMixin(StoreBase):
             con.execute("DELETE FROM chain_artifacts WHERE list_contains(?, chain_id)", [ids])
             con.execute("DELETE FROM chains WHERE list_contains(?, chain_id)", [ids])
             self._forget_chains(ids)
-        self._db.conn_cache.pop("rows", None)
+            self._db.forget_rows()
 
     def get_pipeline(self, pipeline_id: str) -> dict:
         check_id("pipeline", pipeline_id)

@@ -142,3 +142,28 @@ def test_a_hand_over_leaves_a_short_journal_and_the_reader_it_goes_to_settles_it
         assert con.execute("SELECT count(*) FROM prediction_journal").fetchall()[0][0] == 0
         settled = {r[0] for r in con.execute("SELECT prediction_id FROM predictions").fetchall()}
     assert settled == set(ids)
+
+
+def test_rows_another_process_deleted_are_not_remembered_across_attachments(tmp_path):
+    """A store remembers the pipelines it has looked up across attachments (it saves a
+    lookup on every turn), unless some process deleted rows since: then a prediction for
+    a deleted pipeline is refused, not journaled as an orphan. Two store objects on one
+    workspace lock each other out like two processes."""
+    ws = tmp_path / "ws"
+    mine, other = WorkspaceStore(ws), WorkspaceStore(ws)
+    kept = mine.begin_pipeline(mine.begin_run("kept"), "p", None, [], "tablet")
+    doomed_run = mine.begin_run("doomed")
+    doomed = mine.begin_pipeline(doomed_run, "p", None, [], "tablet")
+    for pipeline_id in (kept, doomed):
+        mine.save_prediction(pipeline_id, val_score=1.0, y_true=[1.0], y_pred=[1.0])
+    mine.release()
+    other.save_prediction(kept, val_score=2.0, y_true=[1.0], y_pred=[1.0])  # no deletion yet
+    other.release()
+    assert mine._db._read_epoch() == mine._db._rows_epoch  # nothing deleted: still remembered
+    other.delete_run(doomed_run)
+    other.release()
+    with pytest.raises(NotFoundError, match=doomed):
+        mine.save_prediction(doomed, val_score=1.0, y_true=[1.0], y_pred=[1.0])
+    mine.save_prediction(kept, val_score=3.0, y_true=[1.0], y_pred=[1.0])
+    assert sorted(mine.query_predictions()["val_score"].to_list()) == [1.0, 2.0, 3.0]
+    mine.close(), other.close()
