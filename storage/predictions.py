@@ -111,6 +111,7 @@ class PredictionsMixin(StoreBase):
             self._db.conn_cache.pop("directions", None)
             # a call on its own commits one narrow journal row (storage/journal.py)
             journal.write(con, prediction_id, row, blobs)
+            self._db.txn_cache["journal_only"] = True
             self._db.journal = True
             self._db.journaled += 1
         return prediction_id

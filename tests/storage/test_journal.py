@@ -167,3 +167,22 @@ def test_rows_another_process_deleted_are_not_remembered_across_attachments(tmp_
     mine.save_prediction(kept, val_score=3.0, y_true=[1.0], y_pred=[1.0])
     assert sorted(mine.query_predictions()["val_score"].to_list()) == [1.0, 2.0, 3.0]
     mine.close(), other.close()
+
+
+def test_a_hand_over_after_journal_rows_alone_skips_the_checkpoint_and_loses_nothing(tmp_path):
+    """Between processes taking turns, the WAL of a few journal rows is cheaper to replay
+    than to checkpoint; anything else written is checkpointed before the file is let go."""
+    ws = tmp_path / "ws"
+    store = WorkspaceStore(ws, idle=60)
+    pipeline_id = store.begin_pipeline(store.begin_run("r"), "p", None, [], "tablet")
+    store.release()  # the run and pipeline: checkpointed
+    wal = ws / "store.duckdb.wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    ids = [store.save_prediction(pipeline_id, val_score=float(k), y_true=[1.0], y_pred=[2.0]) for k in range(3)]
+    with store._db._mutex:
+        store._db._disconnect(handing_over=True)  # as when another process is seen waiting
+    assert wal.stat().st_size > 0  # journal rows only: left in the WAL
+    with WorkspaceStore(ws) as other:  # replays the WAL, settles the journal, checkpoints
+        assert sorted(other.query_predictions()["prediction_id"].to_list()) == sorted(ids)
+    assert not wal.exists() or wal.stat().st_size == 0
+    store.close()
