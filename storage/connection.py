@@ -64,8 +64,15 @@ def _close_all() -> None:
                 print(f"nirsflow: could not close {connector.db_path} at exit: {exc}")
 
 
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass  # the failed statement already aborted the transaction
+
+
 class Connector:
-    def __init__(self, db_path: Path, lock: WorkspaceLock, *, idle: float = 0.05) -> None:
+    def __init__(self, db_path: Path, lock: WorkspaceLock, *, idle: float) -> None:
         self.db_path = Path(db_path)
         self.lock = lock
         self.idle = idle
@@ -119,11 +126,6 @@ class Connector:
         """A write; ``buffered`` calls may leave rows for ``flush`` instead of executing."""
         with self._call("exclusive", buffered=buffered) as con:
             yield con
-
-    @property
-    def in_batch(self) -> bool:
-        """True inside a call that runs within an enclosing batch."""
-        return self._active > 1
 
     def batch_connection(self) -> duckdb.DuckDBPyConnection | None:
         """The open write transaction's connection if the calling thread is inside a
@@ -199,11 +201,11 @@ class Connector:
                         action(con)
                     self._in_transaction = False
                     con.execute("COMMIT")
-                    if self.txn_cache.get("settled"):
+                    settled = self.txn_cache.get("settled", False)
+                    if settled:
                         self.journal = self.journal or False  # unless a journal write followed
                         self.journaled = 0
-                    if self.txn_cache.get("settled") or (mode == "exclusive"
-                                                         and not self.txn_cache.get("journal_only")):
+                    if settled or (mode == "exclusive" and not self.txn_cache.get("journal_only")):
                         self._checkpoint_due = True
                     self._run_after_commit()
             except BaseException:
@@ -215,10 +217,7 @@ class Connector:
                     self.conn_cache = {k: v for k, v in self.conn_cache.items() if k == "appenders"}
                 if began and self._in_transaction:
                     self._in_transaction = False
-                    try:
-                        con.execute("ROLLBACK")
-                    except duckdb.Error:
-                        pass  # the failed statement already aborted the transaction
+                    _rollback(con)
                 raise
             finally:
                 self._active -= 1
@@ -353,10 +352,7 @@ class Connector:
             con.execute("COMMIT")
             self.journaled, self._checkpoint_due = 0, True
         except BaseException:
-            try:
-                con.execute("ROLLBACK")
-            except duckdb.Error:
-                pass  # the failed statement already aborted the transaction
+            _rollback(con)
             raise
         self.journal = False
 

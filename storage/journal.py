@@ -21,26 +21,27 @@ from __future__ import annotations
 import json
 import struct
 from datetime import datetime
-from typing import Callable, Sequence
+from typing import Sequence
 
 import duckdb
 
 TABLE = "prediction_journal"
 _HEAD = struct.Struct("<I")  # length of the JSON header that follows
-_CREATED_AT = 21  # index of created_at in a predictions row (a datetime; JSON carries text)
 
 
 def encode(row: Sequence, blobs: Sequence[bytes | None]) -> bytes:
-    fields = list(row)
-    fields[_CREATED_AT] = fields[_CREATED_AT].isoformat()
-    header = json.dumps([fields, [None if b is None else len(b) for b in blobs]]).encode()
+    # JSON carries timestamps as text; the header says which fields to turn back
+    when = [i for i, value in enumerate(row) if isinstance(value, datetime)]
+    fields = [value.isoformat() if i in when else value for i, value in enumerate(row)]
+    header = json.dumps([fields, [None if b is None else len(b) for b in blobs], when]).encode()
     return b"".join([_HEAD.pack(len(header)), header, *(b for b in blobs if b is not None)])
 
 
 def decode(payload: bytes) -> tuple[list, list[bytes | None]]:
     (size,) = _HEAD.unpack_from(payload)
-    fields, lengths = json.loads(payload[_HEAD.size:_HEAD.size + size])
-    fields[_CREATED_AT] = datetime.fromisoformat(fields[_CREATED_AT])
+    fields, lengths, when = json.loads(payload[_HEAD.size:_HEAD.size + size])
+    for i in when:
+        fields[i] = datetime.fromisoformat(fields[i])
     blobs: list[bytes | None] = []
     at = _HEAD.size + size
     for length in lengths:
@@ -62,16 +63,11 @@ def contains(con: duckdb.DuckDBPyConnection, prediction_id: str) -> bool:
                        [prediction_id]).fetchall()[0][0] > 0
 
 
-def settle(con: duckdb.DuckDBPyConnection, append: Callable[[list, list], None],
-           flush: Callable[[], None]) -> int:
-    """Move the journal's rows, in the order they were written, through ``append``;
-    ``flush`` then writes them and the journal is emptied, all in the caller's
-    transaction. Returns how many rows moved."""
-    rows = con.execute(f"SELECT payload FROM {TABLE} ORDER BY rowid").fetchall()
-    if not rows:
-        return 0
-    for (payload,) in rows:
-        append(*decode(payload))
-    flush()
-    con.execute(f"DELETE FROM {TABLE}")
-    return len(rows)
+def take(con: duckdb.DuckDBPyConnection) -> list[tuple[list, list[bytes | None]]]:
+    """Every journal row as (predictions row, array blobs), in the order they were
+    written, and the journal emptied, in the caller's transaction: the caller writes
+    them to the final tables in that same transaction."""
+    payloads = con.execute(f"SELECT payload FROM {TABLE} ORDER BY rowid").fetchall()
+    if payloads:
+        con.execute(f"DELETE FROM {TABLE}")
+    return [decode(payload) for (payload,) in payloads]

@@ -156,18 +156,16 @@ class PredictionsMixin(StoreBase):
         return cache["appenders"]
 
     def _settle_journal(self, con) -> None:
+        entries = journal.take(con)
+        if not entries:
+            return
         rows, blobs_out = self._appenders(con)
-
-        def append(row: list, blobs: list) -> None:
+        for row, blobs in entries:
             rows.append_row(*row)
             blobs_out.append_row(row[0], *blobs)
-
-        def flush() -> None:
-            rows.flush()
-            blobs_out.flush()
-
-        if journal.settle(con, append, flush):
-            self._db.conn_cache.pop("directions", None)
+        rows.flush()
+        blobs_out.flush()
+        self._db.conn_cache.pop("directions", None)
 
     def _flush_predictions(self, con) -> None:
         """Write the buffered rows into the open transaction (``con`` None: drop them)."""

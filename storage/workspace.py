@@ -89,14 +89,12 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
                     "restore it from a backup or move it away. Nothing was changed.")
 
     def _open_schema(self) -> None:
+        version = 0
         if self.db_path.exists():
             with self._db.reading() as con:
                 version = schema.stored_version(con)
             schema.check_version(version, self.path)
-            if version < schema.SCHEMA_VERSION:
-                with self._db.writing() as con:
-                    schema.migrate(con, self.path, now())
-        else:
+        if version < schema.SCHEMA_VERSION:
             with self._db.writing() as con:
                 schema.migrate(con, self.path, now())
         # From here on every read connection first checks for journal rows a killed
