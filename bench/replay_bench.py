@@ -12,7 +12,6 @@ own 600-1792 nm range, and the 212 test spectra tiled (with a little noise) to 1
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -25,15 +24,7 @@ from nirs.datasets import load_tablet
 from nirs.training import fit_pipeline
 from storage import WorkspaceStore
 from storage.chain_builder import record_trace
-
-
-def _timed(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from timing import median_seconds
 
 
 def replay_case(workspace: Path, repeat: int) -> list[tuple[str, str, str]]:
@@ -64,11 +55,11 @@ def replay_case(workspace: Path, repeat: int) -> list[tuple[str, str, str]]:
             return store.replay_chain(chain_id, X_new)
 
         np.testing.assert_allclose(replay(), in_memory(), atol=1e-9)
-        base = _timed(in_memory, repeat)
-        warm = _timed(replay, repeat)
+        base = median_seconds(in_memory, repeat)
+        warm = median_seconds(replay, repeat)
         store.release()
         cold_store = WorkspaceStore(workspace)
-        cold = _timed(lambda: cold_store.replay_chain(chain_id, X_new), 1)
+        cold = median_seconds(lambda: cold_store.replay_chain(chain_id, X_new), 1)
         cold_store.close()
     return [
         ("replay 5-fold SNV+scaler+PLS(10), 1000x1000, in memory", f"{base * 1e3:.1f} ms", ""),

@@ -32,6 +32,7 @@ import duckdb
 import numpy as np
 
 from storage import WorkspaceStore
+from timing import median_seconds
 
 ROWS: list[tuple[str, str, str]] = []
 
@@ -178,12 +179,7 @@ def bench_top_and_open(folder: Path, n: int) -> None:
 
     def warm(fn, repeat: int = 15) -> float:
         fn()
-        times = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
+        return median_seconds(fn, repeat)
 
     top = lambda: store.top_predictions(10)  # noqa: E731
     top_asc = lambda: store.top_predictions(10, ascending=True)  # noqa: E731
@@ -248,7 +244,7 @@ def bench_top_and_open(folder: Path, n: int) -> None:
 _DUCKDB_INSIDE = {
     "write": "DuckDB: INSERT of the 2-column journal row",
     "_call": "DuckDB: BEGIN + COMMIT (WAL write + fsync); the call's bookkeeping",
-    "settle": "DuckDB: the journal settled at release (read, appenders, delete)",
+    "_settle_journal": "DuckDB: the journal settled at release (read, delete, appenders)",
     "_fill_defaults": "a cached dict lookup (the pipeline checked once per connection)",
 }
 
@@ -339,8 +335,10 @@ def statement_costs(folder: Path, n: int = 600) -> str:
     pending = con.execute("SELECT count(*) FROM prediction_journal").fetchall()[0][0]
     t = time.perf_counter()
     con.execute("BEGIN TRANSACTION")
-    journal.settle(con, lambda r, b: (preds.append_row(*r), blobs.append_row(r[0], *b)),
-                   lambda: (preds.flush(), blobs.flush()))
+    for r, b in journal.take(con):
+        preds.append_row(*r)
+        blobs.append_row(r[0], *b)
+    preds.flush(), blobs.flush()
     con.execute("COMMIT")
     settle = (time.perf_counter() - t) / pending
     con.close()
