@@ -39,7 +39,10 @@ def encode(row: Sequence, blobs: Sequence[bytes | None]) -> bytes:
 
 def decode(payload: bytes) -> tuple[list, list[bytes | None]]:
     (size,) = _HEAD.unpack_from(payload)
-    fields, lengths, when = json.loads(payload[_HEAD.size:_HEAD.size + size])
+    header = json.loads(payload[_HEAD.size:_HEAD.size + size])
+    # the first payloads (commits e5fc264-8872916) had no list of timestamp fields:
+    # theirs was created_at, at index 21 of the predictions row
+    fields, lengths, when = header if len(header) == 3 else (*header, [21])
     for i in when:
         fields[i] = datetime.fromisoformat(fields[i])
     blobs: list[bytes | None] = []

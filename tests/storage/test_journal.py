@@ -6,6 +6,8 @@ unsettled (nothing else may open the file while the store holds it)."""
 
 from __future__ import annotations
 
+import json
+import struct
 import time
 
 import duckdb
@@ -186,3 +188,20 @@ def test_a_hand_over_after_journal_rows_alone_skips_the_checkpoint_and_loses_not
         assert sorted(other.query_predictions()["prediction_id"].to_list()) == sorted(ids)
     assert not wal.exists() or wal.stat().st_size == 0
     store.close()
+
+
+def test_payloads_of_the_first_journal_format_still_decode():
+    from datetime import datetime
+
+    from storage import journal
+
+    created = datetime(2026, 11, 27, 13, 0, 0)
+    row = ["pred", "pipe", None, "ds", "m", "mc", "", "val", 1.0, None, None, "rmse", "regression",
+           1, None, None, None, "", None, None, None, created, None]
+    old_row = list(row)
+    old_row[21] = created.isoformat()
+    header = json.dumps([old_row, [3, None, None, None, None]]).encode()  # no timestamp list
+    payload = struct.pack("<I", len(header)) + header + b"abc"
+    assert journal.decode(payload) == (row, [b"abc", None, None, None, None])
+    assert journal.decode(journal.encode(row, [b"abc", None, None, None, None])) == (
+        row, [b"abc", None, None, None, None])
