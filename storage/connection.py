@@ -270,10 +270,14 @@ class Connector:
             self.lock.acquire(mode)
             try:
                 con = self._attach(mode)
+                try:
+                    epoch = self._read_epoch()
+                except BaseException:
+                    self._drop_attachment(con)
+                    raise
             except BaseException:
                 self.lock.release()
                 raise
-            epoch = self._read_epoch()
             kept = self._kept_rows if epoch == self._rows_epoch and epoch >= 0 else None
             self._con, self._mode, self.journal = con, mode, None
             self.conn_cache = {"rows": kept} if kept else {}
@@ -293,21 +297,52 @@ class Connector:
                 self.journal = False
 
     def _attach(self, mode: Mode) -> duckdb.DuckDBPyConnection:
-        if self._instance is None:
-            self._instance = duckdb.connect(":memory:")
-            # The store checkpoints itself before a detach (see JOURNAL_WAL_BYTES)
-            self._instance.execute("PRAGMA disable_checkpoint_on_shutdown")
-        con = self._instance
+        """Attach the file and make it the default database; on any failure, nothing
+        stays attached."""
+        con = self._attach_instance()
         options = " (READ_ONLY)" if mode == "shared" else ""
         path = str(self.db_path).replace("'", "''")
         try:
-            con.execute(f"ATTACH '{path}' AS {_ALIAS}{options}")
+            try:
+                con.execute(f"ATTACH '{path}' AS {_ALIAS}{options}")
+            except duckdb.IOException:
+                raise
+            except duckdb.Error as exc:
+                if "already attached" not in str(exc):
+                    raise
+                # An exception raised between two statements of an earlier attach or
+                # detach of this process (a signal handler's, say) left the file
+                # attached with nobody holding it: let it go, and attach again.
+                con = self._drop_attachment(con)
+                con.execute(f"ATTACH '{path}' AS {_ALIAS}{options}")
+            con.execute(f"USE {_ALIAS}")
         except duckdb.IOException as exc:
             if "not a valid DuckDB database" in str(exc) or "Corrupt" in str(exc):
                 raise WorkspaceCorruptError(f"{self.db_path} is not a readable DuckDB database: {exc}") from exc
             raise
-        con.execute(f"USE {_ALIAS}")
+        except BaseException:
+            self._drop_attachment(con)
+            raise
         return con
+
+    def _attach_instance(self) -> duckdb.DuckDBPyConnection:
+        if self._instance is None:
+            self._instance = duckdb.connect(":memory:")
+            # The store checkpoints itself before a detach (see JOURNAL_WAL_BYTES)
+            self._instance.execute("PRAGMA disable_checkpoint_on_shutdown")
+        return self._instance
+
+    def _drop_attachment(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+        """Detach the workspace if it is attached; an instance that cannot is replaced.
+        Returns the instance to use."""
+        try:
+            con.execute("USE memory")
+            con.execute(f"DETACH DATABASE IF EXISTS {_ALIAS}")
+            return con
+        except BaseException:
+            self._instance = None
+            con.close()
+            return self._attach_instance()
 
     def _disconnect(self, handing_over: bool = False) -> None:
         """Detach and free the lock, the journal settled first: always when this process

@@ -198,3 +198,19 @@ def test_scored_files_are_recorded_once_per_content(store, fitted_folds, tablet)
     with pytest.raises(NotFoundError, match="unknown chain id"):
         store.record_scored_file("ef" * 32, "b.csv", "ghost", "outbox/b.parquet", n_spectra=1)
     assert store.list_scored_files().height == 1
+
+
+def test_an_attach_interrupted_midway_does_not_lock_the_workspace_for_good(tmp_path):
+    """An exception between two statements (a signal handler's: Prefect raises on
+    SIGTERM) can leave the file attached to the process's DuckDB with nobody holding it;
+    the next call used to fail with 'already attached' for good. Recreated here by
+    attaching the file the way the store does and dropping the bookkeeping."""
+    store = WorkspaceStore(tmp_path / "ws", idle=60)
+    run_id = store.begin_run("r")
+    store.release()
+    store._db._attach("exclusive")  # attached, but the store does not know it
+    assert store.get_run(run_id)["status"] == "running"  # reads: detached and attached again
+    store.complete_run(run_id)  # writes too
+    store.close()
+    with WorkspaceStore(tmp_path / "ws") as again:  # and the file is free for others
+        assert again.get_run(run_id)["status"] == "completed"
