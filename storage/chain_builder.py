@@ -33,12 +33,28 @@ class ArtifactRegistry:
         self._ids: dict[int, tuple[Any, str]] = {}
 
     def register(self, obj: Any, operator_class: str, artifact_type: str) -> str:
-        known = self._ids.get(id(obj))
-        if known is not None and known[0] is obj:
-            return known[1]
+        known = self._known(obj)
+        if known is not None:
+            return known
         artifact_id = self.store.save_artifact(obj, operator_class, artifact_type, "joblib")
         self._ids[id(obj)] = (obj, artifact_id)  # keep obj alive so its id() stays unique
         return artifact_id
+
+    def register_many(self, items: list[tuple[Any, str, str]]) -> list[str]:
+        """``register`` for several objects, saved in one call when the store can (its
+        new files are then written side by side)."""
+        save_many = getattr(self.store, "save_artifacts", None)
+        todo = [item for item in items if self._known(item[0]) is None]
+        todo = list({id(item[0]): item for item in todo}.values())
+        if save_many is not None and todo:
+            for item, artifact_id in zip(todo, save_many(todo)):
+                self._ids[id(item[0])] = (item[0], artifact_id)
+        return [self._known(obj) or self.register(obj, operator_class, artifact_type)
+                for obj, operator_class, artifact_type in items]
+
+    def _known(self, obj: Any) -> str | None:
+        known = self._ids.get(id(obj))
+        return known[1] if known is not None and known[0] is obj else None
 
 
 class ChainBuilder:
@@ -59,13 +75,12 @@ class ChainBuilder:
         if len(models) != 1:
             raise ValueError(f"a trace needs exactly one model step, found {len(models)}")
         folds = (["refit"] if trace.refit else []) + list(trace.fold_ids)
-        fold_artifacts: dict[str, dict[str, str]] = {}
-        for fold in folds:
-            fold_artifacts[fold] = {
-                str(step.step_idx): self.registry.register(step.fitted[fold], step.operator_class,
-                                                           _ARTIFACT_TYPES.get(step.kind, step.kind))
-                for step in steps if fold in step.fitted
-            }
+        wanted = [(fold, step) for fold in folds for step in steps if fold in step.fitted]
+        ids = self.registry.register_many([(step.fitted[fold], step.operator_class,
+                                            _ARTIFACT_TYPES.get(step.kind, step.kind)) for fold, step in wanted])
+        fold_artifacts: dict[str, dict[str, str]] = {fold: {} for fold in folds}
+        for (fold, step), artifact_id in zip(wanted, ids):
+            fold_artifacts[fold][str(step.step_idx)] = artifact_id
         wavelengths = getattr(trace, "wavelengths", None)
         return {
             "steps": [{"step_idx": s.step_idx, "kind": s.kind, "operator_class": s.operator_class,

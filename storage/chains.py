@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import polars as pl
 
 from . import artifacts as art
-from .base import StoreBase, first, check_id, check_int, check_text, from_json, new_id, now, to_json
+from .base import first, check_id, check_int, check_text, from_json, new_id, now, to_json
 from .errors import InvalidInputError, NotFoundError
+from .writes import WritesMixin
 
 _CHAIN_JSON = ("steps", "fold_artifacts", "shared_artifacts", "fold_weights", "classes",
                "branch_path", "metadata")
@@ -45,10 +46,9 @@ def referenced_artifacts(steps: list, fold_artifacts: dict, shared_artifacts: di
     return found
 
 
-class ChainsMixin(StoreBase):
+class ChainsMixin(WritesMixin):
     _artifact_cache: OrderedDict
     _chain_cache: OrderedDict
-    _pending_artifacts: dict
     artifact_cache_size: int = 256
 
     # -- artifacts ---------------------------------------------------------------
@@ -60,75 +60,94 @@ class ChainsMixin(StoreBase):
     def save_artifact_bytes(self, data: bytes, format: str = "joblib", operator_class: str | None = None,
                             artifact_type: str = "model") -> str:
         """Persist already serialized bytes under their SHA-256 (bundle imports use this)."""
+        return self._save_artifact_blobs([(data, operator_class, artifact_type)], format)[0]
+
+    def save_artifacts(self, items: Sequence[tuple[Any, str | None, str]], format: str = "joblib") -> list[str]:
+        """Persist several fitted objects, ``(obj, operator_class, artifact_type)`` each,
+        and return their ids in order: what a chain needs, saved at once. Identical
+        objects share one file, and the new files are written and fsynced side by side."""
+        return self._save_artifact_blobs([(art.serialize(obj, format), operator_class, artifact_type)
+                                          for obj, operator_class, artifact_type in items], format)
+
+    def _save_artifact_blobs(self, items: list[tuple[bytes, str | None, str]], format: str) -> list[str]:
         if format not in art.FORMATS:
             raise InvalidInputError(f"unknown artifact format {format!r}; expected one of {art.FORMATS}")
-        check_text("operator_class", operator_class, optional=True)
-        check_text("artifact_type", artifact_type)
-        artifact_id = art.sha256(data)
-        final = self.files.path(artifact_id, format)
+        ids, distinct = [], {}
+        for data, operator_class, artifact_type in items:
+            check_text("operator_class", operator_class, optional=True)
+            check_text("artifact_type", artifact_type)
+            artifact_id = art.sha256(data)
+            ids.append(artifact_id)
+            distinct.setdefault(artifact_id, (data, operator_class, artifact_type))
         # The slow part (writing and fsyncing the bytes) happens before the lock; under it
         # only the check, the rename and the row, so gc sees both file and row or neither.
-        staged = None if final.exists() else self.files.stage(artifact_id, format, data)
+        staged = self.files.stage_many({a: v[0] for a, v in distinct.items()
+                                        if not self.files.path(a, format).exists()}, format)
         try:
-            # buffered: the row joins the transaction's other pending rows and goes in
-            # with them (one statement per flush), after its file is in place.
-            with self._db.writing(buffered=True):
-                if not (final.exists() and self.files.is_sound(final, artifact_id)):
-                    if staged is not None and not staged.temp.exists():
-                        # we waited for the lock longer than a gc's grace, and that gc
-                        # swept our temporary as an orphan: write it again
-                        staged = None
-                    staged = staged or self.files.stage(artifact_id, format, data)
-                    self.files.publish(staged, artifact_id)
-                    staged = None
-                stamp = now()
-                self._pending_artifacts[artifact_id] = (
-                    artifact_id, art.relative_path(artifact_id, format), artifact_id, operator_class,
-                    artifact_type, format, len(data), stamp, stamp)
-                self._db.pending = True
+            # buffered: the rows join the transaction's other buffered writes, after their
+            # files are in place. Inside this thread's batch the lock is already held.
+            if self._db.batch_connection() is not None:
+                self._place_artifacts(distinct, staged, format)
+            else:
+                with self._db.writing(buffered=True):
+                    self._place_artifacts(distinct, staged, format)
         finally:
-            if staged is not None:
-                staged.temp.unlink(missing_ok=True)
-        return artifact_id
+            for one in staged.values():
+                one.temp.unlink(missing_ok=True)  # published ones are gone already
+        return ids
 
-    def _flush_artifacts(self, con) -> None:
-        rows, self._pending_artifacts = list(self._pending_artifacts.values()), {}
-        if con is None or not rows:
-            return
-        # New rows go in through an appender (no SQL per row, and no pyarrow, which
-        # imports pandas (0.5-1 s) the first time it converts Python objects, here under
-        # the exclusive lock); a deduplicated save only renews the grace period. Three
+    def _place_artifacts(self, distinct: dict[str, tuple[bytes, str | None, str]],
+                         staged: dict[str, art.StagedFile], format: str) -> None:
+        """Under the lock: the files in place (but for sound copies already there), and
+        their rows buffered."""
+        missing = [a for a in distinct if not self.files.is_in_place(self.files.path(a, format), a)]
+        for artifact_id in missing:
+            if artifact_id not in staged or not staged[artifact_id].temp.exists():
+                # not staged (the file was there before the lock), or we waited for the
+                # lock longer than a gc's grace and it swept our temporary as an orphan
+                staged.update(self.files.stage_many({artifact_id: distinct[artifact_id][0]}, format))
+        self.files.publish_many([staged[a] for a in missing])
+        stamp = now()
+        for artifact_id, (data, operator_class, artifact_type) in distinct.items():
+            self._buffer(("insert", "artifacts", None, [
+                artifact_id, art.relative_path(artifact_id, format), artifact_id, operator_class,
+                artifact_type, format, len(data), stamp, stamp]))
+            # a chain of this transaction may reference it without looking it up
+            self._remember("artifacts", artifact_id, "artifact_id", artifact_id)
+
+    def _apply_artifacts(self, con, rows: list, chained: set) -> None:
+        """Artifact rows of buffered or journaled saves: new ids are appended, ids already
+        in the table only have their grace period renewed (see below)."""
+        by_id: dict[str, list] = {}
+        for row in rows:
+            if row[0] in by_id:
+                by_id[row[0]][-1] = max(by_id[row[0]][-1], row[-1])  # saved again: last save
+            else:
+                by_id[row[0]] = list(row)
+        # An appender (no SQL per row, and no pyarrow, which imports pandas (0.5-1 s) the
+        # first time it converts Python objects, here under the exclusive lock) and two
         # cheap statements: an upsert through a staging table cost 5-6 ms a flush.
-        ids = [row[0] for row in rows]
+        ids = list(by_id)
         existing = {r[0] for r in con.execute(
             "SELECT artifact_id FROM artifacts WHERE list_contains(?, artifact_id)", [ids]).fetchall()}
-        fresh = [row for row in rows if row[0] not in existing]
+        fresh = [row for artifact_id, row in by_id.items() if artifact_id not in existing]
         if fresh:
-            cache = self._db.conn_cache
-            if "artifacts_appender" not in cache:
-                cache["artifacts_appender"] = con.appender("artifacts")
-            appender = cache["artifacts_appender"]
+            appenders = self._db.conn_cache.setdefault("appenders", {})
+            if ("artifacts", None) not in appenders:
+                appenders[("artifacts", None)] = con.appender("artifacts")
+            appender = appenders[("artifacts", None)]
             for row in fresh:
                 appender.append_row(*row)
             appender.flush()
-        if existing:
-            # Renewed at commit, and only if no chain of this transaction references them:
-            # a chain keeps them alive from the moment it commits (the usual case: a
-            # pipeline's batch re-saves stateless steps that earlier pipelines saved).
-            renew = self._db.txn_cache.setdefault("renew", {})
-            if not renew:
-                self._db.before_commit(self._renew_artifacts)
-            renew.update({artifact_id: rows[0][-1] for artifact_id in existing})
+        renew = sorted(existing - chained)
+        if renew:
+            # A save that found its artifact already stored renews its grace period,
+            # unless a chain of the same writes references it: the chain keeps it alive
+            # (the usual case: a pipeline re-saves stateless steps earlier ones saved).
+            con.execute("UPDATE artifacts SET last_saved_at = ? WHERE list_contains(?, artifact_id)",
+                        [max(by_id[i][-1] for i in renew), renew])
         for artifact_id in ids:
             self._remember("artifacts", artifact_id, "artifact_id", artifact_id)
-
-    def _renew_artifacts(self, con) -> None:
-        renew = self._db.txn_cache.get("renew", {})
-        chained = self._db.txn_cache.get("chained", set())
-        ids = sorted(set(renew) - chained)
-        if ids:
-            con.execute("UPDATE artifacts SET last_saved_at = ? WHERE list_contains(?, artifact_id)",
-                        [max(renew[i] for i in ids), ids])
 
     def _artifact_format(self, artifact_id: str) -> str:
         check_id("artifact", artifact_id)
@@ -206,23 +225,28 @@ class ChainsMixin(StoreBase):
                to_json("classes", classes), grid, check_int("n_features", n_features),
                to_json("branch_path", branch_path), check_int("source_index", source_index),
                to_json("metadata", metadata), now(), check_text("task_run_id", task_run_id, optional=True)]
-        with self._db.writing() as con:
+        with self._db.writing(buffered=True) as con:
             self._require(con, "pipelines", "pipeline_id", pipeline_id)
-            remembered = self._db.conn_cache.get("rows", {})
-            unchecked = sorted(a for a in referenced if ("artifacts", a, "artifact_id") not in remembered)
-            if unchecked:
-                known = {r[0] for r in con.execute(
-                    "SELECT artifact_id FROM artifacts WHERE list_contains(?, artifact_id)",
-                    [unchecked]).fetchall()}
-                missing = sorted(set(unchecked) - known)
-                if missing:
-                    raise NotFoundError("artifact", ", ".join(missing), self.path)
-            con.execute(f"INSERT INTO chains VALUES ({', '.join('?' * len(row))})", row)
-            if referenced:
-                con.execute("INSERT INTO chain_artifacts SELECT ?, unnest(?)", [chain_id, sorted(referenced)])
-                self._db.txn_cache.setdefault("chained", set()).update(referenced)
+            missing = self._unknown_artifacts(con, referenced)
+            if missing and self._settled_after_miss(con):
+                missing = self._unknown_artifacts(con, missing)
+            if missing:
+                raise NotFoundError("artifact", ", ".join(missing), self.path)
+            self._buffer(("insert", "chains", None, row),
+                         *(("insert", "chain_artifacts", None, [chain_id, a]) for a in sorted(referenced)))
             self._remember("chains", chain_id, "model_class", model_class)
         return chain_id
+
+    def _unknown_artifacts(self, con, ids) -> list[str]:
+        remembered = self._db.conn_cache.get("rows", {})
+        unchecked = sorted(a for a in ids if ("artifacts", a, "artifact_id") not in remembered)
+        if not unchecked:
+            return []
+        known = {r[0] for r in con.execute("SELECT artifact_id FROM artifacts WHERE list_contains(?, artifact_id)",
+                                           [unchecked]).fetchall()}
+        for artifact_id in known:
+            self._remember("artifacts", artifact_id, "artifact_id", artifact_id)
+        return sorted(set(unchecked) - known)
 
     def get_chain(self, chain_id: str) -> dict:
         check_id("chain", chain_id)

@@ -89,9 +89,12 @@ class Connector:
         _OPEN.add(self)
         self._pid = os.getpid()
         self._closed = False
-        # Writes that callers buffer for speed (predictions): flushed before any other
-        # statement of the same transaction runs, and before it commits.
-        self.flush: Callable[[duckdb.DuckDBPyConnection], None] | None = None
+        # Writes that callers buffer (storage/writes.py): applied before any other
+        # statement of the same transaction runs (`flush`; None discards them), or at
+        # commit, when nothing else ran, journaled as one row (`to_journal`, False if
+        # they are too many for it).
+        self.flush: Callable[[duckdb.DuckDBPyConnection | None], None] | None = None
+        self.to_journal: Callable[[duckdb.DuckDBPyConnection], bool] = lambda con: False
         self.pending = False
         self.txn_cache: dict = {}  # facts valid for the current transaction only
         # Facts valid while this connection stays open: the lock is held all that time,
@@ -113,7 +116,6 @@ class Connector:
         self.journal: bool | None = None
         self.journaled = 0  # journal rows this process wrote since it last settled
         self._after_commit: list[Callable[[], None]] = []
-        self._before_commit: list[Callable[[duckdb.DuckDBPyConnection], None]] = []
 
     # -- public --------------------------------------------------------------
     @contextmanager
@@ -139,12 +141,17 @@ class Connector:
     @contextmanager
     def batch(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """One write transaction for every call made inside the block (re-entrant)."""
-        with self._call("exclusive") as con:
+        with self._call("exclusive", buffered=True) as con:
             yield con
 
     @property
     def is_open(self) -> bool:
         return self._con is not None
+
+    @property
+    def writable(self) -> bool:
+        """Whether a write transaction is open (on the calling thread's call)."""
+        return self._mode == "exclusive" and self._in_transaction
 
     def release(self) -> None:
         """Close the connection and free the lock now (no call may be under way)."""
@@ -185,22 +192,29 @@ class Connector:
                     con.execute("BEGIN TRANSACTION")
                     self._in_transaction = began = True
                     self.txn_cache = {}
-                elif self.pending and not buffered:
-                    self._flush(con)
-                if (not buffered and self.journal is not False and self._mode == "exclusive"
-                        and self.settle is not None and not self.txn_cache.get("settled")):
-                    self.journal = None  # until this transaction commits
-                    self.settle(con)
-                    self.txn_cache["settled"] = True
+                if not buffered:
+                    # a statement of its own: the journal (once per transaction) and what
+                    # this transaction buffered go to their tables first, in that order
+                    self.txn_cache["direct"] = True
+                    if (self.journal is not False and self._mode == "exclusive"
+                            and self.settle is not None and not self.txn_cache.get("settled")):
+                        self.journal = None  # until this transaction commits
+                        self.pending = False
+                        self.settle(con)
+                        self.txn_cache["settled"] = True
+                    elif self.pending:
+                        self._flush(con)
                 yield con
                 if began:
                     if self.pending:
-                        self._flush(con)
-                    actions, self._before_commit = self._before_commit, []
-                    for action in actions:
-                        action(con)
-                    self._in_transaction = False
-                    con.execute("COMMIT")
+                        self.pending = False
+                        if not self.txn_cache.get("direct") and self.to_journal(con):
+                            self.txn_cache["journal_only"] = True
+                            self.journal, self.journaled = True, self.journaled + 1
+                        else:
+                            self.txn_cache["direct"] = True
+                            self.flush(con)
+                    self._commit(con)
                     settled = self.txn_cache.get("settled", False)
                     if settled:
                         self.journal = self.journal or False  # unless a journal write followed
@@ -212,7 +226,7 @@ class Connector:
                 if began:
                     self._drop_pending()
                     self.journal = None  # a settle or journal write may have been undone
-                    self._after_commit, self._before_commit = [], []
+                    self._after_commit = []
                     # what this transaction taught the cache may be rolled back with it
                     self.conn_cache = {k: v for k, v in self.conn_cache.items() if k == "appenders"}
                 if began and self._in_transaction:
@@ -224,11 +238,6 @@ class Connector:
                 if outermost:
                     self._owner = None
                     self._after_call()
-
-    def before_commit(self, action: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
-        """Run `action(con)` as the last statement(s) of the current transaction, once
-        everything buffered has been written."""
-        self._before_commit.append(action)
 
     def after_commit(self, action: Callable[[], None]) -> None:
         """Run `action` once the current transaction commits, still under the lock
@@ -260,9 +269,13 @@ class Connector:
         self.flush(con)
 
     def _drop_pending(self) -> None:
-        if self.pending:
-            self.pending = False
+        self.pending = False
+        if self.flush is not None:
             self.flush(None)  # None: discard what was buffered, the transaction is void
+
+    def _commit(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._in_transaction = False
+        con.execute("COMMIT")
 
     def _connect(self, mode: Mode) -> None:
         if self._con is None or (self._mode != mode and self._mode != "exclusive"):
@@ -382,11 +395,14 @@ class Connector:
 
     def _settle_now(self, con: duckdb.DuckDBPyConnection) -> None:
         con.execute("BEGIN TRANSACTION")
+        self._in_transaction, self.txn_cache = True, {}
         try:
             self.settle(con)
-            con.execute("COMMIT")
+            self._commit(con)
             self.journaled, self._checkpoint_due = 0, True
         except BaseException:
+            self._in_transaction = False
+            self._drop_pending()
             _rollback(con)
             raise
         self.journal = False

@@ -1,11 +1,11 @@
 """Predictions and their arrays: saved whole in one call, ranked and queried as polars.
 
-Rows go in through DuckDB appenders (kept per connection), not SQL: an INSERT costs
-about a millisecond of parsing and planning per statement here, an appended row a few
-microseconds. A single call flushes and commits at once; inside ``store.batch()`` rows
-stay buffered until the batch commits, or until any other statement of the batch runs,
-so reads inside a batch still see them. That makes batching the fast path: tens of
-thousands of predictions a second.
+A saved prediction is buffered (``storage/writes.py``): a call on its own commits it as
+one narrow journal row (~2 ms, where its 29 columns would cost ~4 ms), and inside
+``store.batch()`` it joins the batch's other writes. Rows reach their tables through
+DuckDB appenders (an INSERT costs about a millisecond of parsing and planning per
+statement here, an appended row a few microseconds), before anything reads them. That
+makes batching the fast path: tens of thousands of predictions a second.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from . import arrays, journal
-from .base import (LOWER_IS_BETTER, PARTITIONS, StoreBase, check_id, check_int, check_score, first,
+from . import arrays
+from .base import (LOWER_IS_BETTER, PARTITIONS, check_id, check_int, check_score, first,
                    check_text, from_json, new_id, now, to_json)
 from .errors import InvalidInputError
+from .writes import WritesMixin
 
 _PRED_COLUMNS = [
     "prediction_id", "pipeline_id", "chain_id", "dataset_name", "model_name", "model_class", "fold_id",
@@ -52,8 +53,7 @@ def _check_arrays(given: dict[str, Any]) -> tuple[dict[str, np.ndarray | None], 
     return values, (next(iter(lengths.values())) if lengths else None)
 
 
-class PredictionsMixin(StoreBase):
-    _pending_ids: set  # caller-given ids buffered in this transaction (for the uniqueness check)
+class PredictionsMixin(WritesMixin):
 
     def save_prediction(self, pipeline_id: str, chain_id: str | None = None,
                         dataset_name: str | None = None, model_name: str | None = None,
@@ -102,35 +102,14 @@ class PredictionsMixin(StoreBase):
                check_text("task_run_id", task_run_id, optional=True)]
         con = self._db.batch_connection()
         if con is not None:
-            self._append_prediction(con, row, blobs, given_id)
+            self._buffer_prediction(con, row, blobs, given_id)
             return prediction_id
+        # on its own, the call commits one narrow journal row (storage/journal.py)
         with self._db.writing(buffered=True) as con:
-            self._fill_defaults(con, row)
-            if given_id:
-                self._check_new_prediction_id(con, prediction_id)
-            self._db.conn_cache.pop("directions", None)
-            # a call on its own commits one narrow journal row (storage/journal.py)
-            journal.write(con, prediction_id, row, blobs)
-            self._db.txn_cache["journal_only"] = True
-            self._db.journal = True
-            self._db.journaled += 1
+            self._buffer_prediction(con, row, blobs, given_id)
         return prediction_id
 
-    def _append_prediction(self, con, row: list, blobs: list, given_id: bool) -> None:
-        """Buffer a prediction in the open batch (written at its end, or before any other
-        statement of it)."""
-        self._fill_defaults(con, row)
-        if given_id:
-            self._check_new_prediction_id(con, row[0])
-        self._db.conn_cache.pop("directions", None)
-        rows, blobs_out = self._appenders(con)
-        rows.append_row(*row)
-        blobs_out.append_row(row[0], *blobs)
-        if given_id:
-            self._pending_ids.add(row[0])
-        self._db.pending = self._db.txn_cache["predictions_buffered"] = True
-
-    def _fill_defaults(self, con, row: list) -> None:
+    def _buffer_prediction(self, con, row: list, blobs: list, given_id: bool) -> None:
         pipeline_id, chain_id = row[1], row[2]
         dataset_name = self._column_of(con, "pipelines", "pipeline_id", pipeline_id, "dataset_name")
         if chain_id is not None:
@@ -139,42 +118,17 @@ class PredictionsMixin(StoreBase):
         row[3] = row[3] if row[3] is not None else dataset_name
         row[5] = row[5] if row[5] is not None else ""
         row[4] = row[4] if row[4] is not None else row[5].rsplit(".", 1)[-1]
+        if given_id:
+            self._check_new_prediction_id(con, row[0])
+        self._db.conn_cache.pop("directions", None)
+        self._buffer(("insert", "predictions", _PRED_COLUMNS, row),
+                     ("insert", "prediction_arrays", _ARRAY_COLUMNS, [row[0], *blobs]))
 
     def _check_new_prediction_id(self, con, prediction_id: str) -> None:
-        taken = prediction_id in self._pending_ids or first(con.execute(
-            "SELECT 1 FROM predictions WHERE prediction_id = ?", [prediction_id])) is not None
-        if not taken and self._db.journal is not False:
-            taken = journal.contains(con, prediction_id)
-        if taken:
+        if self._may_be_unsettled():
+            self._materialize(con)  # rare (ids are the store's own uuid4s): look in the tables
+        if first(con.execute("SELECT 1 FROM predictions WHERE prediction_id = ?", [prediction_id])):
             raise InvalidInputError(f"prediction id {prediction_id!r} is already used")
-
-    def _appenders(self, con):
-        cache = self._db.conn_cache
-        if "appenders" not in cache:
-            cache["appenders"] = (con.appender("predictions", columns=_PRED_COLUMNS),
-                                  con.appender("prediction_arrays", columns=_ARRAY_COLUMNS))
-        return cache["appenders"]
-
-    def _settle_journal(self, con) -> None:
-        entries = journal.take(con)
-        if not entries:
-            return
-        rows, blobs_out = self._appenders(con)
-        for row, blobs in entries:
-            rows.append_row(*row)
-            blobs_out.append_row(row[0], *blobs)
-        rows.flush()
-        blobs_out.flush()
-        self._db.conn_cache.pop("directions", None)
-
-    def _flush_predictions(self, con) -> None:
-        """Write the buffered rows into the open transaction (``con`` None: drop them)."""
-        self._pending_ids = set()
-        if not self._db.txn_cache.pop("predictions_buffered", False):
-            return  # an empty flush still costs DuckDB ~0.5 ms
-        appenders = self._db.conn_cache.get("appenders", ())
-        for appender in appenders:
-            appender.flush() if con is not None else appender.clear()
 
     # -- reading -----------------------------------------------------------------
     def get_prediction(self, prediction_id: str, load_arrays: bool = False) -> dict:

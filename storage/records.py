@@ -6,14 +6,19 @@ from typing import Any
 
 import polars as pl
 
-from .base import (LOG_LEVELS, StoreBase, check_id, check_int, check_score, check_text, from_json,
+from .base import (LOG_LEVELS, check_id, check_int, check_score, check_text, from_json,
                    new_id, now, to_json, where_equal)
 from .errors import InvalidInputError
+from .writes import WritesMixin
 
 RUN_FINAL = ("completed", "failed", "crashed", "cancelled")
+# The columns begin_pipeline writes, and those complete_pipeline sets.
+_PIPELINE_START = ("pipeline_id", "run_id", "name", "status", "expanded_config", "generator_choices",
+                   "dataset_name", "dataset_hash", "created_at", "flow_run_id", "task_run_id")
+_PIPELINE_END = ("status", "best_val", "best_test", "metric", "duration_ms", "completed_at", "error")
 
 
-class RecordsMixin(StoreBase):
+class RecordsMixin(WritesMixin):
     # -- runs ------------------------------------------------------------------
     def begin_run(self, name: str, config: Any = None, datasets: list | None = None, *,
                   flow_run_id: str | None = None, tags: list[str] | None = None) -> str:
@@ -83,11 +88,9 @@ class RecordsMixin(StoreBase):
                check_text("dataset_hash", dataset_hash, optional=True), now(),
                check_text("flow_run_id", flow_run_id, optional=True),
                check_text("task_run_id", task_run_id, optional=True)]
-        with self._db.writing() as con:
+        with self._db.writing(buffered=True) as con:
             self._require(con, "runs", "run_id", run_id)
-            con.execute("INSERT INTO pipelines (pipeline_id, run_id, name, status, expanded_config, "
-                        "generator_choices, dataset_name, dataset_hash, created_at, flow_run_id, "
-                        "task_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            self._buffer(("insert", "pipelines", _PIPELINE_START, row))
             self._db.conn_cache.setdefault("rows", {})[("pipelines", pipeline_id)] = (pipeline_id, run_id)
             self._remember("pipelines", pipeline_id, "dataset_name", dataset_name)
         return pipeline_id
@@ -96,14 +99,12 @@ class RecordsMixin(StoreBase):
                           best_test: float | None = None, metric: str | None = None,
                           duration_ms: int | None = None) -> None:
         check_id("pipeline", pipeline_id)
-        params = [check_score("best_val", best_val), check_score("best_test", best_test),
+        values = ["completed", check_score("best_val", best_val), check_score("best_test", best_test),
                   check_text("metric", metric, optional=True), check_int("duration_ms", duration_ms),
-                  now(), pipeline_id]
-        with self._db.writing() as con:
+                  now(), None]
+        with self._db.writing(buffered=True) as con:
             self._require(con, "pipelines", "pipeline_id", pipeline_id)
-            con.execute("UPDATE pipelines SET status = 'completed', best_val = ?, best_test = ?, "
-                        "metric = ?, duration_ms = ?, completed_at = ?, error = NULL "
-                        "WHERE pipeline_id = ?", params)
+            self._buffer(("update", "pipelines", "pipeline_id", pipeline_id, _PIPELINE_END, values))
 
     def fail_pipeline(self, pipeline_id: str, error: str) -> None:
         """Mark a pipeline failed with its error (also in the logs table) and drop its
@@ -156,7 +157,7 @@ class RecordsMixin(StoreBase):
             raise InvalidInputError(f"log level must be one of {LOG_LEVELS}, got {level!r}")
         check_text("event", event)
         details_json = to_json("details", details)
-        with self._db.writing() as con:
+        with self._db.writing(buffered=True) as con:
             if pipeline_id is not None:
                 row = self._require(con, "pipelines", "pipeline_id", check_id("pipeline", pipeline_id))
                 run_id = row[1]
@@ -169,10 +170,10 @@ class RecordsMixin(StoreBase):
 
     def _insert_log(self, con, run_id, pipeline_id, step_idx, operator_class, event, duration_ms,
                     message, details_json, level) -> str:
+        """Buffer a log row (applied with the transaction's other buffered writes)."""
         log_id = new_id()
-        con.execute("INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [log_id, run_id, pipeline_id, step_idx, operator_class, event, duration_ms,
-                     message, details_json, level, now()])
+        self._buffer(("insert", "logs", None, [log_id, run_id, pipeline_id, step_idx, operator_class, event,
+                                                duration_ms, message, details_json, level, now()]))
         return log_id
 
     def get_logs(self, pipeline_id: str | None = None, run_id: str | None = None,

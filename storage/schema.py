@@ -211,11 +211,26 @@ CREATE TABLE prediction_journal (
 """)
 
 
+def _write_journal(con: duckdb.DuckDBPyConnection) -> None:
+    # Any small write transaction made of buffered writes (a pipeline recorded whole, a
+    # single prediction) commits here as one row, settled into the tables in bulk
+    # (storage/journal.py). The prediction journal's rows move over: their payloads
+    # still decode.
+    con.execute("""
+CREATE TABLE journal (
+    payload BLOB NOT NULL               -- a transaction's operations, journal.encode
+);
+INSERT INTO journal SELECT payload FROM prediction_journal ORDER BY rowid;
+DROP TABLE prediction_journal;
+""")
+
+
 # (name, function): append only; never edit one that has shipped.
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("0001_initial", _initial),
     ("0002_scored_files", _scored_files),
     ("0003_prediction_journal", _prediction_journal),
+    ("0004_write_journal", _write_journal),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ("runs", "pipelines", "chains", "chain_artifacts", "predictions", "prediction_arrays",

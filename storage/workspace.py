@@ -62,9 +62,8 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
         self.files = ArtifactFiles(self.path)
         self.lock = FileLock(self.path / ".nirsflow", timeout=lock_timeout, workspace=self.path)
         self._db = Connector(self.db_path, self.lock, idle=idle)
-        self._db.flush = self._flush_pending
-        self._pending_ids: set = set()
-        self._pending_artifacts: dict = {}
+        self._db.flush, self._db.to_journal = self._flush_pending, self._journal_pending
+        self._ops: list = []
         self._artifact_cache: OrderedDict = OrderedDict()
         self._chain_cache: OrderedDict = OrderedDict()
         try:
@@ -99,12 +98,7 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
                 schema.migrate(con, self.path, now())
         # From here on every read connection first checks for journal rows a killed
         # writer left behind (the table exists only once the schema is current).
-        self._db.unsettled, self._db.settle = journal.has_rows, self._settle_journal
-
-    def _flush_pending(self, con) -> None:
-        # Artifacts first: a chain or prediction buffered after them may point at them.
-        self._flush_artifacts(con)
-        self._flush_predictions(con)
+        self._db.unsettled, self._db.settle = journal.has_rows, self._settle
 
     # -- life ----------------------------------------------------------------------
     @contextmanager

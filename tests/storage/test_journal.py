@@ -1,5 +1,6 @@
-"""Single save_prediction calls commit to the prediction journal and are settled into
-predictions / prediction_arrays before anything reads them (storage/journal.py).
+"""Small write transactions (a single save_prediction, a pipeline recorded whole in a
+batch) commit to the journal and are settled into their tables before anything reads
+them (storage/journal.py, storage/writes.py).
 
 The journal is looked at through the store's own connection where a test must see it
 unsettled (nothing else may open the file while the store holds it)."""
@@ -9,12 +10,13 @@ from __future__ import annotations
 import json
 import struct
 import time
+from pathlib import Path
 
 import duckdb
 import numpy as np
 import pytest
 
-from storage import InvalidInputError, NotFoundError, WorkspaceStore
+from storage import InvalidInputError, NotFoundError, WorkspaceStore, arrays
 from tests.storage.test_processes import assert_prediction_content, read_acks
 
 
@@ -23,7 +25,7 @@ def _raw_counts(store: WorkspaceStore) -> tuple[int, int, int]:
     the settling a store call would do first."""
     con = store._db._con
     return tuple(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-                 for table in ("prediction_journal", "predictions", "prediction_arrays"))
+                 for table in ("journal", "predictions", "prediction_arrays"))
 
 
 @pytest.fixture
@@ -32,6 +34,7 @@ def kept(tmp_path):
     with WorkspaceStore(tmp_path / "ws", idle=60) as store:
         run_id = store.begin_run("journal")
         pipeline_id = store.begin_pipeline(run_id, "p", None, [], "tablet")
+        store.list_pipelines()  # a read: the pipeline's journal row settled
         yield store, pipeline_id
 
 
@@ -72,7 +75,7 @@ def test_release_settles_the_journal_so_a_plain_reader_finds_every_row(kept, tmp
     store.release()
     with duckdb.connect(str(store.db_path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM predictions").fetchall()[0][0] == 20
-        assert con.execute("SELECT count(*) FROM prediction_journal").fetchall()[0][0] == 0
+        assert con.execute("SELECT count(*) FROM journal").fetchall()[0][0] == 0
 
 
 def test_a_given_prediction_id_is_refused_twice_while_the_first_is_still_in_the_journal(kept):
@@ -108,7 +111,7 @@ def test_a_writer_killed_with_unsettled_rows_loses_none_and_the_next_reader_sett
     writer.expect("written")
     writer.kill()  # -9, holding the workspace with every row still in the journal
     with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM prediction_journal").fetchall()[0][0] == 25
+        assert con.execute("SELECT count(*) FROM journal").fetchall()[0][0] == 25
         assert con.execute("SELECT count(*) FROM predictions").fetchall()[0][0] == 0
 
     t0 = time.monotonic()
@@ -122,7 +125,7 @@ def test_a_writer_killed_with_unsettled_rows_loses_none_and_the_next_reader_sett
         assert_prediction_content(found.get(pid), seed, pid)
     reader.close()
     with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM prediction_journal").fetchall()[0][0] == 0
+        assert con.execute("SELECT count(*) FROM journal").fetchall()[0][0] == 0
     assert time.monotonic() - t0 < 10
 
 
@@ -141,7 +144,7 @@ def test_a_hand_over_leaves_a_short_journal_and_the_reader_it_goes_to_settles_it
     assert not store._db.is_open
     assert store._db.journaled == 3  # handed over unsettled: the reader settled them
     with duckdb.connect(str(store.db_path), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM prediction_journal").fetchall()[0][0] == 0
+        assert con.execute("SELECT count(*) FROM journal").fetchall()[0][0] == 0
         settled = {r[0] for r in con.execute("SELECT prediction_id FROM predictions").fetchall()}
     assert settled == set(ids)
 
@@ -202,6 +205,43 @@ def test_payloads_of_the_first_journal_format_still_decode():
     old_row[21] = created.isoformat()
     header = json.dumps([old_row, [3, None, None, None, None]]).encode()  # no timestamp list
     payload = struct.pack("<I", len(header)) + header + b"abc"
-    assert journal.decode(payload) == (row, [b"abc", None, None, None, None])
-    assert journal.decode(journal.encode(row, [b"abc", None, None, None, None])) == (
-        row, [b"abc", None, None, None, None])
+    assert journal.decode(payload) == [
+        ("insert", "predictions", journal.LEGACY_PREDICTION_COLUMNS, row),
+        ("insert", "prediction_arrays", journal.LEGACY_ARRAY_COLUMNS, ["pred", b"abc", None, None, None, None])]
+
+
+def test_operations_round_trip_through_a_payload():
+    from datetime import datetime
+
+    from storage import journal
+
+    ops = [("insert", "chains", None, ["c", 1, 2.5, None, True, [1.0, 2.25], datetime(2026, 1, 2, 3, 4, 5, 6)]),
+           ("insert", "prediction_arrays", ("prediction_id", "y_true"), ["p", b"\x00\x01{\"b\": 3}"]),
+           ("update", "pipelines", "pipeline_id", "p1", ("status", "best_val"), ["completed", None])]
+    assert journal.decode(journal.encode(ops)) == ops
+    with pytest.raises(Exception, match="plain values"):  # anything else is refused, not imported
+        journal.decode(journal.encode([("insert", "t", None, [Path("/tmp")])]))
+
+
+def test_a_workspace_with_rows_in_the_old_prediction_journal_keeps_them(tmp_path):
+    """Migration 0004 moves the prediction journal's rows into the write journal."""
+    ws = tmp_path / "ws"
+    with WorkspaceStore(ws) as store:
+        pipeline_id = store.begin_pipeline(store.begin_run("r"), "p", None, [], "tablet")
+    # back to schema 3, with one prediction left in its journal by a killed writer
+    row = ["pred-old", pipeline_id, None, "tablet", "", "", "", "val", 0.25, None, None, "rmse", "regression",
+           2, None, None, None, "", None, None, None, "2026-11-27T13:00:00", None]
+    blobs = [arrays.encode("y_true", np.array([1.0, 2.0])), arrays.encode("y_pred", np.array([1.5, 2.5]))]
+    header = json.dumps([row, [len(b) for b in blobs] + [None] * 3, [21]]).encode()
+    with duckdb.connect(str(ws / "store.duckdb")) as con:
+        con.execute("DROP TABLE journal")
+        con.execute("CREATE TABLE prediction_journal (prediction_id VARCHAR NOT NULL, payload BLOB NOT NULL)")
+        con.execute("INSERT INTO prediction_journal VALUES (?, ?)",
+                    ["pred-old", struct.pack("<I", len(header)) + header + b"".join(blobs)])
+        con.execute("DELETE FROM migrations WHERE name = '0004_write_journal'")
+        con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    with WorkspaceStore(ws) as store:
+        assert store.schema_version == 4
+        found = store.get_prediction("pred-old", load_arrays=True)
+        assert found["val_score"] == 0.25 and found["y_pred"].tolist() == [1.5, 2.5]
+        assert store.sql("SELECT count(*) AS n FROM journal")["n"][0] == 0

@@ -1,0 +1,132 @@
+"""Buffered writes: rows and completions held in memory for the current transaction.
+
+Inserts of new rows and a pipeline's completion are buffered as journal operations
+(``storage/journal.py``) rather than executed one statement at a time. When the
+transaction ends having made nothing but buffered writes, and not too many, they commit
+as one journal row; otherwise (a large batch, or any other statement ran in between)
+they are applied to their tables, one appender flush per table, before that statement
+and before the commit. So a read inside a batch still sees the batch's rows.
+
+A lookup that misses (a pipeline a buffered or journaled write created, forgotten after
+a rollback) applies the journal and the buffer first and looks again: nothing is ever
+reported missing because it is still in the journal.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .base import StoreBase
+from . import journal
+
+# Past these, a transaction's buffered writes go straight to their tables: the journal
+# would write them twice for little gain (the per-column cost is per transaction, and
+# a transaction this large already amortizes it).
+JOURNAL_MAX_ROWS = 512
+JOURNAL_MAX_BYTES = 8 * 1024 * 1024
+
+
+class WritesMixin(StoreBase):
+    _ops: list
+    _apply_artifacts: "Callable"  # ChainsMixin's: artifacts deduplicate against the table
+
+    def _buffer(self, *ops) -> None:
+        self._ops.extend(ops)
+        self._db.pending = True
+
+    def _may_be_unsettled(self) -> bool:
+        """Whether rows may sit in the buffer or the journal rather than in the tables."""
+        return bool(self._ops) or self._db.journal is not False
+
+    def _settled_after_miss(self, con) -> bool:
+        if self._db.writable and self._may_be_unsettled():
+            self._materialize(con)
+            return True
+        return False
+
+    def _materialize(self, con) -> None:
+        """Apply the journal and the buffer now, inside the current (write) transaction."""
+        self._db.txn_cache["direct"] = self._db.txn_cache["settled"] = True
+        self._db.pending = False
+        self._settle(con)
+        self._db.journal = None  # settled, once this transaction commits
+
+    # -- hooks of the connector ------------------------------------------------------
+    def _settle(self, con) -> None:
+        """Apply every journaled operation, then this transaction's buffered ones."""
+        ops, self._ops = journal.take(con) + self._ops, []
+        self._apply(con, ops)
+
+    def _flush_pending(self, con) -> None:
+        """Apply the buffered operations (``con`` None: the transaction is void, drop them)."""
+        ops, self._ops = self._ops, []
+        if con is None:
+            for appender in self._db.conn_cache.get("appenders", {}).values():
+                appender.clear()
+            return
+        self._apply(con, ops)
+
+    def _journal_pending(self, con) -> bool:
+        """Commit the buffered operations as one journal row, if they are few enough."""
+        if len(self._ops) > JOURNAL_MAX_ROWS:
+            return False
+        payload = journal.encode(self._ops)
+        if len(payload) > JOURNAL_MAX_BYTES:
+            return False
+        journal.write(con, payload)
+        self._ops = []
+        return True
+
+    # -- applying ---------------------------------------------------------------------
+    def _apply(self, con, ops: list) -> None:
+        if not ops:
+            return
+        # An update of a row these same operations insert (a pipeline begun and completed
+        # between two settles) is folded into the insert: no UPDATE statement. A row is
+        # always inserted before it is updated, so folding keeps the order's meaning.
+        inserted = {(op[1], op[2][0], op[3][0]) for op in ops if op[0] == "insert" and op[2]}
+        patches: dict[tuple, dict] = {}
+        updates: dict[tuple, dict] = {}
+        for op in ops:
+            if op[0] == "update":
+                _, table, key_column, key, columns, values = op
+                if (table, key_column, key) in inserted:
+                    patches.setdefault((table, key), {}).update(zip(columns, values))
+                else:
+                    # a later update of the same row replaces an earlier one: completions
+                    # set every column they name
+                    updates.setdefault((table, key_column, tuple(columns)), {})[key] = values
+        inserts: dict[tuple, list] = {}
+        chained: set[str] = set()  # artifacts a chain references after their last save
+        for op in ops:
+            if op[0] != "insert":
+                continue
+            _, table, columns, values = op
+            patch = patches.get((table, values[0])) if columns else None
+            if patch:
+                row = {**dict(zip(columns, values)), **patch}
+                columns, values = tuple(row), list(row.values())
+            inserts.setdefault((table, tuple(columns) if columns else None), []).append(values)
+            if table == "artifacts":
+                chained.discard(values[0])
+            elif table == "chain_artifacts":
+                chained.add(values[1])
+        artifacts = inserts.pop(("artifacts", None), None)
+        if artifacts:  # before the chains that reference them
+            self._apply_artifacts(con, artifacts, chained)
+        appenders = self._db.conn_cache.setdefault("appenders", {})
+        for (table, columns), rows in inserts.items():
+            if (table, columns) not in appenders:
+                appenders[(table, columns)] = con.appender(table, columns=list(columns) if columns else None)
+            appender = appenders[(table, columns)]
+            for row in rows:
+                appender.append_row(*row)
+            appender.flush()
+        for (table, key_column, columns), rows in updates.items():
+            width = len(columns) + 1
+            values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(rows))
+            sets = ", ".join(f"{c} = v.{c}" for c in columns)
+            con.execute(f"UPDATE {table} SET {sets} FROM (VALUES {values}) AS v(_key, {', '.join(columns)}) "
+                        f"WHERE {table}.{key_column} = v._key",
+                        [value for key, row in rows.items() for value in (key, *row)])
+        self._db.conn_cache.pop("directions", None)
