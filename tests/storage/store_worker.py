@@ -352,13 +352,32 @@ def role_journaler(store, args: dict) -> None:
     time.sleep(600)
 
 
+def role_pipeline_journaler(store, args: dict) -> None:
+    """Pipelines recorded whole, each in one ``batch()`` (so each a journal row), with a
+    long idle window (never settled), acknowledged one by one; then it holds on until
+    the test kills it."""
+    acks = Acks(args["acks"])
+    run_id = store.begin_run("journaled pipelines")
+    for seed in range(args["first_seed"], args["first_seed"] + args["n"]):
+        with store.batch():
+            pipeline_id = store.begin_pipeline(run_id, f"p{seed}", {"seed": seed}, [], "tablet")
+            chain_id, artifact_ids = save_fitted_chain(store, pipeline_id, seed)
+            prediction_id = save_seeded_prediction(store, pipeline_id, seed, chain_id)
+            store.complete_pipeline(pipeline_id, best_val=score_of(seed), metric="rmse", duration_ms=seed)
+        acks.write("pipeline", pipeline_id, chain_id, prediction_id, seed)
+    print("written", flush=True)
+    time.sleep(600)
+
+
 def role_queuer(store, args: dict) -> dict:
     """One write, made as soon as the lock is ours: a run named after this worker."""
     store.begin_run(args["name"])
     return {"at": time.monotonic()}
 
 
-ROLES = {"journaler": role_journaler, "queuer": role_queuer, "waiter": role_waiter, "writer": role_writer, "batcher": role_batcher, "reader": role_reader, "crasher": role_crasher,
+ROLES = {"journaler": role_journaler, "pipeline_journaler": role_pipeline_journaler, "queuer": role_queuer,
+         "waiter": role_waiter, "writer": role_writer, "batcher": role_batcher, "reader": role_reader,
+         "crasher": role_crasher,
          "gc_saver": role_gc_saver, "gc_collector": role_gc_collector, "holder": role_holder,
          "fair": role_fair}
 
@@ -366,7 +385,7 @@ ROLES = {"journaler": role_journaler, "queuer": role_queuer, "waiter": role_wait
 def main() -> None:
     role, args = sys.argv[1], json.loads(sys.argv[2])
     fn = ROLES[role]
-    if role in ("writer", "batcher", "gc_saver"):
+    if role in ("writer", "batcher", "gc_saver", "pipeline_journaler"):
         fitted(0)  # import scikit-learn before the start line, not inside the timed part
     from storage import WorkspaceStore
 

@@ -16,7 +16,8 @@ import duckdb
 import numpy as np
 import pytest
 
-from storage import InvalidInputError, NotFoundError, WorkspaceStore, arrays
+from storage import InvalidInputError, NotFoundError, WorkspaceStore, arrays, writes
+from tests.storage.store_worker import fitted, probe_input, save_fitted_chain, save_seeded_prediction, score_of
 from tests.storage.test_processes import assert_prediction_content, read_acks
 
 
@@ -147,6 +148,115 @@ def test_a_hand_over_leaves_a_short_journal_and_the_reader_it_goes_to_settles_it
         assert con.execute("SELECT count(*) FROM journal").fetchall()[0][0] == 0
         settled = {r[0] for r in con.execute("SELECT prediction_id FROM predictions").fetchall()}
     assert settled == set(ids)
+
+
+def _record_pipeline(store, run_id: str, seed: int) -> tuple[str, str]:
+    """A pipeline whole in one batch: its row, two real fitted artifacts, a chain, a
+    prediction, its completion."""
+    with store.batch():
+        pipeline_id = store.begin_pipeline(run_id, f"p{seed}", {"seed": seed}, [], "tablet")
+        chain_id, _ = save_fitted_chain(store, pipeline_id, seed)
+        save_seeded_prediction(store, pipeline_id, seed, chain_id)
+        store.complete_pipeline(pipeline_id, best_val=score_of(seed), metric="rmse", duration_ms=seed)
+    return pipeline_id, chain_id
+
+
+def test_a_pipeline_recorded_in_a_batch_is_one_journal_row_and_lands_whole(kept):
+    store, _ = kept
+    run_id = store.begin_run("grid")
+    recorded = [_record_pipeline(store, run_id, seed) for seed in (1, 2, 3)]
+    con = store._db._con
+    counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+              for t in ("journal", "chains", "chain_artifacts", "artifacts")}
+    assert counts == {"journal": 3, "chains": 0, "chain_artifacts": 0, "artifacts": 0}
+
+    pipelines = store.list_pipelines(run_id=run_id)  # a read: settled first
+    assert _raw_counts(store)[0] == 0
+    assert pipelines.height == 3 and set(pipelines["status"]) == {"completed"}
+    X = probe_input()
+    for (pipeline_id, chain_id), seed in zip(recorded, (1, 2, 3)):
+        row = store.get_pipeline(pipeline_id)
+        assert (row["best_val"], row["duration_ms"], row["expanded_config"]) == (score_of(seed), seed, {"seed": seed})
+        scaler, model = fitted(seed)
+        np.testing.assert_allclose(store.replay_chain(chain_id, X), model.predict(scaler.transform(X)))
+        assert store.query_predictions(chain_id=chain_id)["val_score"].to_list() == [score_of(seed)]
+    assert store.list_artifacts()["ref_count"].to_list() == [1] * 6
+
+
+def test_a_completion_journaled_after_its_pipeline_settled_updates_the_row(kept):
+    store, _ = kept
+    run_id = store.begin_run("r")
+    ids = [store.begin_pipeline(run_id, f"p{k}", None, [], "tablet") for k in range(3)]
+    store.list_pipelines()  # the pipelines settled
+    for k, pipeline_id in enumerate(ids[:2]):
+        store.complete_pipeline(pipeline_id, best_val=float(k), best_test=None, metric="r2", duration_ms=k)
+    store.complete_pipeline(ids[0], best_val=9.0, metric="r2")  # the later completion wins
+    assert _raw_counts(store)[0] == 3
+    found = {r["pipeline_id"]: r for r in store.list_pipelines(run_id=run_id).iter_rows(named=True)}
+    assert (found[ids[0]]["status"], found[ids[0]]["best_val"], found[ids[0]]["duration_ms"]) == ("completed", 9.0, None)
+    assert (found[ids[1]]["status"], found[ids[1]]["best_val"], found[ids[1]]["metric"]) == ("completed", 1.0, "r2")
+    assert found[ids[2]]["status"] == "running" and found[ids[2]]["completed_at"] is None
+
+
+def test_a_large_batch_goes_straight_to_its_tables(kept):
+    store, pipeline_id = kept
+    with store.batch():
+        for k in range(writes.JOURNAL_MAX_ROWS):  # two operations each
+            store.save_prediction(pipeline_id, val_score=float(k), y_true=[1.0], y_pred=[2.0])
+    assert _raw_counts(store) == (0, writes.JOURNAL_MAX_ROWS, writes.JOURNAL_MAX_ROWS)
+
+
+def test_a_row_still_in_the_journal_is_found_after_a_rollback_forgot_it(kept):
+    """A failed batch drops what the connection remembered; the pipelines it knew are still
+    in the journal, not yet in their table: a write naming one settles and finds it."""
+    store, _ = kept
+    run_id = store.begin_run("r")
+    pipeline_id = store.begin_pipeline(run_id, "p", None, [], "tablet")
+    assert _raw_counts(store)[0] == 1
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.batch():
+            store.save_prediction(pipeline_id, val_score=1.0, y_true=[1.0], y_pred=[1.0])
+            raise RuntimeError("boom")
+    assert ("pipelines", pipeline_id) not in store._db.conn_cache.get("rows", {})
+    prediction_id = store.save_prediction(pipeline_id, val_score=2.0, y_true=[1.0], y_pred=[1.0])
+    assert store.get_prediction(prediction_id)["dataset_name"] == "tablet"
+    assert store.query_predictions(pipeline_id=pipeline_id)["val_score"].to_list() == [2.0]
+    with pytest.raises(NotFoundError, match="no-such-pipeline"):  # a real miss is still one
+        store.save_prediction("no-such-pipeline", val_score=2.0, y_true=[1.0], y_pred=[1.0])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_pipelines_a_killed_writer_left_in_the_journal_land_whole(tmp_path, workers):
+    ws = tmp_path / "ws"
+    WorkspaceStore(ws).close()
+    acks = tmp_path / "acks.txt"
+    writer = workers("pipeline_journaler", workspace=str(ws), acks=str(acks), first_seed=11, n=8, idle=600)
+    writer.expect("ready")
+    writer.go()
+    writer.expect("written")
+    writer.kill()  # -9, holding the workspace with every pipeline still in the journal
+    with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM journal").fetchall()[0][0] == 8
+        assert con.execute("SELECT count(*) FROM pipelines").fetchall()[0][0] == 0
+
+    acked = [line[1:] for line in read_acks(acks) if line[0] == "pipeline"]
+    assert len(acked) == 8
+    X = probe_input()
+    with WorkspaceStore(ws) as reader:
+        pipelines = {r["pipeline_id"]: r for r in reader.list_pipelines().iter_rows(named=True)}
+        assert len(pipelines) == 8
+        for pipeline_id, chain_id, prediction_id, seed in acked:
+            seed = int(seed)
+            assert pipelines[pipeline_id]["status"] == "completed"
+            assert pipelines[pipeline_id]["best_val"] == score_of(seed)
+            scaler, model = fitted(seed)
+            np.testing.assert_allclose(reader.replay_chain(chain_id, X), model.predict(scaler.transform(X)))
+            found = reader.sql("SELECT p.prediction_id, p.val_score, a.y_true, a.y_pred, a.sample_indices "
+                               "FROM predictions p JOIN prediction_arrays a USING (prediction_id) "
+                               "WHERE p.prediction_id = ?", [prediction_id]).rows()
+            assert_prediction_content(found[0][1:] if found else None, seed, prediction_id)
+        assert reader.gc_artifacts(grace=0) == 0  # every artifact is referenced by its chain
 
 
 def test_rows_another_process_deleted_are_not_remembered_across_attachments(tmp_path):
