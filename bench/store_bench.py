@@ -98,14 +98,15 @@ def bench_single_and_batch(folder: Path, full: bool) -> None:
     store = WorkspaceStore(folder / "batch")
     pipeline_id = new_pipeline(store, "batch")
     a = arrays()
-    n = 20_000
-    t = time.perf_counter()
-    with store.batch():
-        for i in range(n):
-            store.save_prediction(pipeline_id, val_score=float(i % 97), **a)
-    rate = n / (time.perf_counter() - t)
-    row(f"save_prediction inside one batch() ({n:,} rows, commit included)", f"{rate:,.0f} predictions/s",
-        ">= 20,000/s")
+    n, rates = 20_000, []
+    for _ in range(3):  # one batch is ~1 s: the machine's noise shows, so the median of three
+        t = time.perf_counter()
+        with store.batch():
+            for i in range(n):
+                store.save_prediction(pipeline_id, val_score=float(i % 97), **a)
+        rates.append(n / (time.perf_counter() - t))
+    row(f"save_prediction inside one batch() ({n:,} rows, commit included; median of 3, first)",
+        f"{statistics.median(rates):,.0f} predictions/s ({rates[0]:,.0f})", ">= 20,000/s")
     store.close()
 
 
@@ -296,8 +297,8 @@ def statement_costs(folder: Path, n: int = 600) -> str:
     pipeline_id = new_pipeline(store, "statements")
     store.close()
     con = duckdb.connect(str(folder / "statements" / "store.duckdb"))
-    preds = con.appender("predictions", columns=_PRED_COLUMNS)
-    blobs = con.appender("prediction_arrays", columns=_ARRAY_COLUMNS)
+    preds = con.appender("predictions", columns=list(_PRED_COLUMNS))
+    blobs = con.appender("prediction_arrays", columns=list(_ARRAY_COLUMNS))
     blob = A.encode("y_true", np.linspace(0.0, 1.0, 100))
 
     def values(pid: str) -> list:

@@ -43,7 +43,7 @@ class PredictionRecord:
     y_true: np.ndarray  # (n,), original dtype (string labels stay strings)
     y_pred: np.ndarray  # (n,), original dtype/labels
     y_proba: np.ndarray | None  # (n, n_classes) in `classes` order, classification only
-    sample_indices: np.ndarray  # int64 indices into the dataset the partition came from
+    sample_indices: np.ndarray  # int32 indices into the dataset the partition came from
     weights: np.ndarray | None
     scores: dict  # metric -> float | None
 

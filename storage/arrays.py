@@ -42,7 +42,7 @@ def encode(name: str, array: np.ndarray | None) -> bytes | None:
         array, kind = array.astype(str), "objstr"
     if array.dtype.hasobject or array.dtype.kind == "V":
         raise InvalidInputError(f"{name} has dtype {array.dtype}, which cannot be stored")
-    shape = ",".join(str(n) for n in array.shape)
+    shape = ",".join(map(str, array.shape))
     header = f"{array.dtype.str};{shape};{kind}\n".encode()
     return _MAGIC + header + np.ascontiguousarray(array).tobytes()
 

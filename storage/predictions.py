@@ -21,13 +21,13 @@ from .base import (LOWER_IS_BETTER, PARTITIONS, check_id, check_int, check_score
 from .errors import InvalidInputError
 from .writes import WritesMixin
 
-_PRED_COLUMNS = [
+_PRED_COLUMNS = (
     "prediction_id", "pipeline_id", "chain_id", "dataset_name", "model_name", "model_class", "fold_id",
     "partition", "val_score", "test_score", "train_score", "metric", "task_type", "n_samples",
     "n_features", "scores", "best_params", "preprocessings", "branch_id", "branch_name",
     "refit_context", "created_at", "task_run_id",
-]
-_ARRAY_COLUMNS = ["prediction_id", *arrays.ARRAY_FIELDS]
+)
+_ARRAY_COLUMNS = ("prediction_id", *arrays.ARRAY_FIELDS)
 _SCORE_COLUMNS = ("val_score", "test_score", "train_score")
 TASK_TYPES = ("regression", "classification")
 

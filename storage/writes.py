@@ -81,41 +81,30 @@ class WritesMixin(StoreBase):
     def _apply(self, con, ops: list) -> None:
         if not ops:
             return
-        # An update of a row these same operations insert (a pipeline begun and completed
-        # between two settles) is folded into the insert: no UPDATE statement. A row is
-        # always inserted before it is updated, so folding keeps the order's meaning.
-        inserted = {(op[1], op[2][0], op[3][0]) for op in ops if op[0] == "insert" and op[2]}
-        patches: dict[tuple, dict] = {}
-        updates: dict[tuple, dict] = {}
-        for op in ops:
-            if op[0] == "update":
-                _, table, key_column, key, columns, values = op
-                if (table, key_column, key) in inserted:
-                    patches.setdefault((table, key), {}).update(zip(columns, values))
-                else:
-                    # a later update of the same row replaces an earlier one: completions
-                    # set every column they name
-                    updates.setdefault((table, key_column, tuple(columns)), {})[key] = values
-        inserts: dict[tuple, list] = {}
+        inserts: dict[tuple, list] = {}  # (table, columns): rows, in first-seen order
+        updates: list = []
         chained: set[str] = set()  # artifacts a chain references after their last save
-        for op in ops:
-            if op[0] != "insert":
-                continue
-            _, table, columns, values = op
-            patch = patches.get((table, values[0])) if columns else None
-            if patch:
-                row = {**dict(zip(columns, values)), **patch}
-                columns, values = tuple(row), list(row.values())
-            inserts.setdefault((table, tuple(columns) if columns else None), []).append(values)
-            if table == "artifacts":
-                chained.discard(values[0])
-            elif table == "chain_artifacts":
-                chained.add(values[1])
+        for op in ops:  # one tight pass: a large batch has tens of thousands of operations
+            if op[0] == "insert":
+                key = (op[1], op[2])
+                group = inserts.get(key)
+                if group is None:
+                    group = inserts[key] = []
+                group.append(op[3])
+                if op[1] == "artifacts":
+                    chained.discard(op[3][0])
+                elif op[1] == "chain_artifacts":
+                    chained.add(op[3][1])
+            else:
+                updates.append(op)
+        updates = self._fold_updates(inserts, updates) if updates else {}
         artifacts = inserts.pop(("artifacts", None), None)
         if artifacts:  # before the chains that reference them
             self._apply_artifacts(con, artifacts, chained)
         appenders = self._db.conn_cache.setdefault("appenders", {})
         for (table, columns), rows in inserts.items():
+            if not rows:
+                continue  # an empty flush still costs DuckDB ~0.5 ms
             if (table, columns) not in appenders:
                 appenders[(table, columns)] = con.appender(table, columns=list(columns) if columns else None)
             appender = appenders[(table, columns)]
@@ -130,3 +119,31 @@ class WritesMixin(StoreBase):
                         f"WHERE {table}.{key_column} = v._key",
                         [value for key, row in rows.items() for value in (key, *row)])
         self._db.conn_cache.pop("directions", None)
+
+    @staticmethod
+    def _fold_updates(inserts: dict[tuple, list], ops: list) -> dict[tuple, dict]:
+        """Fold each update of a row these same operations insert (a pipeline begun and
+        completed between two settles) into the insert, so it costs no UPDATE statement;
+        return the others as {(table, key column, columns): {key: values}}, a later
+        update of a row replacing an earlier one (completions set every column they
+        name). A row is always inserted before it is updated, so folding keeps the
+        operations' meaning."""
+        patches: dict[tuple, dict] = {}
+        for _, table, key_column, key, columns, values in ops:
+            patches.setdefault((table, key_column, key), {}).update(zip(columns, values))
+        for (table, columns), rows in list(inserts.items()):
+            if not columns or not any(p[0] == table and p[1] == columns[0] for p in patches):
+                continue
+            kept = []
+            for values in rows:
+                patch = patches.pop((table, columns[0], values[0]), None)
+                if patch is None:
+                    kept.append(values)
+                    continue
+                row = {**dict(zip(columns, values)), **patch}
+                inserts.setdefault((table, tuple(row)), []).append(list(row.values()))
+            inserts[(table, columns)] = kept
+        rest: dict[tuple, dict] = {}
+        for (table, key_column, key), patch in patches.items():  # the rows not inserted here
+            rest.setdefault((table, key_column, tuple(patch)), {})[key] = list(patch.values())
+        return rest
