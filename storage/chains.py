@@ -79,18 +79,19 @@ class ChainsMixin(WritesMixin):
             artifact_id = art.sha256(data)
             ids.append(artifact_id)
             distinct.setdefault(artifact_id, (data, operator_class, artifact_type))
-        # The slow part (writing and fsyncing the bytes) happens before the lock; under it
-        # only the check, the rename and the row, so gc sees both file and row or neither.
+        # buffered: the rows join the transaction's other buffered writes, after their
+        # files are in place. Inside this thread's batch the lock is already held.
+        if self._db.batch_connection() is not None:
+            self._place_artifacts(distinct, {}, format)
+            return ids
+        # Otherwise the slow part (writing and fsyncing the bytes) happens before the lock;
+        # under it only the check, the rename and the row, so gc sees both file and row or
+        # neither.
         staged = self.files.stage_many({a: v[0] for a, v in distinct.items()
                                         if not self.files.path(a, format).exists()}, format)
         try:
-            # buffered: the rows join the transaction's other buffered writes, after their
-            # files are in place. Inside this thread's batch the lock is already held.
-            if self._db.batch_connection() is not None:
+            with self._db.writing(buffered=True):
                 self._place_artifacts(distinct, staged, format)
-            else:
-                with self._db.writing(buffered=True):
-                    self._place_artifacts(distinct, staged, format)
         finally:
             for one in staged.values():
                 one.temp.unlink(missing_ok=True)  # published ones are gone already
@@ -101,12 +102,11 @@ class ChainsMixin(WritesMixin):
         """Under the lock: the files in place (but for sound copies already there), and
         their rows buffered."""
         missing = [a for a in distinct if not self.files.is_in_place(self.files.path(a, format), a)]
-        for artifact_id in missing:
-            if artifact_id not in staged or not staged[artifact_id].temp.exists():
-                # not staged (the file was there before the lock), or we waited for the
-                # lock longer than a gc's grace and it swept our temporary as an orphan
-                staged.update(self.files.stage_many({artifact_id: distinct[artifact_id][0]}, format))
-        self.files.publish_many([staged[a] for a in missing])
+        # written here if not staged (a batch; or the file was there before the lock), or
+        # if we waited for the lock longer than a gc's grace and it swept our temporary
+        ready = [a for a in missing if a in staged and staged[a].temp.exists()]
+        self.files.place_many([staged[a] for a in ready],
+                              {a: distinct[a][0] for a in missing if a not in ready}, format)
         stamp = now()
         for artifact_id, (data, operator_class, artifact_type) in distinct.items():
             self._buffer(("insert", "artifacts", None, [
