@@ -151,12 +151,14 @@ def through_flow(config, workspace: Path, runner: str) -> tuple[float, float]:
 
     from flows.train import train
 
-    task_runner = {"2 threads": lambda: ThreadPoolTaskRunner(max_workers=2),
-                   "1 thread (the default on 2 cores)": lambda: ThreadPoolTaskRunner(max_workers=1),
-                   "2 processes": lambda: ProcessPoolTaskRunner(max_workers=2)}[runner]()
+    task_runner, processes = {
+        "2 threads, fits in the flow process (the default)": (lambda: ThreadPoolTaskRunner(max_workers=2), 0),
+        "1 thread, fits in the flow process": (lambda: ThreadPoolTaskRunner(max_workers=1), 0),
+        "2 threads, fits in 2 worker processes (processes=2)": (lambda: ThreadPoolTaskRunner(max_workers=2), 2),
+        "Prefect's ProcessPoolTaskRunner(2)": (lambda: ProcessPoolTaskRunner(max_workers=2), 0)}[runner]
     started = time.perf_counter()
-    out = train.with_options(task_runner=task_runner)(workspace=str(workspace), config=config, datasets=["tablet1"],
-                                                      export=False)
+    out = train.with_options(task_runner=task_runner())(workspace=str(workspace), config=config,
+                                                        datasets=["tablet1"], export=False, processes=processes)
     return time.perf_counter() - started, out["wall_s"]
 
 
@@ -187,14 +189,17 @@ def main() -> None:
                 print(f"  {label:<44} {seconds * 1000:8.1f} ms")
 
         work = Path(tempfile.mkdtemp(prefix="nirsflow-bench-"))
-        through_flow(grid(2), work / "warmup", "2 threads")  # imports, client, first-flow costs
+        # imports, client, first-flow costs, the worker processes' start
+        through_flow(grid(2), work / "warmup", "2 threads, fits in 2 worker processes (processes=2)")
         plain_core(grid(2), None)
         results: dict[str, list] = {}
         for r in range(args.repeats):
             results.setdefault("plain core", []).append((plain_core(config, None), None))
             results.setdefault("plain core + store", []).append((plain_core(config, work / f"core{r}"), None))
-            for runner in ("1 thread (the default on 2 cores)", "2 threads") + (("2 processes",) if args.processes else ()):
-                results.setdefault(f"train flow, folds on {runner}", []).append(
+            for runner in ("2 threads, fits in the flow process (the default)", "1 thread, fits in the flow process",
+                           "2 threads, fits in 2 worker processes (processes=2)") + (
+                               ("Prefect's ProcessPoolTaskRunner(2)",) if args.processes else ()):
+                results.setdefault(f"train flow, {runner}", []).append(
                     through_flow(config, work / f"{runner}{r}", runner))
         core = statistics.median(w for w, _ in results["plain core"])
         stored = statistics.median(w for w, _ in results["plain core + store"])
@@ -202,13 +207,13 @@ def main() -> None:
         task_runs = n * (folds + 1)
         print(f"\n{n} pipelines x {folds} folds on Tablet (400 x 597 train, 212 test), median of {args.repeats}; "
               f"{os.cpu_count()} cores")
-        print(f"  {'':<56} {'wall s':>8} {'body s':>8} {'/core':>7} {'/core+store':>12} {'ms per task run':>16}")
+        print(f"  {'':<66} {'wall s':>8} {'body s':>8} {'/core':>7} {'/core+store':>12} {'ms per task run':>16}")
         for label, values in results.items():
             wall = statistics.median(w for w, _ in values)
             inner = [b for _, b in values if b is not None]
             body = f"{statistics.median(inner):8.2f}" if inner else f"{'':8}"
             per_task = (f"{(wall - stored) / task_runs * 1000:16.1f}" if label.startswith("train") else f"{'':16}")
-            print(f"  {label:<56} {wall:8.2f} {body} {wall / core:7.2f} {wall / stored:12.2f} {per_task}")
+            print(f"  {label:<66} {wall:8.2f} {body} {wall / core:7.2f} {wall / stored:12.2f} {per_task}")
         print(f"  ({task_runs} task runs per flow: {n} pipeline tasks + {n * folds} fold tasks; 'body' excludes the "
               "flow run's own start and end)")
         shutil.rmtree(work, ignore_errors=True)

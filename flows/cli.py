@@ -109,6 +109,8 @@ def train(config: str = typer.Argument(..., help="A config file (.json/.yaml), o
           id_column: str = typer.Option("sample_id", help="Sample id column of the data files."),
           refit: bool = typer.Option(False, help="Also fit each pipeline on all training data."),
           max_pipelines: int = typer.Option(1000, help="Refuse configs that expand to more."),
+          processes: int = typer.Option(0, help="Fit folds in this many worker processes (worth it for slow "
+                                                "models; 0: in this process)."),
           as_json: bool = JsonOption) -> None:
     """Train a config on datasets through the Prefect train flow."""
     from flows.train import train as train_flow
@@ -121,7 +123,8 @@ def train(config: str = typer.Argument(..., help="A config file (.json/.yaml), o
         raise UserError(f"config file {config} does not exist")
     summary = train_flow(workspace=str(_workspace(workspace).absolute()), datasets=specs,
                          config=str(Path(config).absolute()) if is_file else None,
-                         template=None if is_file else config, refit=refit, max_pipelines=max_pipelines)
+                         template=None if is_file else config, refit=refit, max_pipelines=max_pipelines,
+                         processes=processes)
     if as_json:
         typer.echo(json.dumps(summary, default=str, indent=2))
         return

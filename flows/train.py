@@ -3,9 +3,9 @@ template), expanded by its generators, every pipeline cross-validated.
 
 Shape (numbers in tasks/training.py and bench/flow_bench.py): the run is a flow; each
 pipeline a task whose hooks mirror it in the store; each fold fit a task on the flow's
-ThreadPoolTaskRunner. A sliding window keeps the folds of the next ``window`` pipelines
-submitted while the current pipeline is gathered and recorded, so the pool stays busy
-during the store writes.
+ThreadPoolTaskRunner (its fit, optionally, in a worker process: ``nirs.parallel``). A sliding
+window keeps the folds of the next ``window`` pipelines submitted while the current
+pipeline is gathered and recorded, so the workers stay busy during the store writes.
 
 The store is written only from this process, and only through the hooks of
 ``tasks.lifecycle`` (plus one ``planned`` log entry): ``begin_run`` when the flow run
@@ -40,14 +40,17 @@ from tasks.reporting import (Progress, artifact_key, leaderboard_rows, markdown_
                              publish_leaderboard, publish_markdown, tag_flow_run)
 from tasks.training import fit_fold_task, plan_pipeline_folds, refit_plan, train_pipeline
 
-#: Fold fits run on this many threads, one core left to the flow-run thread (Prefect API
-#: calls, the hooks' store writes). Measured on 2 cores with PLS on Tablet (bench/flow_bench.py):
-#: one fold thread overlaps the store writes and is 1.05-1.21x the plain core + store
-#: (3.5-17 ms per task run, varying with the machine's load); two threads fight over the GIL
-#: and are slower (1.21-1.33x). Fits that release the GIL
-#: (large BLAS calls) gain from more: ``train.with_options(task_runner=ThreadPoolTaskRunner(n))``.
-#: A ProcessPoolTaskRunner works too (the flow pickles) but costs ~350 ms per fold task here.
-DEFAULT_WORKERS = max(1, (os.cpu_count() or 2) - 1)
+#: Fold tasks run on one thread per core. Their fits run in the flow process unless the
+#: run asks for ``processes``: worker processes (``nirs.parallel``) that fit beside each
+#: other, where threads cannot (scikit-learn holds the GIL). Measured on 2 cores
+#: (bench/flow_bench.py): for the PLS grid on Tablet (~20 ms a fit) the flow is bound by
+#: Prefect's per-task work, and two processes gain nothing while each flow-run process
+#: pays their start (~2 s); for a random-forest grid (~150 ms a fit) they cut the flow's
+#: wall time by up to a third against one fit thread (6.2-6.35 s -> 4.3-5.3 s). Prefect's
+#: ProcessPoolTaskRunner costs ~350 ms per fold task here: it runs the whole task engine
+#: in the child.
+_CORES = os.cpu_count() or 1
+DEFAULT_WORKERS = _CORES
 DEFAULT_DATASETS = ("tablet1",)
 
 
@@ -106,7 +109,8 @@ def flow_run_name() -> str:
       task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS), **run_hooks(describe_run))
 def train(workspace: str, datasets: list[Any] | None = None, config: Any = None, template: str | None = None,
           name: str | None = None, refit: bool = False, max_pipelines: int = 1000, window: int = 2,
-          lock_timeout: float = 60.0, tags: list[str] | None = None, export: bool = True) -> dict:
+          lock_timeout: float = 60.0, tags: list[str] | None = None, export: bool = True,
+          processes: int = 0) -> dict:
     """Train every pipeline of ``config`` (or library ``template``) on every dataset.
 
     datasets: built-in names ("tablet1", "tablet2", "coffee") or file specs (see
@@ -114,6 +118,8 @@ def train(workspace: str, datasets: list[Any] | None = None, config: Any = None,
     pipeline on all training data (replay then uses that model). window: how many
     pipelines' folds are in flight at once. lock_timeout: seconds to wait for the
     workspace lock before a store write fails (and the run is failed, not completed).
+    processes: worker processes for the fold fits (0, the default: fit in this process);
+    worth it when a fit takes much longer than Prefect's few ms per task.
     """
     started = time.perf_counter()
     book = current_book()
@@ -130,6 +136,7 @@ def train(workspace: str, datasets: list[Any] | None = None, config: Any = None,
         raise ConfigError(f"dataset names must be unique in a run, got {[s['name'] for s in specs]}")
 
     loaded = {spec["name"]: load_dataset(spec, spec_label=spec["name"]) for spec in specs}
+    fit_processes = max(0, int(processes))
 
     work = []
     for spec in specs:
@@ -162,14 +169,15 @@ def train(workspace: str, datasets: list[Any] | None = None, config: Any = None,
             return label, [], None, exc
         futures = []
         for plan in plans:
-            future = fit_fold_task.submit(f"{label} · {plan.fold_id}", train_set, p, plan, test=test_set)
+            future = fit_fold_task.submit(f"{label} · {plan.fold_id}", train_set, p, plan, test=test_set,
+                                          processes=fit_processes)
             entry.fold_task_runs[plan.fold_id] = str(future.task_run_id)
             book.note_task_run(future.task_run_id, entry.key)
             futures.append(future)
         refit_future = None
         if refit:
             refit_future = fit_fold_task.submit(f"{label} · refit", train_set, p, refit_plan(train_set),
-                                                test=test_set)
+                                                test=test_set, processes=fit_processes)
             entry.fold_task_runs["refit"] = str(refit_future.task_run_id)
             book.note_task_run(refit_future.task_run_id, entry.key)
         return label, futures, refit_future, None

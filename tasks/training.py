@@ -4,8 +4,9 @@ Shape, chosen on numbers measured on this machine (Prefect 3.9.1, local server; 
 bench/flow_bench.py): a synchronous subflow costs ~1.37 s (~0.27 s even with flow
 heartbeats switched off), async subflows gathered ~1.6 s each, a task 4-10 ms. So a
 pipeline is a *task* whose state hooks mirror it in the store (``tasks.lifecycle``), and
-each fold fit is a task submitted to the flow's ThreadPoolTaskRunner, so folds run in
-parallel while the flow-run process stays the only writer of the store.
+each fold fit is a task submitted to the flow's ThreadPoolTaskRunner (its fit, when the
+run asks, in a worker process: ``nirs.parallel``; the fits hold the GIL, so threads alone
+cannot run two at once), while the flow-run process stays the only writer of the store.
 
 Caching and results, on purpose:
 
@@ -26,6 +27,7 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from nirs.parallel import fold_pool
 from nirs.training import FoldPlan, assemble_trace, fit_fold, plan_folds
 from tasks.lifecycle import StoreWriteError, current_book
 
@@ -33,9 +35,15 @@ __all__ = ["fit_fold_task", "train_pipeline", "plan_pipeline_folds", "refit_plan
 
 
 @task(name="fold", task_run_name="{label}", cache_policy=NO_CACHE, persist_result=False)
-def fit_fold_task(label: str, dataset, pipeline, plan: FoldPlan, test=None):
-    """Fit one fold (or the refit on all training data); returns a picklable FoldResult."""
-    return fit_fold(dataset, pipeline, plan, test=test)
+def fit_fold_task(label: str, dataset, pipeline, plan: FoldPlan, test=None, processes: int = 0):
+    """Fit one fold (or the refit on all training data); returns a picklable FoldResult.
+    With ``processes``, the fit runs in one of that many worker processes
+    (``nirs.parallel``) while this task's thread waits: the task, its states and its
+    logs stay in the flow-run process, only the numbers move."""
+    pool = fold_pool(processes)
+    if pool is None:
+        return fit_fold(dataset, pipeline, plan, test=test)
+    return pool.fit(dataset, pipeline, plan, test=test)
 
 
 @task(name="pipeline", task_run_name="{label}", cache_policy=NO_CACHE, persist_result=False)

@@ -151,6 +151,25 @@ def test_the_train_flow_runs_its_folds_on_a_process_pool_too(prefect_server, wor
         assert run["status"] == "completed" and run["summary"]["counts"]["completed"] == 2
 
 
+def test_fits_in_worker_processes_store_the_same_chains_as_fits_in_the_flow(prefect_server, tmp_path):
+    """``processes=2``: the fold tasks stay in the flow process, their fits move to workers;
+    what lands in the store is the same, number for number."""
+    test_X = np.random.default_rng(0).normal(3.0, 0.3, (5, 597))
+    replayed = {}
+    for processes in (0, 2):
+        ws = tmp_path / f"ws{processes}"
+        state = train(workspace=str(ws), config=GRID_2, export=False, processes=processes, return_state=True)
+        assert state.is_completed(), state.message
+        with WorkspaceStore(ws) as store:
+            pipes = store.list_pipelines().sort("name")
+            assert set(pipes["status"]) == {"completed"}
+            chains = [store.get_chains_for_pipeline(p)["chain_id"][0] for p in pipes["pipeline_id"]]
+            replayed[processes] = ([store.replay_chain(c, test_X) for c in chains], pipes["best_val"].to_list())
+    for a, b in zip(replayed[0][0], replayed[2][0]):
+        np.testing.assert_array_equal(a, b)
+    assert replayed[0][1] == replayed[2][1]
+
+
 def test_a_workspace_that_cannot_be_opened_fails_the_flow_with_the_store_error(prefect_server, tmp_path):
     not_a_folder = tmp_path / "ws"
     not_a_folder.write_text("oops")
