@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 from storage import WorkspaceStore
 from storage.chain_builder import ChainBuilder, best_scores, save_trace_predictions
+from tasks.signals import raise_swallowed
 
 log = logging.getLogger("nirsflow.lifecycle")
 
@@ -164,6 +165,9 @@ class RunBook:
             self.by_task_run[str(task_run_id)] = key
 
     def store_failed(self, where: str, exc: BaseException) -> str:
+        # a SIGTERM that DuckDB swallowed mid-statement is not a store failure: the
+        # termination goes on (tasks/signals.py)
+        raise_swallowed(exc)
         message = f"{where}: {describe_exception(exc)}"
         self.store_errors.append(message)
         return message

@@ -187,3 +187,49 @@ def test_two_trainings_and_a_gc_in_three_processes_on_one_workspace(prefect_serv
     with WorkspaceStore(workspace) as store:
         for chain_id in chains:
             assert store.replay_chain(chain_id, test.X, test.wavelengths).shape == (test.n_samples,)
+
+
+SWALLOWING_FLOW = """
+    import sys
+    from prefect import flow
+    from storage import WorkspaceStore
+    from tasks.signals import raise_swallowed
+
+    @flow(name="long-statement", persist_result=False)
+    def long_statement(workspace: str):
+        store = WorkspaceStore(workspace)
+        with store._db.reading() as con:
+            print("statement", flush=True)
+            try:  # a statement long enough for the signal to land inside DuckDB
+                con.execute("SELECT count(*) FROM range(200000000000)").fetchall()
+            except Exception as exc:
+                print(f"duckdb raised {{type(exc).__name__}}: {{exc}}", flush=True)
+                raise_swallowed(exc)
+                raise
+        return "went on"
+
+    state = long_statement({workspace!r}, return_state=True)
+    print(f"state {{state.type.value}} {{state.message}}", flush=True)
+"""
+
+
+def test_a_sigterm_that_duckdb_swallowed_mid_statement_still_crashes_the_flow(prefect_server, prefect_client,
+                                                                              tmp_path):
+    """DuckDB runs Prefect's SIGTERM handler inside a statement and reports its exception
+    as "Query interrupted"; tasks/signals.py raises the termination again."""
+    log_path = tmp_path / "flow.log"
+    proc = start_flow_process(prefect_server, SWALLOWING_FLOW.format(workspace=str(tmp_path / "ws")), log_path)
+    try:
+        wait_for(lambda: "statement" in log_path.read_text(), 120, "the long statement to start")
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    log = log_path.read_text()
+    assert "duckdb raised RuntimeError: Query interrupted" in log, log[-3000:]
+    assert "went on" not in log and "state COMPLETED" not in log and "state FAILED" not in log, log[-3000:]
+    runs = prefect_client.read_flow_runs()
+    crashed = [r for r in runs if r.name and r.state and r.state.type.value == "CRASHED"
+               and r.flow_id and prefect_client.read_flow(r.flow_id).name == "long-statement"]
+    assert crashed, [(r.name, r.state.type.value if r.state else None) for r in runs]
