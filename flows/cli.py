@@ -121,6 +121,11 @@ def train(config: str = typer.Argument(..., help="A config file (.json/.yaml), o
     is_file = Path(config).suffix.lower() in (".json", ".yaml", ".yml")
     if is_file and not Path(config).exists():
         raise UserError(f"config file {config} does not exist")
+    if processes > 0:  # as many fold threads as worker processes, to keep them all busy
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        from flows.train import DEFAULT_WORKERS
+        train_flow = train_flow.with_options(task_runner=ThreadPoolTaskRunner(max(processes, DEFAULT_WORKERS)))
     summary = train_flow(workspace=str(_workspace(workspace).absolute()), datasets=specs,
                          config=str(Path(config).absolute()) if is_file else None,
                          template=None if is_file else config, refit=refit, max_pipelines=max_pipelines,

@@ -40,17 +40,18 @@ from tasks.reporting import (Progress, artifact_key, leaderboard_rows, markdown_
                              publish_leaderboard, publish_markdown, tag_flow_run)
 from tasks.training import fit_fold_task, plan_pipeline_folds, refit_plan, train_pipeline
 
-#: Fold tasks run on one thread per core. Their fits run in the flow process unless the
-#: run asks for ``processes``: worker processes (``nirs.parallel``) that fit beside each
-#: other, where threads cannot (scikit-learn holds the GIL). Measured on 2 cores
-#: (bench/flow_bench.py): for the PLS grid on Tablet (~20 ms a fit) the flow is bound by
-#: Prefect's per-task work, and two processes gain nothing while each flow-run process
-#: pays their start (~2 s); for a random-forest grid (~150 ms a fit) they cut the flow's
-#: wall time by up to a third against one fit thread (6.2-6.35 s -> 4.3-5.3 s). Prefect's
-#: ProcessPoolTaskRunner costs ~350 ms per fold task here: it runs the whole task engine
-#: in the child.
-_CORES = os.cpu_count() or 1
-DEFAULT_WORKERS = _CORES
+#: Fold tasks run on ``cores - 1`` threads, one core left to the flow-run thread (Prefect
+#: API calls, the hooks' store writes); their fits run in the flow process unless the run
+#: asks for ``processes``. Measured on 2 cores (bench/flow_bench.py, PLS grid on Tablet,
+#: ~20 ms a fit): one fold thread 5.3 s, two threads 7.3 s (they fight over the GIL:
+#: scikit-learn holds it), two threads feeding two worker processes 6.4 s; the flow is
+#: bound by Prefect's per-task work. Worker processes (``nirs.parallel``) pay off for slow
+#: fits: a random-forest grid (~150 ms a fit) ran in 4.3-5.3 s instead of 6.2-6.35 s.
+#: They need as many fold threads as processes:
+#: ``train.with_options(task_runner=ThreadPoolTaskRunner(n))(..., processes=n)``, which is
+#: what ``nirsflow train --processes n`` runs. Prefect's ProcessPoolTaskRunner costs
+#: ~350 ms per fold task here: it runs the whole task engine in the child.
+DEFAULT_WORKERS = max(1, (os.cpu_count() or 2) - 1)
 DEFAULT_DATASETS = ("tablet1",)
 
 

@@ -140,7 +140,9 @@ def test_train_a_config_file_on_a_data_file_through_the_flow(tmp_path):
     config.write_text("pipeline:\n  - SNV\n  - split: {class: KFold, params: {n_splits: 3}}\n"
                       "  - model: {class: PLSRegression, params: {n_components: {_range_: [2, 4, 2]}}}\n")
     ws = tmp_path / "ws"
-    done = run_cli("train", str(config), str(data), "--target", "content", "-w", str(ws), "--json")
+    # --processes: the fits in two worker processes, fed by two fold threads
+    done = run_cli("train", str(config), str(data), "--target", "content", "-w", str(ws), "--json",
+                   "--processes", "2")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout[done.stdout.index("{"):])
     assert summary["counts"]["completed"] == 2 and summary["best"]["dataset"] == "wheat"
