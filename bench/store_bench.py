@@ -244,7 +244,8 @@ def bench_top_and_open(folder: Path, n: int) -> None:
 # counted as the own time of the Python function that called it.
 _DUCKDB_INSIDE = {
     "_journal_pending": "DuckDB: INSERT of the one-column journal row",
-    "_call": "DuckDB: BEGIN + COMMIT (WAL write + fsync); the call's bookkeeping",
+    "_call": "DuckDB: BEGIN TRANSACTION; the call's bookkeeping",
+    "_commit": "DuckDB: COMMIT (WAL write + fsync)",
     "_settle": "DuckDB: the journal settled at release (read, delete, appenders)",
     "_buffer_prediction": "a cached dict lookup (the pipeline checked once per connection)",
 }
