@@ -87,9 +87,13 @@ def grid_case(workspace: Path, n_pipelines: int) -> list[tuple[str, str, str]]:
               {"model": {"class": "PLSRegression", "params": {"n_components": {"_range_": [1, 10]}}}}]
     pipelines = expand(config)[:n_pipelines]
     fit_time = store_time = 0.0
-    started = time.perf_counter()
     with WorkspaceStore(workspace) as store:
+        # the workspace exists before the grid (its creation, ~40 ms, is not the grid's);
+        # everything the grid asks of the store counts, from begin_run to the final settle
+        store.release()
+        started = time.perf_counter()
         run_id = store.begin_run("grid")
+        store_time += time.perf_counter() - started
         for pipeline in pipelines:
             t = time.perf_counter()
             trace = fit_pipeline(train, pipeline, test=test)
@@ -102,9 +106,9 @@ def grid_case(workspace: Path, n_pipelines: int) -> list[tuple[str, str, str]]:
         t = time.perf_counter()
         store.release()
         store_time += time.perf_counter() - t
+        total = time.perf_counter() - started
         n_artifacts = store.list_artifacts().height
         n_predictions = store.query_predictions().height
-    total = time.perf_counter() - started
     return [
         (f"{len(pipelines)}-pipeline grid on Tablet (5-fold, with test)", f"{total:.1f} s", ""),
         ("  fitting (training core)", f"{fit_time:.1f} s", ""),
