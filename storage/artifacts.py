@@ -91,15 +91,9 @@ class ArtifactFiles:
     def stage_many(self, items: dict[str, bytes], format: str) -> dict[str, StagedFile]:
         """``stage`` for several artifacts side by side: their fsyncs overlap instead of
         queueing (6 files: ~1.1 ms instead of ~2.2 ms here). On any failure, none stays."""
-        if len(items) < 2:
-            return {a: self.stage(a, format, data) for a, data in items.items()}
-        futures = {a: _io_pool().submit(self.stage, a, format, data) for a, data in items.items()}
-        staged, failure = {}, None
-        for artifact_id, future in futures.items():
-            try:
-                staged[artifact_id] = future.result()
-            except BaseException as exc:  # noqa: BLE001 - the first one is raised below
-                failure = failure or exc
+        keys = list(items)
+        results, failure = _side_by_side([(self.stage, (a, format, items[a])) for a in keys])
+        staged = {a: done for a, done in zip(keys, results) if done is not None}
         if failure is not None:
             for done in staged.values():
                 done.temp.unlink(missing_ok=True)
@@ -126,15 +120,10 @@ class ArtifactFiles:
             finally:
                 one.temp.unlink(missing_ok=True)
 
-        jobs = [(self.publish, (one,)) for one in staged] + [(write, item) for item in fresh.items()]
-        if len(jobs) < 2:
-            for fn, args in jobs:
-                fn(*args)
-            return
-        futures = [_io_pool().submit(fn, *args) for fn, args in jobs]
-        failures = [f.exception() for f in futures if f.exception() is not None]
-        if failures:
-            raise failures[0]
+        _, failure = _side_by_side([(self.publish, (one,)) for one in staged] +
+                                   [(write, item) for item in fresh.items()])
+        if failure is not None:
+            raise failure
 
     def is_in_place(self, path: Path, artifact_id: str) -> bool:
         """Whether a sound copy of the artifact is at `path`: hashed again unless this
@@ -209,6 +198,24 @@ def _io_pool() -> ThreadPoolExecutor:
     if _POOL is None or _POOL[0] != os.getpid():
         _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=8, thread_name_prefix="nirsflow-fsync"))
     return _POOL[1]
+
+
+def _side_by_side(jobs: list[tuple[Any, tuple]]) -> tuple[list, BaseException | None]:
+    """Run ``fn(*args)`` for every job, on the I/O threads when there are several, and
+    wait for all: their results (None where one failed) and the first failure."""
+    if len(jobs) < 2:
+        results, failure = [], None
+        for fn, args in jobs:
+            try:
+                results.append(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - returned to the caller, which raises it
+                results.append(None)
+                failure = failure or exc
+        return results, failure
+    futures = [_io_pool().submit(fn, *args) for fn, args in jobs]
+    failures = [f.exception() for f in futures]  # waits for each
+    return ([None if exc is not None else f.result() for f, exc in zip(futures, failures)],
+            next((exc for exc in failures if exc is not None), None))
 
 
 def file_sha256(path: Path) -> str:

@@ -131,7 +131,6 @@ class StoreBase:
                 row = first(con.execute(sql, [value]))
             if row is None:
                 raise NotFoundError(table.rstrip("s"), value, self.path)
-            known = self._db.conn_cache.setdefault("rows", {})
             if table in ("runs", "pipelines"):
                 known[(table, value)] = row[:2]  # ids only: statuses change
         return row
@@ -147,7 +146,6 @@ class StoreBase:
                 row = first(con.execute(sql, [value]))
             if row is None:
                 raise NotFoundError(table.rstrip("s"), value, self.path)
-            known = self._db.conn_cache.setdefault("rows", {})
             known[(table, value, column)] = row[0]
         return known[(table, value, column)]
 

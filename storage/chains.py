@@ -128,17 +128,9 @@ class ChainsMixin(WritesMixin):
         # first time it converts Python objects, here under the exclusive lock) and two
         # cheap statements: an upsert through a staging table cost 5-6 ms a flush.
         ids = list(by_id)
-        existing = {r[0] for r in con.execute(
-            "SELECT artifact_id FROM artifacts WHERE list_contains(?, artifact_id)", [ids]).fetchall()}
-        fresh = [row for artifact_id, row in by_id.items() if artifact_id not in existing]
-        if fresh:
-            appenders = self._db.conn_cache.setdefault("appenders", {})
-            if ("artifacts", None) not in appenders:
-                appenders[("artifacts", None)] = con.appender("artifacts")
-            appender = appenders[("artifacts", None)]
-            for row in fresh:
-                appender.append_row(*row)
-            appender.flush()
+        existing = self._stored_artifacts(con, ids)
+        self._append_rows(con, "artifacts", None,
+                          [row for artifact_id, row in by_id.items() if artifact_id not in existing])
         renew = sorted(existing - chained)
         if renew:
             # A save that found its artifact already stored renews its grace period,
@@ -242,11 +234,16 @@ class ChainsMixin(WritesMixin):
         unchecked = sorted(a for a in ids if ("artifacts", a, "artifact_id") not in remembered)
         if not unchecked:
             return []
-        known = {r[0] for r in con.execute("SELECT artifact_id FROM artifacts WHERE list_contains(?, artifact_id)",
-                                           [unchecked]).fetchall()}
+        known = self._stored_artifacts(con, unchecked)
         for artifact_id in known:
             self._remember("artifacts", artifact_id, "artifact_id", artifact_id)
         return sorted(set(unchecked) - known)
+
+    @staticmethod
+    def _stored_artifacts(con, ids: list[str]) -> set[str]:
+        """Which of `ids` have a row in ``artifacts``."""
+        return {r[0] for r in con.execute("SELECT artifact_id FROM artifacts WHERE list_contains(?, artifact_id)",
+                                          [ids]).fetchall()}
 
     def get_chain(self, chain_id: str) -> dict:
         check_id("chain", chain_id)

@@ -198,10 +198,7 @@ class Connector:
                     self.txn_cache["direct"] = True
                     if (self.journal is not False and self._mode == "exclusive"
                             and self.settle is not None and not self.txn_cache.get("settled")):
-                        self.journal = None  # until this transaction commits
-                        self.pending = False
-                        self.settle(con)
-                        self.txn_cache["settled"] = True
+                        self.settle_in_transaction(con)
                     elif self.pending:
                         self._flush(con)
                 yield con
@@ -212,7 +209,6 @@ class Connector:
                             self.txn_cache["journal_only"] = True
                             self.journal, self.journaled = True, self.journaled + 1
                         else:
-                            self.txn_cache["direct"] = True
                             self.flush(con)
                     self._commit(con)
                     settled = self.txn_cache.get("settled", False)
@@ -238,6 +234,14 @@ class Connector:
                 if outermost:
                     self._owner = None
                     self._after_call()
+
+    def settle_in_transaction(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Apply the journal, then what this transaction buffered, inside the open write
+        transaction (before a statement of its own, or after a lookup missed)."""
+        self.txn_cache["direct"] = self.txn_cache["settled"] = True
+        self.journal = None  # until this transaction commits
+        self.pending = False
+        self.settle(con)
 
     def after_commit(self, action: Callable[[], None]) -> None:
         """Run `action` once the current transaction commits, still under the lock

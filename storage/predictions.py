@@ -126,7 +126,7 @@ class PredictionsMixin(WritesMixin):
 
     def _check_new_prediction_id(self, con, prediction_id: str) -> None:
         if self._may_be_unsettled():
-            self._materialize(con)  # rare (ids are the store's own uuid4s): look in the tables
+            self._db.settle_in_transaction(con)  # rare (ids are the store's own uuid4s): look in the tables
         if first(con.execute("SELECT 1 FROM predictions WHERE prediction_id = ?", [prediction_id])):
             raise InvalidInputError(f"prediction id {prediction_id!r} is already used")
 

@@ -40,16 +40,9 @@ class WritesMixin(StoreBase):
 
     def _settled_after_miss(self, con) -> bool:
         if self._db.writable and self._may_be_unsettled():
-            self._materialize(con)
+            self._db.settle_in_transaction(con)
             return True
         return False
-
-    def _materialize(self, con) -> None:
-        """Apply the journal and the buffer now, inside the current (write) transaction."""
-        self._db.txn_cache["direct"] = self._db.txn_cache["settled"] = True
-        self._db.pending = False
-        self._settle(con)
-        self._db.journal = None  # settled, once this transaction commits
 
     # -- hooks of the connector ------------------------------------------------------
     def _settle(self, con) -> None:
@@ -101,16 +94,8 @@ class WritesMixin(StoreBase):
         artifacts = inserts.pop(("artifacts", None), None)
         if artifacts:  # before the chains that reference them
             self._apply_artifacts(con, artifacts, chained)
-        appenders = self._db.conn_cache.setdefault("appenders", {})
         for (table, columns), rows in inserts.items():
-            if not rows:
-                continue  # an empty flush still costs DuckDB ~0.5 ms
-            if (table, columns) not in appenders:
-                appenders[(table, columns)] = con.appender(table, columns=list(columns) if columns else None)
-            appender = appenders[(table, columns)]
-            for row in rows:
-                appender.append_row(*row)
-            appender.flush()
+            self._append_rows(con, table, columns, rows)
         for (table, key_column, columns), rows in updates.items():
             width = len(columns) + 1
             values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(rows))
@@ -119,6 +104,19 @@ class WritesMixin(StoreBase):
                         f"WHERE {table}.{key_column} = v._key",
                         [value for key, row in rows.items() for value in (key, *row)])
         self._db.conn_cache.pop("directions", None)
+
+    def _append_rows(self, con, table: str, columns: tuple | None, rows: list) -> None:
+        """Rows into `table` through this connection's appender for those columns (None:
+        the table's order): no SQL per row."""
+        if not rows:
+            return  # an empty flush still costs DuckDB ~0.5 ms
+        appenders = self._db.conn_cache.setdefault("appenders", {})
+        if (table, columns) not in appenders:
+            appenders[(table, columns)] = con.appender(table, columns=list(columns) if columns else None)
+        appender = appenders[(table, columns)]
+        for row in rows:
+            appender.append_row(*row)
+        appender.flush()
 
     @staticmethod
     def _fold_updates(inserts: dict[tuple, list], ops: list) -> dict[tuple, dict]:
