@@ -29,6 +29,17 @@ def _raw_counts(store: WorkspaceStore) -> tuple[int, int, int]:
                  for table in ("journal", "predictions", "prediction_arrays"))
 
 
+def _killed_after_writing(writer, ws, table: str) -> dict[str, int]:
+    """Let a worker write, kill it (-9) while it holds the workspace with everything still
+    in the journal, and count the rows of ``journal`` and `table` as the file holds them."""
+    writer.expect("ready")
+    writer.go()
+    writer.expect("written")
+    writer.kill()
+    with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ("journal", table)}
+
+
 @pytest.fixture
 def kept(tmp_path):
     """A store whose connection stays open (no other process waits, a long idle window)."""
@@ -105,15 +116,9 @@ def test_a_writer_killed_with_unsettled_rows_loses_none_and_the_next_reader_sett
     with WorkspaceStore(ws) as store:
         pipeline_id = store.begin_pipeline(store.begin_run("r"), "p", None, [], "tablet")
     acks = tmp_path / "acks.txt"
-    writer = workers("journaler", workspace=str(ws), acks=str(acks), pipeline_id=pipeline_id,
-                     first_seed=100, n=25, idle=600)
-    writer.expect("ready")
-    writer.go()
-    writer.expect("written")
-    writer.kill()  # -9, holding the workspace with every row still in the journal
-    with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM journal").fetchall()[0][0] == 25
-        assert con.execute("SELECT count(*) FROM predictions").fetchall()[0][0] == 0
+    counts = _killed_after_writing(workers("journaler", workspace=str(ws), acks=str(acks), pipeline_id=pipeline_id,
+                                           first_seed=100, n=25, idle=600), ws, "predictions")
+    assert counts == {"journal": 25, "predictions": 0}
 
     t0 = time.monotonic()
     reader = WorkspaceStore(ws)
@@ -231,14 +236,9 @@ def test_pipelines_a_killed_writer_left_in_the_journal_land_whole(tmp_path, work
     ws = tmp_path / "ws"
     WorkspaceStore(ws).close()
     acks = tmp_path / "acks.txt"
-    writer = workers("pipeline_journaler", workspace=str(ws), acks=str(acks), first_seed=11, n=8, idle=600)
-    writer.expect("ready")
-    writer.go()
-    writer.expect("written")
-    writer.kill()  # -9, holding the workspace with every pipeline still in the journal
-    with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM journal").fetchall()[0][0] == 8
-        assert con.execute("SELECT count(*) FROM pipelines").fetchall()[0][0] == 0
+    counts = _killed_after_writing(workers("pipeline_journaler", workspace=str(ws), acks=str(acks), first_seed=11,
+                                           n=8, idle=600), ws, "pipelines")
+    assert counts == {"journal": 8, "pipelines": 0}
 
     acked = [line[1:] for line in read_acks(acks) if line[0] == "pipeline"]
     assert len(acked) == 8
