@@ -20,18 +20,15 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from flows.server import start_local_server  # noqa: E402 - after the path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -44,29 +41,6 @@ def grid(n_pipelines: int) -> list:
     components = list(range(4, 4 + 2 * max(1, n_pipelines // len(GRID_PREPROCESSING)), 2))
     return [{"_or_": GRID_PREPROCESSING}, "StandardScaler",
             {"model": {"class": "PLSRegression", "params": {"n_components": {"_or_": components}}}}]
-
-
-def start_server() -> tuple[subprocess.Popen, str, float, Path]:
-    home = Path(tempfile.mkdtemp(prefix="nirsflow-bench-prefect-"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.update({"PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false"})
-    started = time.perf_counter()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError("the Prefect server did not start")
-            time.sleep(0.25)
-    return proc, url, time.perf_counter() - started, home
 
 
 def unit_costs(n: int = 10) -> list[tuple[str, float]]:
@@ -175,9 +149,10 @@ def main() -> None:
     if os.environ.get("PREFECT_API_URL"):
         print(f"Prefect server: already running at {os.environ['PREFECT_API_URL']}")
     else:
-        server, url, startup, home = start_server()
-        os.environ["PREFECT_API_URL"] = url
-        print(f"Prefect server start-up (one-time, not counted below): {startup:.1f} s")
+        server = start_local_server(Path(tempfile.mkdtemp(prefix="nirsflow-bench-prefect-")))
+        os.environ["PREFECT_API_URL"] = server.url
+        print(f"Prefect server start-up (one-time, not counted below): {server.startup_s:.1f} s "
+              "(with nirsflow's settings, flows/server.py)")
     try:
         from nirs.config import count_pipelines
 
@@ -219,9 +194,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     finally:
         if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
-            shutil.rmtree(home, ignore_errors=True)
+            server.stop(timeout=30)
+            shutil.rmtree(server.home, ignore_errors=True)
 
 
 if __name__ == "__main__":

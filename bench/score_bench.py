@@ -23,53 +23,22 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from flows.server import start_local_server  # noqa: E402 - after the path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 CONFIG = ["SNV", "StandardScaler",
           {"split": {"class": "KFold", "params": {"n_splits": 5, "shuffle": True, "random_state": 0}}},
           {"model": {"class": "PLSRegression", "params": {"n_components": 8}}}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(home: Path) -> tuple[subprocess.Popen, str, float]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
-                "PREFECT_UI_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"})
-    started = time.perf_counter()
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url, time.perf_counter() - started
-        except OSError:
-            pass
-        if proc.poll() is not None or time.perf_counter() - started > 180:
-            raise RuntimeError(f"Prefect server did not start; see {home / 'server.log'}")
-        time.sleep(0.3)
 
 
 def build_workspace(workspace: Path) -> str:
@@ -201,8 +170,9 @@ def main() -> None:
             rows.append(("Prefect server", f"already running at {url}"))
         else:
             (scratch / "prefect").mkdir()
-            server, url, startup = start_server(scratch / "prefect")
-            rows.append(("Prefect server start-up (one time, not in the figures below)", f"{startup:.1f} s"))
+            server = start_local_server(scratch / "prefect")
+            url = server.url
+            rows.append(("Prefect server start-up (one time, not in the figures below)", f"{server.startup_s:.1f} s"))
         os.environ["PREFECT_API_URL"] = url
 
         workspace = scratch / "ws"
@@ -276,8 +246,7 @@ def main() -> None:
         except Exception:  # noqa: BLE001
             pass
         if server is not None:
-            os.killpg(server.pid, 15)
-            server.wait(timeout=30)
+            server.stop(timeout=30)
         if args.keep:
             print(f"kept {scratch}")
         else:

@@ -16,10 +16,12 @@ from typing import Any, Callable
 
 import typer
 
-# Offline by default: the ephemeral Prefect server would otherwise try to send telemetry
-# and log an error for every run on a machine without internet. Set them to override.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+from flows.server import SERVER_SETTINGS, apply_server_settings
+
+# Offline by default (the temporary Prefect server would otherwise try to send telemetry
+# and log an error for every run on a machine without internet), and that server records
+# task runs in batches (flows/server.py). Set any of them to override.
+apply_server_settings()
 
 app = typer.Typer(help="NIRS model workspaces run by Prefect.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -192,6 +194,23 @@ def serve(config: Path = typer.Option(None, help="Deployments config [default: d
     module = runpy.run_path(str(script))
     args = (["check"] if check else []) + ([str(config)] if config else [])
     raise typer.Exit(module["main"](args))
+
+
+@app.command()
+def server(port: int = typer.Option(4200, help="Port on 127.0.0.1."),
+           home: Path = typer.Option(None, help="PREFECT_HOME for the server's database [default: Prefect's]")) -> None:
+    """Start a Prefect server with its UI on 127.0.0.1, set up for training grids (task runs
+    recorded in batches, offline): `prefect server start` with nirsflow's settings."""
+    env = dict(os.environ)
+    if home is not None:
+        env["PREFECT_HOME"] = str(home.resolve())
+    for name, value in SERVER_SETTINGS.items():
+        env.setdefault(name, value)
+    env.setdefault("PREFECT_UI_API_URL", f"http://127.0.0.1:{port}/api")  # the UI finds its API on any port
+    typer.echo(f"Prefect server with its UI on http://127.0.0.1:{port}; clients need "
+               f"PREFECT_API_URL=http://127.0.0.1:{port}/api")
+    prefect = Path(sys.executable).parent / "prefect"
+    os.execve(str(prefect), [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env)
 
 
 @app.command(name="import")

@@ -4,20 +4,18 @@ run flows in other OS processes against it.
 A real server rather than ``prefect_test_harness``: several tests run flows in
 subprocesses (SIGTERM, SIGKILL, three processes on one workspace), and those need an API
 URL they can reach. The server gets its own PREFECT_HOME and SQLite file in a temporary
-folder, so nothing of the developer's own Prefect is touched.
+folder, so nothing of the developer's own Prefect is touched, and nirsflow's server
+settings (``flows.server``), as a lab's server would.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +29,6 @@ GRID_2 = [{"_or_": ["SNV", None]}, SPLIT, {"model": {"class": "PLSRegression", "
 OTHER_GRID = [SPLIT, "MSC", {"model": {"class": "PLSRegression", "params": {"n_components": 4}}}]
 # The second alternative fails inside scikit-learn: 900 components > 597 wavelengths.
 GRID_WITH_FAILURE = [SPLIT, {"model": {"class": "PLSRegression", "params": {"n_components": {"_or_": [6, 900]}}}}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -73,30 +65,12 @@ def _drain_prefect_workers() -> None:
 def prefect_server(tmp_path_factory):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from flows.server import server_environment, start_local_server
+
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
-                "PREFECT_UI_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"})
-    log = open(home / "server.log", "w")
-    prefect_cli = Path(sys.executable).parent / "prefect"
-    proc = subprocess.Popen([str(prefect_cli), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"the Prefect server did not start; see {home / 'server.log'}:\n"
-                               + (home / "server.log").read_text()[-3000:])
-        time.sleep(0.5)
+    server = start_local_server(home, timeout=120)
+    url = server.url
+    env = server_environment(home)
     client_env = {**env, "PREFECT_API_URL": url}
     client_env.pop("PREFECT_API_DATABASE_CONNECTION_URL")
     client_env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
@@ -116,13 +90,7 @@ def prefect_server(tmp_path_factory):
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = old
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        server.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,70 @@
+"""The Prefect server settings nirsflow runs with (flows/server.py): batched task-run
+recording, offline, on every server nirsflow starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from flows.server import SERVER_SETTINGS, apply_server_settings, free_port
+from tests.flows.conftest import REPO
+
+
+def _server_settings(api_url: str) -> dict:
+    with urllib.request.urlopen(f"{api_url}/admin/settings", timeout=10) as response:
+        return json.load(response)["server"]["services"]
+
+
+def _assert_batched(services: dict) -> None:
+    recorder, persister = services["task_run_recorder"], services["event_persister"]
+    assert recorder["batch_size"] == int(SERVER_SETTINGS["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"]) > 1
+    assert recorder["flush_interval"] == float(SERVER_SETTINGS["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL"])
+    assert persister["batch_size"] == int(SERVER_SETTINGS["PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE"])
+
+
+def test_the_tests_server_runs_with_nirsflows_settings(prefect_server):
+    _assert_batched(_server_settings(prefect_server.url))
+
+
+def test_apply_server_settings_keeps_what_the_environment_already_says():
+    environ = {"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "7", "DO_NOT_TRACK": "0"}
+    apply_server_settings(environ)
+    assert environ["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"] == "7"
+    assert environ["DO_NOT_TRACK"] == "0"
+    assert environ["PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE"] == \
+        SERVER_SETTINGS["PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE"]
+    assert environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+
+
+def test_nirsflow_server_starts_a_ui_server_with_the_settings(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DO_NOT_TRACK"))}
+    env["PYTHONPATH"] = str(REPO)
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "server", "--port", str(port),
+                             "--home", str(tmp_path / "home")], env=env, cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "nirsflow server did not answer in 120 s"
+                time.sleep(0.5)
+        _assert_batched(_server_settings(url))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
+            assert b"<html" in page.read(2000).lower()  # the UI is served
+        assert (tmp_path / "home" / "prefect.db").exists()  # --home holds the server's database
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
