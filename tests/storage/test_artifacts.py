@@ -193,3 +193,55 @@ def test_check_reports_missing_corrupt_orphans_and_stale_runs_and_repairs_what_i
     assert not orphan.exists()
     # what a chain needs is never deleted by a repair: still reported, for a person to restore
     assert [m["artifact_id"] for m in store.check_workspace().missing] == [ids[0]]
+
+
+def test_a_failed_artifact_write_rolls_its_whole_batch_back(store, fitted_folds, tablet, monkeypatch):
+    """A file write that fails inside a batch (a full disk: a fault we cannot cause here,
+    so the write is made to fail) rolls the whole batch back, with the write's error: no
+    row without its file, no pipeline or prediction half-recorded."""
+    import errno
+
+    from storage.artifacts import ArtifactFiles, serialize, sha256
+
+    run_id, _ = make_run(store)
+    written = store.save_artifacts([(fitted_folds[0][0], None, "transformer")])  # a file before the batch
+    real_stage = ArtifactFiles.stage
+
+    def full_disk(self, artifact_id, format, data):
+        if artifact_id not in written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_stage(self, artifact_id, format, data)
+
+    monkeypatch.setattr(ArtifactFiles, "stage", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        with store.batch():
+            pipeline_id = store.begin_pipeline(run_id, "p", {}, [], "tablet", None)
+            store.save_prediction(pipeline_id, dataset_name="tablet", model_name="pls", fold_id="0",
+                                  partition="val", val_score=0.5, y_true=np.zeros(3), y_pred=np.zeros(3))
+            store.save_artifacts([(fitted_folds[1][0], None, "transformer"), (fitted_folds[1][1], None, "model")])
+    ids = [sha256(serialize(obj, "joblib")) for obj in fitted_folds[1]]
+    assert store.list_pipelines(run_id)["name"].to_list() == ["0001_pls"]  # only the one made before
+    assert store.query_predictions().height == 0
+    assert set(store.list_artifacts()["artifact_id"]) == set(written)
+    assert not any(store.files.path(a, "joblib").exists() for a in ids)
+
+    monkeypatch.setattr(ArtifactFiles, "stage", real_stage)
+    with store.batch():
+        ids = store.save_artifacts([(fitted_folds[1][0], None, "transformer"), (fitted_folds[1][1], None, "model")])
+    for artifact_id in ids:  # committed: each row's file is there, whole
+        assert hashlib.sha256(store.get_artifact_path(artifact_id).read_bytes()).hexdigest() == artifact_id
+    assert [p for p in _files(store) if p.name.startswith(".")] == []  # no temporaries
+
+
+def test_an_error_in_a_batch_leaves_its_files_whole_orphans_and_no_rows(store, fitted_folds):
+    with pytest.raises(RuntimeError, match="stop"):
+        with store.batch():
+            ids = store.save_artifacts([(fitted_folds[2][0], None, "transformer"), (fitted_folds[2][1], None, "model")])
+            raise RuntimeError("stop")
+    assert store.list_artifacts().height == 0
+    # the files are whole, and orphans that gc collects
+    for artifact_id in ids:
+        path = store.files.path(artifact_id, "joblib")
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == artifact_id
+    assert sorted(store.gc_artifacts(grace=0, dry_run=True).orphan_files) == sorted(
+        store.files.path(a, "joblib") for a in ids)
