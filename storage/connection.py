@@ -39,9 +39,12 @@ from .locking import Mode, WorkspaceLock
 
 _LEAKED_CONNECTIONS: list = []  # inherited across fork: never closed by the child
 _OPEN: "weakref.WeakSet[Connector]" = weakref.WeakSet()
-# A process that wrote this many journal rows settles them before it hands the workspace
-# over; fewer are left for the next writer. (The journal stays under this many rows per
-# process taking turns, plus what crashed processes left.)
+# A writer that finds the journal this long settles it before it hands the workspace over;
+# a shorter one is left for the next writer. The length is the journal's, not what this
+# process wrote: counted per process, the writers taking turns all reached the limit
+# within a few turns of each other and settled one after another, each a few rows, each
+# paying a settle's fixed cost (~8 ms) and a checkpoint (~10-20 ms): the four-process
+# interleave's longest waits (80-120 ms) were such runs of settles.
 HAND_OVER_JOURNAL_ROWS = 64
 # DETACH checkpoints by default, and a checkpoint rewrites the last row group of every
 # table written: ~2-3 ms of a ~6 ms turn when processes take turns call by call. Whoever
@@ -115,6 +118,7 @@ class Connector:
         self.settle: Callable[[duckdb.DuckDBPyConnection], None] | None = None
         self.journal: bool | None = None
         self.journaled = 0  # journal rows this process wrote since it last settled
+        self.journal_length: Callable[[duckdb.DuckDBPyConnection], int] | None = None  # rows in the journal
         self._after_commit: list[Callable[[], None]] = []
 
     # -- public --------------------------------------------------------------
@@ -373,7 +377,7 @@ class Connector:
         settle_error: Exception | None = None
         if self._mode == "exclusive" and not self._in_transaction:
             try:
-                if self.journal and not (handing_over and self.journaled < HAND_OVER_JOURNAL_ROWS):
+                if self.journal and not (handing_over and self._journal_is_short(con)):
                     self._settle_now(con)
                 if self._checkpoint_due or self._closed or self._wal_size() > JOURNAL_WAL_BYTES:
                     con.execute("CHECKPOINT")
@@ -390,6 +394,11 @@ class Connector:
             # nothing is lost: the rows stay committed in the journal, and the next
             # write (of this process or another) settles them
             raise settle_error
+
+    def _journal_is_short(self, con: duckdb.DuckDBPyConnection) -> bool:
+        if self.journaled >= HAND_OVER_JOURNAL_ROWS:
+            return False
+        return self.journal_length is None or self.journal_length(con) < HAND_OVER_JOURNAL_ROWS
 
     def _wal_size(self) -> int:
         try:

@@ -96,6 +96,10 @@ def write(con: duckdb.DuckDBPyConnection, payload: bytes) -> None:
     con.execute(f"INSERT INTO {TABLE} VALUES (?)", [payload])
 
 
+def row_count(con: duckdb.DuckDBPyConnection) -> int:
+    return con.execute(f"SELECT count(*) FROM {TABLE}").fetchall()[0][0]
+
+
 def has_rows(con: duckdb.DuckDBPyConnection) -> bool:
     return con.execute(f"SELECT count(*) FROM (SELECT 1 FROM {TABLE} LIMIT 1)").fetchall()[0][0] > 0
 

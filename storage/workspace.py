@@ -99,6 +99,7 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
         # From here on every read connection first checks for journal rows a killed
         # writer left behind (the table exists only once the schema is current).
         self._db.unsettled, self._db.settle = journal.has_rows, self._settle
+        self._db.journal_length = journal.row_count
 
     # -- life ----------------------------------------------------------------------
     @contextmanager

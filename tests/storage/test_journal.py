@@ -355,3 +355,30 @@ def test_a_workspace_with_rows_in_the_old_prediction_journal_keeps_them(tmp_path
         found = store.get_prediction("pred-old", load_arrays=True)
         assert found["val_score"] == 0.25 and found["y_pred"].tolist() == [1.5, 2.5]
         assert store.sql("SELECT count(*) AS n FROM journal")["n"][0] == 0
+
+
+def test_a_hand_over_settles_a_long_journal_whoever_wrote_it(tmp_path):
+    """Two writers (two stores: two lock holders, as two processes would be) take turns.
+    Each hands over with a short journal of its own; the one that finds the journal long
+    (its rows and the other's) settles it, so writers taking turns do not each pay a
+    settle a few turns apart."""
+    from storage.connection import HAND_OVER_JOURNAL_ROWS
+
+    ws = tmp_path / "ws"
+    with WorkspaceStore(ws, idle=60) as setup:
+        run_id = setup.begin_run("turns")
+        pipeline_id = setup.begin_pipeline(run_id, "p", None, [], "tablet")
+    first, second = WorkspaceStore(ws, idle=60), WorkspaceStore(ws, idle=60)
+    few = HAND_OVER_JOURNAL_ROWS // 2 + 1  # each writer's share: short, both together: long
+    try:
+        for store, expected_journal in ((first, few), (second, 0)):
+            for _ in range(few):
+                store.save_prediction(pipeline_id, val_score=0.5, y_true=np.zeros(3), y_pred=np.ones(3))
+            assert store._db.journaled == few < HAND_OVER_JOURNAL_ROWS
+            store._db._disconnect(handing_over=True)  # what a writer does when it sees a waiter
+            with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
+                assert con.execute("SELECT count(*) FROM journal").fetchall()[0][0] == expected_journal
+        assert first.query_predictions().height == 2 * few
+    finally:
+        first.close()
+        second.close()
