@@ -211,10 +211,16 @@ class FileLock:
         ticket: int | None = None
         refreshed = time.monotonic()
         pause = 0.0005
+        my_turn = first_in_line = False
         try:
             while True:
                 mine = note.name if note is not None else ""
-                my_turn = not self._ahead_of_me(mode, ticket, mine)
+                # Once first in line by our ticket, always first: whoever comes later is
+                # behind us. So the next in line only tries the lock as it polls, and
+                # leaves the CPU to the holder (2 cores, 4 processes taking turns).
+                if not first_in_line:
+                    my_turn = not self._ahead_of_me(mode, ticket, mine)
+                    first_in_line = my_turn and ticket is not None
                 if my_turn:
                     try:
                         portalocker.lock(fh, _FLAGS[mode] | portalocker.LockFlags.NON_BLOCKING)
