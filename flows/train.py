@@ -43,11 +43,14 @@ from tasks.training import fit_fold_task, plan_pipeline_folds, refit_plan, train
 #: Fold tasks run on ``cores - 1`` threads, one core left to the flow-run thread (Prefect
 #: API calls, the hooks' store writes); their fits run in the flow process unless the run
 #: asks for ``processes``. Measured on 2 cores (bench/flow_bench.py, PLS grid on Tablet,
-#: ~20 ms a fit): one fold thread 5.3 s, two threads 7.3 s (they fight over the GIL:
-#: scikit-learn holds it), two threads feeding two worker processes 6.4 s; the flow is
-#: bound by Prefect's per-task work. Worker processes (``nirs.parallel``) pay off for slow
-#: fits: a random-forest grid (~150 ms a fit) ran in 4.3-5.3 s instead of 6.2-6.35 s.
-#: They need as many fold threads as processes:
+#: ~20 ms a fit, wall time of the run, medians of 3): with Prefect's default server one
+#: fold thread 5.3 s, two threads 7.3 s (they fight over the GIL: scikit-learn holds it),
+#: two threads feeding two worker processes 6.4 s; with nirsflow's server settings
+#: (flows/server.py) 5.2 s, 4.2 s and 4.3 s (flow-run bodies 3.9, 3.65 and 3.5 s; the rest
+#: is the run's start and end, up to 1 s of it Prefect's heartbeat): the flow is bound by
+#: Prefect's per-task work, in this process and in the server's. Worker processes
+#: (``nirs.parallel``) pay off for slow fits: a random-forest grid (~150 ms a fit) ran in
+#: 4.3-5.3 s instead of 6.2-6.35 s. They need as many fold threads as processes:
 #: ``train.with_options(task_runner=ThreadPoolTaskRunner(n))(..., processes=n)``, which is
 #: what ``nirsflow train --processes n`` runs. Prefect's ProcessPoolTaskRunner costs
 #: ~350 ms per fold task here: it runs the whole task engine in the child.
