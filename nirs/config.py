@@ -56,6 +56,9 @@ __all__ = [
 ]
 
 ROLE_KEYS = ("model", "split", "y_processing")
+#: Beside "split": the metadata column whose values keep samples together in one fold
+#: (replicate scans of one sample, one batch, one field): nirs4all's spelling.
+GROUP_KEY = "group"
 DEFAULT_SPLITTER = {
     "class": "sklearn.model_selection.KFold",
     "params": {"n_splits": 5, "shuffle": True, "random_state": 0},
@@ -87,6 +90,7 @@ class BuiltPipeline:
     steps: list  # [(kind, estimator)], kind: "transformer" | "y_transformer" | "model"
     splitter: object
     pipeline: ExpandedPipeline
+    split_group: str | None = None  # the metadata column that keeps samples together in a fold
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -205,10 +209,14 @@ def _precheck_step(node, where: str) -> None:
         for i, alt in enumerate(node[generators.OR]):
             _precheck_step(alt, f"{where}, _or_ alternative {i + 1}")
     elif isinstance(node, dict) and any(k in node for k in ROLE_KEYS):
-        if len(node) != 1:
-            raise ConfigError(f"{where}: a role dict has exactly one key ({', '.join(ROLE_KEYS)}); found {sorted(node)}")
-        role, inner = next(iter(node.items()))
-        _precheck_component(inner, f"{where} ({role})")
+        role = _role_key(node)
+        if role is None:
+            raise ConfigError(f"{where}: a role dict has exactly one key ({', '.join(ROLE_KEYS)}), and a split may "
+                              f"have a {GROUP_KEY!r} beside it; found {sorted(node)}")
+        group = split_group(node)
+        if role == "split" and GROUP_KEY in node and not (isinstance(group, str) and group.strip()):
+            raise ConfigError(f"{where}: {GROUP_KEY!r} names a metadata column, got {group!r}")
+        _precheck_component(node[role], f"{where} ({role})")
     else:
         _precheck_component(node, where)
 
@@ -272,9 +280,23 @@ def _instantiate(node, where: str):
     return obj
 
 
+def _role_key(node) -> str | None:
+    """The role a keyword dict gives its step: ``{"model": ...}``, ``{"y_processing": ...}``,
+    ``{"split": ...}`` or ``{"split": ..., "group": "<metadata column>"}``; else None."""
+    if isinstance(node, dict) and (len(node) == 1 or set(node) == {"split", GROUP_KEY}):
+        key = "split" if "split" in node else next(iter(node))
+        return key if key in ROLE_KEYS else None
+    return None
+
+
+def split_group(node) -> str | None:
+    """The metadata column a split step groups samples by (``"group"`` beside ``"split"``)."""
+    return node.get(GROUP_KEY) if _role_key(node) == "split" else None
+
+
 def _role(node, obj) -> str:
-    if isinstance(node, dict) and len(node) == 1 and next(iter(node)) in ROLE_KEYS:
-        return next(iter(node))
+    if _role_key(node) is not None:
+        return _role_key(node)
     if hasattr(obj, "split") and hasattr(obj, "get_n_splits") and not hasattr(obj, "fit"):
         return "split"
     if is_regressor(obj) or is_classifier(obj) or (hasattr(obj, "predict") and not hasattr(obj, "transform")):
@@ -283,8 +305,9 @@ def _role(node, obj) -> str:
 
 
 def _inner(node):
-    if isinstance(node, dict) and len(node) == 1 and next(iter(node)) in ROLE_KEYS:
-        return next(iter(node.values()))
+    role = _role_key(node)
+    if role is not None:
+        return node[role]
     return node
 
 
@@ -343,7 +366,10 @@ def _json_step(role: str, node, obj) -> object:
         comp = {"class": class_path(obj), "params": {}}
     else:
         comp = to_json_safe(obj)
-    return comp if role == "transformer" else {role: comp}
+    if role == "transformer":
+        return comp
+    group = split_group(node)
+    return {role: comp} if group is None else {role: comp, GROUP_KEY: group}
 
 
 def _assemble(steps: list, where: str):
@@ -448,5 +474,5 @@ def build(pipeline) -> BuiltPipeline:
     entries = _assemble(p.steps, f"{p.name}: ")
     kinds = {"transformer": "transformer", "y_processing": "y_transformer", "model": "model"}
     steps = [(kinds[role], obj) for role, _, obj, _ in entries if role != "split"]
-    splitter = next(obj for role, _, obj, _ in entries if role == "split")
-    return BuiltPipeline(name=p.name, steps=steps, splitter=splitter, pipeline=p)
+    _, split_node, splitter, _ = next(e for e in entries if e[0] == "split")
+    return BuiltPipeline(name=p.name, steps=steps, splitter=splitter, pipeline=p, split_group=split_group(split_node))

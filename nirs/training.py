@@ -101,12 +101,15 @@ def plan_folds(dataset: SpectraDataset, pipeline) -> list[FoldPlan]:
     """The folds the pipeline's splitter makes on `dataset`: fold_0, fold_1, ..."""
     built = build(pipeline)
     _task(dataset)
+    groups = split_groups(dataset, built)
     try:
-        splits = list(built.splitter.split(dataset.X, dataset.y, None))
+        splits = list(built.splitter.split(dataset.X, dataset.y, groups))
     except ValueError as exc:
+        hint = ('; give the split a metadata column to group by: {"split": ..., "group": "<column>"}'
+                if groups is None and "groups" in str(exc) else "")
         raise ConfigError(
             f"{built.name}: {type(built.splitter).__name__} cannot split {dataset.name!r} "
-            f"({dataset.n_samples} samples): {exc}"
+            f"({dataset.n_samples} samples): {exc}{hint}"
         ) from None
     plans = []
     for k, (train, val) in enumerate(splits):
@@ -114,6 +117,28 @@ def plan_folds(dataset: SpectraDataset, pipeline) -> list[FoldPlan]:
             raise ConfigError(f"{built.name}: fold {k} of {type(built.splitter).__name__} has no training samples")
         plans.append(FoldPlan(f"fold_{k}", np.asarray(train, dtype=np.int64), np.asarray(val, dtype=np.int64)))
     return plans
+
+
+def split_groups(dataset: SpectraDataset, built) -> np.ndarray | None:
+    """The group of every sample, from the metadata column the split names (None when it
+    names none). Splitters that take groups keep each group in one fold; the others
+    ignore them, as scikit-learn's do."""
+    column = built.split_group
+    if column is None:
+        return None
+    metadata = dataset.metadata
+    columns = list(getattr(metadata, "columns", []) or [])
+    if column not in columns:
+        has = f"its metadata columns are {columns}" if columns else "it has no metadata columns"
+        raise ConfigError(f"{built.name}: the split groups samples by {column!r}, but dataset {dataset.name!r} "
+                          f"has no such column ({has})")
+    groups = metadata[column].to_numpy()
+    missing = np.flatnonzero([g is None or (isinstance(g, float) and g != g) for g in groups])
+    if missing.size:
+        ids = ", ".join(str(dataset.sample_ids[i]) for i in missing[:5])
+        raise ConfigError(f"{built.name}: group column {column!r} of dataset {dataset.name!r} is empty for "
+                          f"{missing.size} samples (first: {ids}); every sample needs a group")
+    return groups
 
 
 def fit_fold(dataset: SpectraDataset, pipeline, plan: FoldPlan, *, test: SpectraDataset | None = None) -> FoldResult:
@@ -278,7 +303,8 @@ def assemble_trace(
         fold_ids=fold_ids,
         fold_weights=None,
         refit=refit_result is not None,
-        splitter={"class": class_path(built.splitter), "params": to_json_safe(init_params(built.splitter))},
+        splitter={"class": class_path(built.splitter), "params": to_json_safe(init_params(built.splitter)),
+                  **({"group": built.split_group} if built.split_group else {})},
         expanded_config=p.config,
         generator_choices=p.choices,
         model_class=class_path(model),
