@@ -193,8 +193,10 @@ class Connector:
             began = False
             try:
                 if not self._in_transaction:
-                    con.execute("BEGIN TRANSACTION")
+                    # marked before BEGIN runs: an exception that lands right after it
+                    # (a signal handler's) must still roll the transaction back
                     self._in_transaction = began = True
+                    con.execute("BEGIN TRANSACTION")
                     self.txn_cache = {}
                 if not buffered:
                     # a statement of its own: the journal (once per transaction) and what
@@ -282,27 +284,36 @@ class Connector:
             self.flush(None)  # None: discard what was buffered, the transaction is void
 
     def _commit(self, con: duckdb.DuckDBPyConnection) -> None:
-        self._in_transaction = False
+        # Still in the transaction until COMMIT returns: a COMMIT interrupted by a signal
+        # (SIGTERM: Prefect's handler raises while DuckDB runs) leaves it aborted, and
+        # only the rollback of the failure path frees the connection for the crash hook's
+        # own write. Marked done first, that rollback was skipped and the hook's BEGIN
+        # failed ("Current transaction is aborted"): a run left `running`, not `crashed`.
         con.execute("COMMIT")
+        self._in_transaction = False
 
     def _connect(self, mode: Mode) -> None:
         if self._con is None or (self._mode != mode and self._mode != "exclusive"):
             self._disconnect()  # a shared holder that now needs to write starts over
             self.lock.acquire(mode)
+            # Until the attachment is recorded, any exception (a signal handler's included,
+            # wherever it lands) detaches it and frees the lock, or the next call would
+            # find the lock "already held" by nobody.
             try:
                 con = self._attach(mode)
                 try:
                     epoch = self._read_epoch()
+                    kept = self._kept_rows if epoch == self._rows_epoch and epoch >= 0 else None
+                    self.conn_cache = {"rows": kept} if kept else {}
+                    self._rows_epoch, self._kept_rows = epoch, None
+                    self._con, self._mode, self.journal = con, mode, None
                 except BaseException:
+                    self._con = self._mode = None
                     self._drop_attachment(con)
                     raise
             except BaseException:
                 self.lock.release()
                 raise
-            kept = self._kept_rows if epoch == self._rows_epoch and epoch >= 0 else None
-            self._con, self._mode, self.journal = con, mode, None
-            self.conn_cache = {"rows": kept} if kept else {}
-            self._rows_epoch, self._kept_rows = epoch, None
         if self._mode == "shared" and self.journal is None and self.unsettled is not None:
             try:
                 leftovers = self.unsettled(self._con)
@@ -407,9 +418,9 @@ class Connector:
             return 0
 
     def _settle_now(self, con: duckdb.DuckDBPyConnection) -> None:
-        con.execute("BEGIN TRANSACTION")
         self._in_transaction, self.txn_cache = True, {}
         try:
+            con.execute("BEGIN TRANSACTION")
             self.settle(con)
             self._commit(con)
             self.journaled, self._checkpoint_due = 0, True

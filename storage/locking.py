@@ -247,7 +247,11 @@ class FileLock:
             if note is not None:
                 note.unlink(missing_ok=True)
         self._file, self._mode = fh, mode
-        self._write_note(self._holders, mode)
+        try:
+            self._write_note(self._holders, mode)
+        except BaseException:  # held with no note is held by nobody: free it, then raise
+            self.release()
+            raise
 
     def _write_waiter_note(self, ticket: int, mode: Mode) -> Path:
         note = self._write_note(self._waiters, mode)
@@ -256,14 +260,17 @@ class FileLock:
         return named
 
     def release(self) -> None:
-        if self._file is None:
+        fh = self._file
+        if fh is None:
             return
-        (self._holders / self._note_name()).unlink(missing_ok=True)
         try:
-            portalocker.unlock(self._file)
-        finally:
-            self._file.close()
+            (self._holders / self._note_name()).unlink(missing_ok=True)
+        finally:  # whatever interrupts the note's removal, the lock is freed
             self._file, self._mode = None, None
+            try:
+                portalocker.unlock(fh)
+            finally:
+                fh.close()
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the parent's lock without unlocking it (flock locks are

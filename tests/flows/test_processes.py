@@ -3,7 +3,6 @@ status must follow Prefect's, through the hooks or through reconciliation."""
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from uuid import UUID
