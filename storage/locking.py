@@ -203,7 +203,10 @@ class FileLock:
     # -- acquire / release ---------------------------------------------------
     def acquire(self, mode: Mode) -> None:
         if self._file is not None:
-            raise RuntimeError("FileLock.acquire called while already held")
+            # Only a release cut short can leave it held here (an exception, a signal
+            # handler's, landing as `release` began): its owner (one store's connector)
+            # has let the lock go, so finish that release.
+            self.release()
         self._ensure_folders()
         deadline = time.monotonic() + self.timeout
         fh = open(self.folder / "lock", "a+b")

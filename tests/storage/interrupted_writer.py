@@ -18,8 +18,9 @@ import numpy as np
 from storage import WorkspaceStore
 
 
-class Interrupted(Exception):
-    """What the signal handler raises (Prefect's raises TerminationSignal)."""
+class Interrupted(BaseException):
+    """What the signal handler raises: a BaseException, as Prefect's TerminationSignal is,
+    so no ``except Exception`` on the way may take it for an ordinary failure."""
 
 
 def _interrupt(signum, frame):
