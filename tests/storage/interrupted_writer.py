@@ -44,8 +44,8 @@ def main(workspace: str, iterations: int, seed: int, max_delay: float, idle: flo
             return [store.save_prediction(pipeline_id, val_score=float(i), fold_id=str(k), **arrays) for k in range(3)]
 
     for i in range(iterations):
-        signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.0001, max_delay))
-        try:
+        try:  # armed inside: the signal may fire before the write even starts
+            signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.0001, max_delay))
             ids = write(i)
             signal.setitimer(signal.ITIMER_REAL, 0)
             acked += ids
