@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import typer
 
-from flows.server import SERVER_SETTINGS, apply_server_settings
+from flows.server import apply_server_settings
 
 # Offline by default (the temporary Prefect server would otherwise try to send telemetry
 # and log an error for every run on a machine without internet), and that server records
@@ -204,8 +204,7 @@ def server(port: int = typer.Option(4200, help="Port on 127.0.0.1."),
     env = dict(os.environ)
     if home is not None:
         env["PREFECT_HOME"] = str(home.resolve())
-    for name, value in SERVER_SETTINGS.items():
-        env.setdefault(name, value)
+    apply_server_settings(env)
     env.setdefault("PREFECT_UI_API_URL", f"http://127.0.0.1:{port}/api")  # the UI finds its API on any port
     typer.echo(f"Prefect server with its UI on http://127.0.0.1:{port}; clients need "
                f"PREFECT_API_URL=http://127.0.0.1:{port}/api")

@@ -295,8 +295,9 @@ def split_group(node) -> str | None:
 
 
 def _role(node, obj) -> str:
-    if _role_key(node) is not None:
-        return _role_key(node)
+    role = _role_key(node)
+    if role is not None:
+        return role
     if hasattr(obj, "split") and hasattr(obj, "get_n_splits") and not hasattr(obj, "fit"):
         return "split"
     if is_regressor(obj) or is_classifier(obj) or (hasattr(obj, "predict") and not hasattr(obj, "transform")):

@@ -125,10 +125,7 @@ class StoreBase:
         known = self._db.conn_cache.setdefault("rows", {})
         row = known.get((table, value))
         if row is None:
-            sql = f"SELECT * FROM {table} WHERE {key} = ?"
-            row = first(con.execute(sql, [value]))
-            if row is None and self._settled_after_miss(con):
-                row = first(con.execute(sql, [value]))
+            row = self._first_settled(con, f"SELECT * FROM {table} WHERE {key} = ?", [value])
             if row is None:
                 raise NotFoundError(table.rstrip("s"), value, self.path)
             if table in ("runs", "pipelines"):
@@ -140,14 +137,19 @@ class StoreBase:
         remembered like ``_require``'s rows for as long as the connection is open."""
         known = self._db.conn_cache.setdefault("rows", {})
         if (table, value, column) not in known:
-            sql = f"SELECT {column} FROM {table} WHERE {key} = ?"
-            row = first(con.execute(sql, [value]))
-            if row is None and self._settled_after_miss(con):
-                row = first(con.execute(sql, [value]))
+            row = self._first_settled(con, f"SELECT {column} FROM {table} WHERE {key} = ?", [value])
             if row is None:
                 raise NotFoundError(table.rstrip("s"), value, self.path)
             known[(table, value, column)] = row[0]
         return known[(table, value, column)]
+
+    def _first_settled(self, con, sql: str, params: list):
+        """The first row of `sql`, looked for again after settling if the first look
+        missed and rows may still wait in the buffer or the journal."""
+        row = first(con.execute(sql, params))
+        if row is None and self._settled_after_miss(con):
+            row = first(con.execute(sql, params))
+        return row
 
     def _settled_after_miss(self, con) -> bool:
         """A lookup found nothing: apply what may still wait in the write buffer or the
