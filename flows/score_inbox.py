@@ -212,6 +212,8 @@ class InboxRun:
                 self.chains[key] = None  # said once per run, not once per file
                 return None
             self.log.info("%s/%s -> chain %s (%s)", dataset, self.alias, chain_id, self.chains[key].model_class)
+            if self.chains[key].version_mismatch:
+                self.log.warning("%s", self.chains[key].version_mismatch)
         return self.chains[key]
 
     # -- finishing a file -------------------------------------------------------------

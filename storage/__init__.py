@@ -10,7 +10,7 @@ Never imports Prefect, so a notebook or a script can use a workspace on its own:
 from .errors import (ArtifactIntegrityError, InvalidInputError, LockTimeoutError, NotFoundError,
                      ReplayError, SchemaVersionError, StoreError, WorkspaceCorruptError, WorkspaceError)
 from .errors import (BundleError, BundleIntegrityError, BundleTrustError, BundleVersionError,
-                     BundleVersionWarning)
+                     BundleVersionWarning, ChainVersionWarning)
 from .bundles import Bundle, load_bundle
 from .chain_builder import ArtifactRegistry, ChainBuilder, record_trace
 from .library import PipelineLibrary
@@ -23,5 +23,5 @@ __all__ = [
     "StoreError", "InvalidInputError", "NotFoundError", "WorkspaceError", "WorkspaceCorruptError",
     "SchemaVersionError", "LockTimeoutError", "ArtifactIntegrityError", "ReplayError",
     "load_bundle", "Bundle", "BundleError", "BundleIntegrityError", "BundleTrustError",
-    "BundleVersionError", "BundleVersionWarning",
+    "BundleVersionError", "BundleVersionWarning", "ChainVersionWarning",
 ]

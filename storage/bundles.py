@@ -9,7 +9,9 @@ A bundle is a ZIP holding exactly these members, and nothing else::
 The manifest (format ``nirsflow-bundle``, ``format_version`` 1)::
 
     format, format_version, created_at
-    versions    python, numpy, scikit-learn, joblib, nirsflow that fitted the chain
+    versions    python, numpy, scikit-learn, joblib, nirsflow that fitted the chain (as the
+                chain recorded them when it was saved; storage/versions.py)
+    exported_with  the same, of the environment that wrote the bundle
     chain       the stored chain as ``get_chain`` returns it: steps, model_step_idx,
                 model_class, preprocessings, fold_strategy, fold_artifacts,
                 shared_artifacts, fold_weights, task_type, classes, wavelengths,
@@ -47,7 +49,6 @@ import io
 import json
 import math
 import os
-import platform
 import re
 import secrets
 import stat
@@ -56,7 +57,6 @@ import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -67,6 +67,7 @@ from . import replay as replaying
 from .artifacts import FORMATS
 from .atomic import atomic_path, fsync_folder
 from .chains import FOLD_STRATEGIES, referenced_artifacts
+from .versions import major_minor, sklearn_mismatch
 from .errors import (BundleError, BundleIntegrityError, BundleTrustError, BundleVersionError,
                      BundleVersionWarning, ReplayError)
 
@@ -90,24 +91,6 @@ _FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # member timestamps say nothing; the manife
 
 
 # -- versions ------------------------------------------------------------------------
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def library_versions() -> dict[str, str | None]:
-    return {"python": platform.python_version(), "numpy": _version("numpy"),
-            "scikit-learn": _version("scikit-learn"), "joblib": _version("joblib"),
-            "nirsflow": _version("nirsflow")}
-
-
-def _major_minor(version: str) -> tuple[int, int] | None:
-    found = re.match(r"^\s*(\d+)\.(\d+)", str(version))
-    return (int(found.group(1)), int(found.group(2))) if found else None
-
-
 # -- keys ----------------------------------------------------------------------------
 def parse_key(value: bytes | str | os.PathLike, origin: str = "the key") -> bytes:
     """Key bytes from bytes (as is), a path (a key file), or text (64 hex characters are
@@ -491,15 +474,15 @@ def _check_chain(path: Path, manifest: dict) -> None:
 
 
 def _check_versions(path: Path, manifest: dict, strict: bool) -> list[str]:
-    fitted = (manifest.get("versions") or {}).get("scikit-learn")
-    here = _version("scikit-learn")
-    if fitted is None or here is None or _major_minor(fitted) == _major_minor(here):
+    mismatch = sklearn_mismatch(manifest.get("versions"))
+    if mismatch is None:
         return []
+    fitted, here = mismatch
     message = (f"bundle {path} was fitted with scikit-learn {fitted}, this environment has scikit-learn "
                f"{here}: its models may load or predict differently")
     if strict:
         raise BundleVersionError(message + f"; refused in strict mode (install scikit-learn "
-                                           f"{'.'.join(map(str, _major_minor(fitted) or ()))}.x, or strict=False)")
+                                           f"{'.'.join(map(str, major_minor(fitted) or ()))}.x, or strict=False)")
     warnings.warn(message, BundleVersionWarning, stacklevel=4)
     return [message]
 

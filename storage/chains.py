@@ -18,6 +18,7 @@ import polars as pl
 from . import artifacts as art
 from .base import first, check_id, check_int, check_text, from_json, new_id, now, to_json
 from .errors import InvalidInputError, NotFoundError
+from .versions import FITTED_VERSIONS, library_versions, warn_on_version_mismatch
 from .writes import WritesMixin
 
 _CHAIN_JSON = ("steps", "fold_artifacts", "shared_artifacts", "fold_weights", "classes",
@@ -208,6 +209,9 @@ class ChainsMixin(WritesMixin):
             if grid.ndim != 1 or not np.all(np.isfinite(grid)):
                 raise InvalidInputError("wavelengths must be a 1-D array of finite numbers")
             grid = grid.tolist()
+        if metadata is None or isinstance(metadata, dict) and FITTED_VERSIONS not in metadata:
+            # what fitted it (see storage/versions.py); a chain imported from a bundle keeps the original's
+            metadata = {**(metadata or {}), FITTED_VERSIONS: library_versions()}
         referenced = referenced_artifacts(steps, fold_artifacts, shared_artifacts)
         chain_id = new_id()
         row = [chain_id, pipeline_id, to_json("steps", steps), model_step_idx, model_class,
@@ -262,7 +266,8 @@ class ChainsMixin(WritesMixin):
     def _cached_chain(self, chain_id: str) -> dict:
         # Chains never change once saved; a chain deleted here is dropped from the cache.
         if chain_id not in self._chain_cache:
-            self._chain_cache[chain_id] = self.get_chain(chain_id)
+            chain = self._chain_cache[chain_id] = self.get_chain(chain_id)
+            warn_on_version_mismatch(chain)  # once per chain and store, as it is first replayed
             while len(self._chain_cache) > 64:
                 self._chain_cache.popitem(last=False)
         return self._chain_cache[chain_id]

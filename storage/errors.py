@@ -72,3 +72,7 @@ class BundleVersionError(BundleError):
 
 class BundleVersionWarning(UserWarning):
     """The bundle was fitted with another scikit-learn major.minor version."""
+
+
+class ChainVersionWarning(UserWarning):
+    """A chain is replayed under another scikit-learn (major.minor) than the one that fitted it."""

@@ -18,7 +18,8 @@ from . import artifacts as art
 from . import bundles
 from .atomic import atomic_path, write_bytes
 from .base import StoreBase, check_id, now
-from .bundles import BUNDLE_FORMAT, BUNDLE_VERSION, library_versions  # noqa: F401 (public names)
+from .bundles import BUNDLE_FORMAT, BUNDLE_VERSION  # noqa: F401 (public names)
+from .versions import FITTED_VERSIONS, library_versions
 
 
 def _plain(value):
@@ -60,7 +61,8 @@ class ExportsMixin(StoreBase):
                        "operator_class": op, "artifact_type": kind} for a, fmt, op, kind, size in rows}
         formats = {a: entry["format"] for a, entry in members.items()}
         manifest = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION,
-                    "created_at": now().isoformat() + "Z", "versions": library_versions(),
+                    "created_at": now().isoformat() + "Z", "versions": _fitted_versions(chain),
+                    "exported_with": library_versions(),
                     "chain": _plain(chain), "source": self._bundle_source(chain), "artifacts": members}
         key = bundles.signing_key(self.path)  # before anything is written: a bad key leaves no file
         return bundles.write_bundle(path, manifest, lambda a: self.files.read_verified(a, formats[a]), key)
@@ -107,6 +109,8 @@ class ExportsMixin(StoreBase):
             for artifact_id, entry in sorted(manifest["artifacts"].items()):
                 self._import_artifact(artifact_id, entry, verified.data[artifact_id])
             metadata = dict(chain.get("metadata") or {}) if isinstance(chain.get("metadata"), dict) else {}
+            if not isinstance(metadata.get(FITTED_VERSIONS), dict) and isinstance(manifest.get("versions"), dict):
+                metadata[FITTED_VERSIONS] = manifest["versions"]  # a bundle of a chain saved before they were recorded
             metadata["imported_from"] = {"bundle": path.name, "manifest_sha256": verified.manifest_sha256,
                                          "source_chain_id": chain.get("chain_id")}
             chain_id = self.save_chain(
@@ -180,3 +184,10 @@ class ExportsMixin(StoreBase):
                 # Mixed label types across rows: keep every value, as JSON text.
                 columns.append(pl.Series(name, [None if v is None else json.dumps(v) for v in values]))
         return columns
+
+
+def _fitted_versions(chain: dict) -> dict:
+    """The versions that fitted the chain, as recorded when it was saved; for a chain
+    saved before nirsflow recorded them, this environment's (the best guess left)."""
+    recorded = (chain.get("metadata") or {}).get(FITTED_VERSIONS) if isinstance(chain.get("metadata"), dict) else None
+    return recorded if isinstance(recorded, dict) else library_versions()

@@ -389,6 +389,28 @@ def test_an_alias_that_points_nowhere_leaves_the_files_waiting(inbox):
     assert summary["scored"][0]["chain_id"] == inbox.chains.tablet_chain
 
 
+def test_a_chain_fitted_under_another_scikit_learn_scores_and_says_so_in_the_flow_log(inbox, prefect_client):
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    with inbox.store() as store:  # the production chain, as if fitted by an older scikit-learn
+        chain = store.get_chain(inbox.chains.tablet_chain)
+        fields = {k: chain[k] for k in ("steps", "model_step_idx", "model_class", "preprocessings", "fold_strategy",
+                                        "fold_artifacts", "shared_artifacts", "fold_weights", "task_type",
+                                        "classes", "wavelengths", "n_features")}
+        fitted = {**chain["metadata"]["fitted_versions"], "scikit-learn": "0.24.2"}
+        old = store.save_chain(chain["pipeline_id"], **fields, metadata={**chain["metadata"], "fitted_versions": fitted})
+        store.set_alias("tablet", "production", old, changed_by="tests")
+    inbox.drop_csv("tablet/good.csv", rows=slice(0, 10))
+    summary = inbox.run()
+    assert [(s["file"], s["chain_id"]) for s in summary["scored"]] == [("tablet/good.csv", old)]
+    APILogWorker.drain_all(timeout=10)
+    logs = prefect_client.read_logs(log_filter=LogFilter(
+        flow_run_id=LogFilterFlowRunId(any_=[UUID(summary["flow_run_id"])])))
+    warned = [log for log in logs if "fitted with scikit-learn 0.24.2" in log.message]
+    assert len(warned) == 1 and warned[0].level == 30 and f"chain {old}" in warned[0].message
+
+
 def test_a_file_outside_a_dataset_folder_is_rejected(inbox):
     inbox.drop_csv("tablet/good.csv", rows=slice(0, 10))
     inbox.drop_csv("loose.csv", rows=slice(10, 20))

@@ -26,9 +26,9 @@ from nirs.config import expand
 from nirs.datasets import load_coffee, load_tablet
 from nirs.training import fit_pipeline
 from storage import (BundleError, BundleIntegrityError, BundleTrustError, BundleVersionError,
-                     BundleVersionWarning, ReplayError, WorkspaceStore, load_bundle)
+                     BundleVersionWarning, ChainVersionWarning, ReplayError, WorkspaceStore, load_bundle)
 from storage import bundles
-from storage.chain_builder import record_trace
+from storage.chain_builder import ChainBuilder, record_trace
 
 KEY_ENV = "NIRSFLOW_BUNDLE_KEY"
 SNV_PLS8 = ["SNV", "StandardScaler",
@@ -129,6 +129,7 @@ def test_bundle_manifest_says_what_was_fitted_and_is_signed(tablet):
     assert manifest["format"] == "nirsflow-bundle" and manifest["format_version"] == 1
     assert set(manifest["versions"]) == {"python", "numpy", "scikit-learn", "joblib", "nirsflow"}
     assert manifest["versions"]["scikit-learn"] == metadata.version("scikit-learn")
+    assert manifest["versions"] == manifest["chain"]["metadata"]["fitted_versions"] == manifest["exported_with"]
     chain = manifest["chain"]
     assert chain["chain_id"] == tablet.chain_id and chain["fold_strategy"] == "per_fold"
     assert chain["task_type"] == "regression" and chain["n_features"] == 597 == len(chain["wavelengths"])
@@ -375,6 +376,53 @@ def test_another_scikit_learn_minor_version_warns_or_is_refused_in_strict_mode(t
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_bundle(patch, strict=True)
+
+
+def test_a_bundle_carries_the_versions_that_fitted_its_chain_not_those_that_exported_it(tablet, tmp_path,
+                                                                                         monkeypatch):
+    """A chain fitted years ago under another scikit-learn and exported today: the bundle
+    says which one fitted it, so whoever loads or imports it is told."""
+    monkeypatch.setenv(KEY_ENV, tablet.key_hex)
+    here = metadata.version("scikit-learn")
+    store = tablet.store
+    trace = fit_pipeline(tablet.train, expand(SNV_PLS8)[0], test=tablet.test)
+    chain = ChainBuilder(trace, store).build()
+    old_versions = {**store.get_chain(tablet.chain_id)["metadata"]["fitted_versions"], "scikit-learn": "0.24.2"}
+    chain["metadata"] = {**chain["metadata"], "fitted_versions": old_versions}
+    run_id = store.begin_run("fitted long ago")
+    old_chain = store.save_chain(store.begin_pipeline(run_id, "old", dataset_name="tablet"), **chain)
+    path = store.export_chain(old_chain, tmp_path / "old.n4a")
+    manifest = manifest_of(path)
+    assert manifest["versions"] == old_versions and manifest["exported_with"]["scikit-learn"] == here
+    with pytest.warns(BundleVersionWarning, match="fitted with scikit-learn 0.24.2"):
+        load_bundle(path)
+    with pytest.raises(BundleVersionError, match="refused in strict mode"):
+        load_bundle(path, strict=True)
+    with WorkspaceStore(tmp_path / "ws3", lock_timeout=30) as other:
+        with pytest.warns(BundleVersionWarning):
+            imported = other.import_bundle(path)
+        # the import keeps what fitted it, so its replays here warn too
+        assert other.get_chain(imported)["metadata"]["fitted_versions"] == old_versions
+        with pytest.warns(ChainVersionWarning, match=f"chain {imported} was fitted with scikit-learn 0.24.2"):
+            other.replay_chain(imported, tablet.test.X)
+
+
+def test_a_chain_saved_before_versions_were_recorded_exports_this_environments(tablet, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, tablet.key_hex)
+    store = tablet.store
+    chain = ChainBuilder(fit_pipeline(tablet.train, expand(SNV_PLS8)[0], test=tablet.test), store).build()
+    chain["metadata"] = {**chain["metadata"], "fitted_versions": None}  # unknown, as in chains of older stores
+    run_id = store.begin_run("unknown versions")
+    unknown = store.save_chain(store.begin_pipeline(run_id, "unknown", dataset_name="tablet"), **chain)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to compare: no warning
+        store.replay_chain(unknown, tablet.test.X)
+    manifest = manifest_of(store.export_chain(unknown, tmp_path / "unknown.n4a"))
+    assert manifest["chain"]["metadata"]["fitted_versions"] is None
+    assert manifest["versions"] == manifest["exported_with"]  # the best guess left
+    with WorkspaceStore(tmp_path / "ws4", lock_timeout=30) as other:
+        imported = other.import_bundle(tmp_path / "unknown.n4a")
+        assert other.get_chain(imported)["metadata"]["fitted_versions"] == manifest["versions"]
 
 
 def test_what_is_not_a_bundle_is_refused_by_name(tablet, tmp_path, monkeypatch):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
+from importlib import metadata
+
 import numpy as np
 import pytest
 
 from nirs.config import count_pipelines, expand
 from nirs.datasets import load_coffee, load_tablet
 from nirs.training import fit_pipeline
-from storage import ReplayError
-from storage.chain_builder import record_trace
+from storage import ChainVersionWarning, ReplayError, WorkspaceStore
+from storage.chain_builder import ChainBuilder, record_trace
 
 SNV_PLS8 = ["SNV", "StandardScaler",
             {"split": {"class": "KFold", "params": {"n_splits": 5, "shuffle": True, "random_state": 0}}},
@@ -49,6 +52,35 @@ def test_tablet_chain_replays_the_training_time_test_predictions(store, tablet_s
     chain = store.get_chain(ids["chain_id"])
     assert chain["n_features"] == 597 and len(chain["fold_artifacts"]) == 5
     np.testing.assert_array_equal(chain["wavelengths"], train.wavelengths)
+
+
+def test_a_chain_records_what_fitted_it_and_replay_warns_under_another_scikit_learn(store, tablet_sets,
+                                                                                     snv_pls_trace):
+    _, test = tablet_sets
+    run_id = store.begin_run("tablet")
+    ids = record_trace(store, run_id, snv_pls_trace)
+    fitted = store.get_chain(ids["chain_id"])["metadata"]["fitted_versions"]
+    assert fitted["scikit-learn"] == metadata.version("scikit-learn")
+    assert fitted["numpy"] == metadata.version("numpy") and fitted["joblib"] == metadata.version("joblib")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # same versions: not a word
+        expected = store.replay_chain(ids["chain_id"], test.X)
+    # The same fitted objects, recorded as fitted by an older scikit-learn (installing
+    # one here is not possible: the caller states the versions, as a bundle import does)
+    chain = ChainBuilder(snv_pls_trace, store).build()
+    chain["metadata"] = {**chain["metadata"], "fitted_versions": {**fitted, "scikit-learn": "0.24.2"}}
+    old_chain = store.save_chain(store.begin_pipeline(run_id, "older"), **chain)
+    assert store.get_chain(old_chain)["metadata"]["fitted_versions"]["scikit-learn"] == "0.24.2"
+    here = metadata.version("scikit-learn").replace(".", "[.]")
+    with pytest.warns(ChainVersionWarning, match=rf"chain {old_chain} was fitted with scikit-learn 0[.]24[.]2, "
+                                                 rf"this environment has scikit-learn {here}"):
+        replayed = store.replay_chain(old_chain, test.X)
+    np.testing.assert_array_equal(replayed, expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per chain and store: its later replays are quiet
+        store.replay_chain(old_chain, test.X)
+    with WorkspaceStore(store.path) as another, pytest.warns(ChainVersionWarning):
+        another.replay_chain(old_chain, test.X)  # another store (a scoring flow) is told too
 
 
 def test_replay_checks_its_input_before_computing(store, tablet_sets, snv_pls_trace):

@@ -1,0 +1,67 @@
+"""Which library versions fitted a chain, and whether this environment matches them.
+
+A lab keeps models for years and upgrades its Python packages in between. A pickled
+scikit-learn model is only promised to load and predict the same under the version
+that fitted it; across a minor release it may warn, fail, or quietly predict otherwise.
+So every chain records, when it is saved, the versions of the process that saved it
+(the process that ran the fits, or one with the same environment), in its metadata under
+``FITTED_VERSIONS``. Replaying a chain whose scikit-learn major.minor differs from the
+running one warns, naming both; a bundle carries the versions of the fit, not of the
+export, and its reader checks those.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import re
+import warnings
+from importlib import metadata
+
+from .errors import ChainVersionWarning
+
+FITTED_VERSIONS = "fitted_versions"  # the key in a chain's metadata
+
+
+def package_version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def library_versions() -> dict[str, str | None]:
+    """This environment's versions of what a fitted chain depends on. Read once per
+    process (each lookup scans the installed distributions): an upgrade does not change
+    the modules a running process has imported."""
+    return {"python": platform.python_version(), "numpy": package_version("numpy"),
+            "scikit-learn": package_version("scikit-learn"), "joblib": package_version("joblib"),
+            "nirsflow": package_version("nirsflow")}
+
+
+def major_minor(version: str) -> tuple[int, int] | None:
+    found = re.match(r"^\s*(\d+)\.(\d+)", str(version))
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def sklearn_mismatch(fitted: object) -> tuple[str, str] | None:
+    """``(fitted, here)`` scikit-learn versions when a chain's recorded versions name one
+    whose major.minor differs from this environment's; None when they agree or either is
+    unknown (a chain saved before versions were recorded)."""
+    fitted_version = fitted.get("scikit-learn") if isinstance(fitted, dict) else None
+    here = library_versions()["scikit-learn"]
+    if not isinstance(fitted_version, str) or here is None or major_minor(fitted_version) == major_minor(here):
+        return None
+    return fitted_version, here
+
+
+def warn_on_version_mismatch(chain: dict) -> None:
+    """Warn once for a chain about to be replayed under another scikit-learn."""
+    recorded = chain.get("metadata") if isinstance(chain.get("metadata"), dict) else {}
+    mismatch = sklearn_mismatch(recorded.get(FITTED_VERSIONS))
+    if mismatch is not None:
+        warnings.warn(f"chain {chain.get('chain_id')} was fitted with scikit-learn {mismatch[0]}, this "
+                      f"environment has scikit-learn {mismatch[1]}: its models may load or predict "
+                      "differently; compare a replay against its stored predictions, or refit it",
+                      ChainVersionWarning, stacklevel=4)
