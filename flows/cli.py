@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -57,10 +58,22 @@ def friendly(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from nirs.errors import ConfigError, SpectraFileError
-        from storage import StoreError
+        from storage import BundleVersionWarning, ChainVersionWarning, StoreError
+
+        python_says = warnings.showwarning
+
+        def say(message, category, filename, lineno, file=None, line=None):
+            # nirsflow's own warnings (a chain or bundle fitted under another scikit-learn)
+            # are for the user: one line, like the errors, not Python's file:line form
+            if issubclass(category, (ChainVersionWarning, BundleVersionWarning)):
+                typer.echo(f"warning: {message}", err=True)
+            else:
+                python_says(message, category, filename, lineno, file, line)
 
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = say
+                return fn(*args, **kwargs)
         except (UserError, StoreError, ConfigError, SpectraFileError, FileNotFoundError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None

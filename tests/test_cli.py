@@ -62,6 +62,28 @@ def test_replay_a_file_with_the_production_alias(ws, tmp_path):
     assert np.all(np.abs(predictions["prediction"].to_numpy() - test.y[:5]) < 10)
 
 
+def test_replaying_a_chain_fitted_under_another_scikit_learn_warns_in_one_line(ws, tmp_path):
+    from nirs.datasets import load_tablet
+    from storage import WorkspaceStore
+
+    with WorkspaceStore(ws) as store:  # the production chain, as if fitted by an older scikit-learn
+        chain = store.get_chain(store.get_alias("tablet1", "production"))
+        fields = {k: chain[k] for k in ("steps", "model_step_idx", "model_class", "preprocessings", "fold_strategy",
+                                        "fold_artifacts", "shared_artifacts", "fold_weights", "task_type",
+                                        "classes", "wavelengths", "n_features")}
+        metadata = {**chain["metadata"], "fitted_versions": {"scikit-learn": "0.24.2"}}
+        old = store.save_chain(chain["pipeline_id"], **fields, metadata=metadata)
+    _, test = load_tablet(instrument=1)
+    frame = pl.DataFrame({"sample_id": ["a", "b"]}).with_columns(
+        [pl.Series(f"{w:g}", test.X[:2, j]) for j, w in enumerate(test.wavelengths)])
+    frame.write_csv(tmp_path / "two.csv")
+    done = run_cli("replay", old, str(tmp_path / "two.csv"), "-w", ws, "--out", str(tmp_path / "p.parquet"))
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "0.24.2" in line]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: chain {old} was fitted with scikit-learn 0.24.2")
+    assert "ChainVersionWarning" not in done.stderr and pl.read_parquet(tmp_path / "p.parquet").height == 2
+
+
 def test_promote_moves_the_alias_and_gc_vacuum_check(ws):
     chains = [t["chain_id"] for t in _json("top", "-n", "2", "-w", ws)]
     done = run_cli("promote", "tablet1", chains[1], "-w", ws, "--reason", "cli test")
