@@ -9,13 +9,20 @@ from __future__ import annotations
 
 class SpectraFileError(ValueError):
     """A spectra file that cannot be read; the message names the file and, where it applies,
-    the 1-based data row (row 1 is the first line after the header) and the column."""
+    the 1-based data row (row 1 is the first line after the header) and the column.
 
-    def __init__(self, path, problem: str, *, row: int | None = None, column: str | None = None):
+    `expected` and `found` say the same problem as data for notes and the UI (e.g. "a number"
+    against "'oops'"); they are set where the error is raised, so nobody has to parse the
+    message, and they are not part of it (None when nothing useful can be said)."""
+
+    def __init__(self, path, problem: str, *, row: int | None = None, column: str | None = None,
+                 expected: str | None = None, found: str | None = None):
         self.path = str(path)
         self.problem = problem
         self.row = row
         self.column = column
+        self.expected = expected
+        self.found = found
         where = []
         if row is not None:
             where.append(f"row {row}")
@@ -25,11 +32,12 @@ class SpectraFileError(ValueError):
         super().__init__(prefix + problem)
 
     def __reduce__(self):
-        return (_rebuild_file_error, (self.path, self.problem, self.row, self.column))
+        return (_rebuild_file_error, (self.path, self.problem, self.row, self.column, self.expected, self.found))
 
 
-def _rebuild_file_error(path, problem, row, column):
-    return SpectraFileError(path, problem, row=row, column=column)
+# expected/found default to None: an error pickled before they existed (4 fields) still rebuilds.
+def _rebuild_file_error(path, problem, row, column, expected=None, found=None):
+    return SpectraFileError(path, problem, row=row, column=column, expected=expected, found=found)
 
 
 class ConfigError(ValueError):

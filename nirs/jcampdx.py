@@ -34,36 +34,45 @@ def _parse(path: Path):
     try:
         raw = path.read_bytes()
     except PermissionError:
-        raise SpectraFileError(path, "cannot be read: permission denied") from None
+        raise SpectraFileError(path, "cannot be read: permission denied",
+                               expected="a file this process may read", found="permission denied") from None
     except IsADirectoryError:
-        raise SpectraFileError(path, "is a folder, expected a file") from None
+        raise SpectraFileError(path, "is a folder, expected a file", expected="a file", found="a folder") from None
     except FileNotFoundError:
-        raise SpectraFileError(path, "no such file") from None
+        raise SpectraFileError(path, "no such file", expected="an existing file", found="no such file") from None
     if not raw.strip():
-        raise SpectraFileError(path, "the file is empty")
+        raise SpectraFileError(path, "the file is empty",
+                               expected="a header row and at least one spectrum", found="an empty file (0 bytes)")
     if _NUL in raw:
-        raise SpectraFileError(path, f"not a text file: binary byte 0x00 at offset {raw.index(_NUL)}; expected JCAMP-DX")
+        at = raw.index(_NUL)
+        raise SpectraFileError(path, f"not a text file: binary byte 0x00 at offset {at}; expected JCAMP-DX",
+                               expected="a UTF-8 text table", found=f"binary data (byte 0x00 at offset {at})")
     text = raw.decode("utf-8", errors="replace")
     if "##" not in text:
-        raise SpectraFileError(path, "not JCAMP-DX: no '##LABEL=' lines")
+        raise SpectraFileError(path, "not JCAMP-DX: no '##LABEL=' lines",
+                               expected="JCAMP-DX '##LABEL=' lines", found="no '##' anywhere in the file")
     chatter = io.StringIO()  # jcamp prints its consistency checks; keep them for our message
     try:
         with contextlib.redirect_stdout(chatter):
             record = jcamp.read(io.StringIO(text))
     except Exception as exc:
-        raise SpectraFileError(path, f"not valid JCAMP-DX: {type(exc).__name__}: {exc}") from None
+        raise SpectraFileError(path, f"not valid JCAMP-DX: {type(exc).__name__}: {exc}",
+                               expected="valid JCAMP-DX", found=f"{type(exc).__name__}: {exc}") from None
     if record.get("children"):
         raise SpectraFileError(
-            path, f"holds {len(record['children'])} linked blocks; one spectrum per file is expected"
+            path, f"holds {len(record['children'])} linked blocks; one spectrum per file is expected",
+            expected="one spectrum per file", found=f"{len(record['children'])} linked blocks",
         )
     x = np.asarray(record.get("x", []), dtype=np.float64)
     y = np.asarray(record.get("y", []), dtype=np.float64)
     if x.size == 0 or y.size == 0:
-        raise SpectraFileError(path, "no spectral data: expected an ##XYDATA or ##XYPOINTS block with values")
+        raise SpectraFileError(path, "no spectral data: expected an ##XYDATA or ##XYPOINTS block with values",
+                               expected="an ##XYDATA or ##XYPOINTS block with values", found="no spectral values")
     if x.size != y.size:
         note = chatter.getvalue().strip()
         raise SpectraFileError(
-            path, f"{x.size} abscissa values but {y.size} ordinate values" + (f" ({note})" if note else "")
+            path, f"{x.size} abscissa values but {y.size} ordinate values" + (f" ({note})" if note else ""),
+            expected=f"{x.size} ordinate values (one per abscissa value)", found=f"{y.size} ordinate values",
         )
     return record, x, y
 
@@ -74,17 +83,20 @@ def _one(path: Path, target_column: str | None):
     x, y = x[order], y[order]
     if np.any(np.diff(x) <= 0):
         k = int(np.flatnonzero(np.diff(x) <= 0)[0])
-        raise SpectraFileError(path, f"abscissa value {x[k + 1]:g} appears twice")
+        raise SpectraFileError(path, f"abscissa value {x[k + 1]:g} appears twice",
+                               expected="distinct abscissa values", found=f"{x[k + 1]:g} twice")
     bad = np.flatnonzero(~np.isfinite(y))
     if bad.size:
-        raise SpectraFileError(path, f"value {y[bad[0]]} is not finite", column=f"{x[bad[0]]:g}")
+        raise SpectraFileError(path, f"value {y[bad[0]]} is not finite", column=f"{x[bad[0]]:g}",
+                               expected="a finite number", found=str(y[bad[0]]))
     target = None
     if target_column is not None:
         wanted = target_column.strip().lower().lstrip("$")
         found = {k.lstrip("$"): v for k, v in record.items() if isinstance(k, str)}
         if wanted not in found:
             labels = sorted(k for k in found if k not in {"x", "y"})
-            raise SpectraFileError(path, f"no header label {target_column!r} for the target (labels: {labels})")
+            raise SpectraFileError(path, f"no header label {target_column!r} for the target (labels: {labels})",
+                                   expected=f"a header label {target_column!r}", found=", ".join(labels) or "no labels")
         target = found[wanted]
     return x, y, target, str(record.get("title", ""))
 
@@ -93,9 +105,11 @@ def _files(folder: Path) -> list[Path]:
     try:
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
     except PermissionError:
-        raise SpectraFileError(folder, "cannot be read: permission denied") from None
+        raise SpectraFileError(folder, "cannot be read: permission denied",
+                               expected="a file this process may read", found="permission denied") from None
     if not files:
-        raise SpectraFileError(folder, f"no JCAMP-DX files ({', '.join(sorted(SUFFIXES))}) in this folder")
+        raise SpectraFileError(folder, f"no JCAMP-DX files ({', '.join(sorted(SUFFIXES))}) in this folder",
+                               expected=f"JCAMP-DX files ({', '.join(sorted(SUFFIXES))})", found="none in this folder")
     return files
 
 
@@ -111,6 +125,8 @@ def _dataset(files: list[Path], grid_ref, target_column, task, name) -> tuple[Sp
                 f,
                 f"grid {x[0]:g}-{x[-1]:g} ({x.size} points) differs from {ref_file.name}'s "
                 f"{ref_x[0]:g}-{ref_x[-1]:g} ({ref_x.size} points); a folder must share one grid",
+                expected=f"{ref_file.name}'s grid, {ref_x[0]:g}-{ref_x[-1]:g} ({ref_x.size} points)",
+                found=f"{x[0]:g}-{x[-1]:g} ({x.size} points)",
             )
         rows.append(y)
         targets.append(target)

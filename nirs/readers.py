@@ -58,7 +58,9 @@ def _kind(path: Path) -> str:
     if suffix in PARQUET_SUFFIXES:
         return "parquet"
     known = sorted(set(TEXT_SUFFIXES) | PARQUET_SUFFIXES | JCAMP_SUFFIXES)
-    raise SpectraFileError(path, f"unsupported file type {suffix or '(no suffix)'!r}; expected one of {', '.join(known)}")
+    shown = repr(suffix or "(no suffix)")
+    raise SpectraFileError(path, f"unsupported file type {shown}; expected one of {', '.join(known)}",
+                           expected=", ".join(known), found=shown)
 
 
 def _head_bytes(path: Path) -> bytes:
@@ -68,28 +70,34 @@ def _head_bytes(path: Path) -> bytes:
         with open(path, "rb") as fh:
             head = fh.read(_SNIFF_BYTES)
     except FileNotFoundError:
-        raise SpectraFileError(path, "no such file") from None
+        raise SpectraFileError(path, "no such file", expected="an existing file", found="no such file") from None
     except IsADirectoryError:
-        raise SpectraFileError(path, "is a folder, expected a file") from None
+        raise SpectraFileError(path, "is a folder, expected a file", expected="a file", found="a folder") from None
     except PermissionError:
-        raise SpectraFileError(path, "cannot be read: permission denied") from None
+        raise SpectraFileError(path, "cannot be read: permission denied",
+                               expected="a file this process may read", found="permission denied") from None
     except OSError as exc:
-        raise SpectraFileError(path, f"cannot be read: {exc.strerror or exc}") from None
+        raise SpectraFileError(path, f"cannot be read: {exc.strerror or exc}",
+                               expected="a file this process may read", found=exc.strerror or str(exc)) from None
     if size == 0:
-        raise SpectraFileError(path, "the file is empty (0 bytes)")
+        raise SpectraFileError(path, "the file is empty (0 bytes)",
+                               expected="a header row and at least one spectrum", found="an empty file (0 bytes)")
     return head
 
 
 def _check_text(path: Path, head: bytes, what: str) -> None:
     if _NUL in head:
+        at = head.index(_NUL)
         raise SpectraFileError(
-            path, f"not a text file: binary byte 0x00 at offset {head.index(_NUL)}; expected a {what}"
+            path, f"not a text file: binary byte 0x00 at offset {at}; expected a {what}",
+            expected="a UTF-8 text table", found=f"binary data (byte 0x00 at offset {at})",
         )
     try:
         codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError as exc:
         raise SpectraFileError(
-            path, f"not UTF-8 text: byte 0x{head[exc.start]:02x} at offset {exc.start}; expected a {what}"
+            path, f"not UTF-8 text: byte 0x{head[exc.start]:02x} at offset {exc.start}; expected a {what}",
+            expected="UTF-8 text", found=f"byte 0x{head[exc.start]:02x} at offset {exc.start}",
         ) from None
 
 
@@ -118,12 +126,15 @@ def _layout(path: Path, names: list[str], id_column: str | None, target_column: 
     clean = [n.strip() for n in names]
     dupes = sorted({n for n in clean if clean.count(n) > 1})
     if dupes:
-        raise SpectraFileError(path, f"duplicate column headers {dupes}")
+        raise SpectraFileError(path, f"duplicate column headers {dupes}",
+                               expected="unique column headers", found=f"{', '.join(map(repr, dupes))} more than once")
     for role, wanted in (("id", id_column), ("target", target_column)):
         if wanted is not None and wanted not in clean:
             hint = "; pass id_column=None to number the rows instead" if role == "id" else ""
             shown = ", ".join(repr(c) for c in clean[:8]) + (", ..." if len(clean) > 8 else "")
-            raise SpectraFileError(path, f"no {role} column {wanted!r} (found: {shown}){hint}")
+            article = "an" if role == "id" else "a"
+            raise SpectraFileError(path, f"no {role} column {wanted!r} (found: {shown}){hint}",
+                                   expected=f"{article} {role} column {wanted!r}", found=shown)
     wl_idx, wl_values, other = [], [], []
     for i, name in enumerate(clean):
         if name in (id_column, target_column):
@@ -139,13 +150,14 @@ def _layout(path: Path, names: list[str], id_column: str | None, target_column: 
             path,
             "no wavelength columns: expected column headers that are numbers (e.g. 1100 or 1100.5), "
             f"found only {clean[:8]}",
+            expected="column headers that are numbers (wavelengths)",
         )
     for i in other:
         if wl_idx[0] < i < wl_idx[-1]:
             raise SpectraFileError(
                 path,
                 f"header {clean[i]!r} (column {i + 1}) sits among the wavelength columns but is not a number",
-                column=names[i],
+                column=names[i], expected="a wavelength (a number)", found=repr(clean[i]),
             )
     for k in range(1, len(wl_values)):
         if wl_values[k] <= wl_values[k - 1]:
@@ -153,7 +165,7 @@ def _layout(path: Path, names: list[str], id_column: str | None, target_column: 
                 path,
                 f"wavelength headers must increase from left to right; {clean[wl_idx[k]]!r} "
                 f"(column {wl_idx[k] + 1}) follows {clean[wl_idx[k - 1]]!r} (column {wl_idx[k - 1] + 1})",
-                column=names[wl_idx[k]],
+                column=names[wl_idx[k]], expected=f"a wavelength above {clean[wl_idx[k - 1]]}", found=clean[wl_idx[k]],
             )
     by_clean = dict(zip(clean, names))
     return _Layout(
@@ -169,15 +181,19 @@ def _layout(path: Path, names: list[str], id_column: str | None, target_column: 
 # -- frame -> dataset (shared by every table path) ---------------------------------------------
 
 
-def _describe_bad_cell(raw) -> str:
+def _bad_cell(path: Path, raw, *, row: int, column: str) -> SpectraFileError:
+    """The error for a spectrum cell that is not a finite number, by what is in it."""
     if raw is None:
-        return "missing value (empty cell or short row); expected a number"
+        return SpectraFileError(path, "missing value (empty cell or short row); expected a number", row=row,
+                                column=column, expected="a number", found="an empty cell or a short row")
     if isinstance(raw, str):
         try:
             float(raw.strip())
         except ValueError:
-            return f"not a number: {raw!r}"
-    return f"value {raw!r} is not finite; spectra must be finite numbers"
+            return SpectraFileError(path, f"not a number: {raw!r}", row=row, column=column,
+                                    expected="a number", found=repr(raw))
+    return SpectraFileError(path, f"value {raw!r} is not finite; spectra must be finite numbers", row=row,
+                            column=column, expected="a finite number", found=repr(raw))
 
 
 def _to_float_matrix(frame: pl.DataFrame) -> np.ndarray:
@@ -267,7 +283,7 @@ class _Converter:
         if bad.any():
             r, c = divmod(int(np.argmax(bad.ravel())), X.shape[1])
             col = lay.wl_cols[c]
-            raise SpectraFileError(path, _describe_bad_cell(df[col][r]), row=int(rows[r]), column=col)
+            raise _bad_cell(path, df[col][r], row=int(rows[r]), column=col)
 
         ids = self._ids(rows, None if lay.id_col is None else
                         df[lay.id_col].cast(pl.String).str.strip_chars().to_list())
@@ -292,12 +308,14 @@ class _Converter:
             ids = []
             for r, sid in zip(rows, raw_ids):
                 if not sid:
-                    raise SpectraFileError(path, "missing sample id", row=int(r), column=lay.id_col)
+                    raise SpectraFileError(path, "missing sample id", row=int(r), column=lay.id_col,
+                                           expected="a sample id", found="an empty cell")
                 ids.append(sid)
         repeated = None if self.seen is None else self.seen.add(ids, rows)
         if repeated is not None:
             sid, r, first = repeated
-            raise SpectraFileError(path, f"duplicate sample id {sid!r}: also on row {first}", row=r, column=lay.id_col)
+            raise SpectraFileError(path, f"duplicate sample id {sid!r}: also on row {first}", row=r, column=lay.id_col,
+                                   expected="unique sample ids", found=f"{sid!r} again (first on row {first})")
         return ids
 
     def _dataset(self, X, ids, y, meta, chunk_name) -> SpectraDataset:
@@ -316,19 +334,22 @@ class _Converter:
         missing = (text.is_null() | (text == "")).to_numpy()
         if missing.any():
             r = int(rows[int(np.argmax(missing))])
-            raise SpectraFileError(path, "missing target value", row=r, column=name)
+            raise SpectraFileError(path, "missing target value", row=r, column=name,
+                                   expected="a target value", found="an empty cell")
         numbers = text.cast(pl.Float64, strict=False)
         if self.task != "classification" and numbers.null_count() == 0:
             y = numbers.to_numpy()
             bad = ~np.isfinite(y)
             if bad.any():
                 k = int(np.argmax(bad))
-                raise SpectraFileError(path, f"target {text[k]!r} is not finite", row=int(rows[k]), column=name)
+                raise SpectraFileError(path, f"target {text[k]!r} is not finite", row=int(rows[k]), column=name,
+                                       expected="a finite number", found=repr(text[k]))
             return y
         if self.task == "regression":
             k = int(np.argmax(numbers.is_null().to_numpy()))
             raise SpectraFileError(
-                path, f"regression target is not a number: {text[k]!r}", row=int(rows[k]), column=name
+                path, f"regression target is not a number: {text[k]!r}", row=int(rows[k]), column=name,
+                expected="a number", found=repr(text[k]),
             )
         return np.asarray(text.to_list(), dtype=object)
 
@@ -350,7 +371,8 @@ def _text_header(path: Path, separator: str | None) -> tuple[list[str], str]:
     with open(path, encoding="utf-8-sig", newline="") as fh:
         first = fh.readline()
     if not first.strip():
-        raise SpectraFileError(path, "the first line is empty; expected the header row (sample id, wavelengths, ...)")
+        raise SpectraFileError(path, "the first line is empty; expected the header row (sample id, wavelengths, ...)",
+                               expected="a header row (sample id, wavelengths, ...)", found="an empty first line")
     line = first.rstrip("\r\n")
     sep = separator or TEXT_SUFFIXES.get(path.suffix.lower())
     if sep is None:
@@ -382,7 +404,8 @@ def _structure_error(path: Path, sep: str, n_cols: int, exc: Exception) -> Spect
             for row_no, fields in enumerate(reader, start=1):
                 if fields and len(fields) > n_cols:
                     return SpectraFileError(
-                        path, f"{len(fields)} fields, but the header has {n_cols} columns", row=row_no
+                        path, f"{len(fields)} fields, but the header has {n_cols} columns", row=row_no,
+                        expected=f"{n_cols} fields per row", found=f"{len(fields)} fields",
                     )
     except (UnicodeDecodeError, csv.Error) as err:
         return SpectraFileError(path, f"unreadable text: {err}")
@@ -506,11 +529,17 @@ class _TextChunks:
 def _parquet_columns(path: Path) -> list[str]:
     head = _head_bytes(path)
     if not head.startswith(b"PAR1"):
-        raise SpectraFileError(path, "not a Parquet file: it does not start with the 'PAR1' magic bytes")
+        raise SpectraFileError(path, "not a Parquet file: it does not start with the 'PAR1' magic bytes",
+                               expected="a Parquet file (starting with 'PAR1')", found="other bytes")
     try:
         return list(pl.read_parquet_schema(path))
     except Exception as exc:  # polars raises several types for a damaged footer
-        raise SpectraFileError(path, f"not a readable Parquet file (truncated or corrupt): {str(exc).splitlines()[0]}") from None
+        raise _corrupt_parquet(path, exc) from None
+
+
+def _corrupt_parquet(path: Path, exc: Exception) -> SpectraFileError:
+    return SpectraFileError(path, f"not a readable Parquet file (truncated or corrupt): {str(exc).splitlines()[0]}",
+                            expected="a whole Parquet file", found="a truncated or corrupt one")
 
 
 def _read_parquet(path: Path, *, offset: int = 0, length: int | None = None) -> pl.DataFrame:
@@ -520,14 +549,14 @@ def _read_parquet(path: Path, *, offset: int = 0, length: int | None = None) -> 
             lf = lf.slice(offset, length)
         return lf.collect()
     except Exception as exc:
-        raise SpectraFileError(path, f"not a readable Parquet file (truncated or corrupt): {str(exc).splitlines()[0]}") from None
+        raise _corrupt_parquet(path, exc) from None
 
 
 def _parquet_rows(path: Path) -> int:
     try:
         return int(pl.scan_parquet(path).select(pl.len()).collect().item())
     except Exception as exc:
-        raise SpectraFileError(path, f"not a readable Parquet file (truncated or corrupt): {str(exc).splitlines()[0]}") from None
+        raise _corrupt_parquet(path, exc) from None
 
 
 # -- public API ---------------------------------------------------------------------------
@@ -546,7 +575,8 @@ def _prepare(path, id_column, target_column, separator):
 
 
 def _no_rows(path: Path) -> SpectraFileError:
-    return SpectraFileError(path, "has a header but no data rows")
+    return SpectraFileError(path, "has a header but no data rows", expected="at least one data row",
+                            found="a header row only")
 
 
 def read_spectra(

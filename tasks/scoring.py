@@ -35,7 +35,6 @@ import errno
 import hashlib
 import json
 import os
-import re
 import shutil
 import socket
 import time
@@ -334,10 +333,6 @@ def _result_table(chain: LoadedChain, ids, pred, proba, constants: dict) -> pa.T
     return pa.table(columns)
 
 
-def _problem(stage: str, exc: BaseException) -> dict:
-    return {"stage": stage, "error": type(exc).__name__, "message": str(exc)}
-
-
 def score_file(job: ScoreJob, chain: LoadedChain) -> dict:
     """Score one inbox file (see the module docstring for the outcomes)."""
     f = job.file
@@ -417,39 +412,15 @@ def score_file_task(rel: str, job: ScoreJob, chain: LoadedChain) -> dict:
 
 # -- what is wrong with a file ------------------------------------------------------------
 
-_PATTERNS: list[tuple[re.Pattern, Callable[[re.Match], tuple[str | None, str | None]]]] = [
-    (re.compile(r"the file is empty"), lambda m: ("a header row and at least one spectrum", "an empty file (0 bytes)")),
-    (re.compile(r"header but no data rows"), lambda m: ("at least one data row", "a header row only")),
-    (re.compile(r"not a number: (.*)"), lambda m: ("a number", m.group(1))),
-    (re.compile(r"value (.*) is not finite"), lambda m: ("a finite number", m.group(1))),
-    (re.compile(r"missing value"), lambda m: ("a number", "an empty cell or a short row")),
-    (re.compile(r"duplicate sample id (.*): also on row (\d+)"),
-     lambda m: ("unique sample ids", f"{m.group(1)} again (first on row {m.group(2)})")),
-    (re.compile(r"missing sample id"), lambda m: ("a sample id", "an empty cell")),
-    (re.compile(r"not a text file: binary byte 0x00 at offset (\d+)"),
-     lambda m: ("a UTF-8 text table", f"binary data (byte 0x00 at offset {m.group(1)})")),
-    (re.compile(r"not UTF-8 text: (byte 0x\w+ at offset \d+)"), lambda m: ("UTF-8 text", m.group(1))),
-    (re.compile(r"not a Parquet file"), lambda m: ("a Parquet file (starting with 'PAR1')", "other bytes")),
-    (re.compile(r"not a readable Parquet file"), lambda m: ("a whole Parquet file", "a truncated or corrupt one")),
-    (re.compile(r"permission denied", re.I), lambda m: ("a file this process may read", "permission denied")),
-    (re.compile(r"(\d+) fields, but the header has (\d+) columns"),
-     lambda m: (f"{m.group(2)} fields per row", f"{m.group(1)} fields")),
-    (re.compile(r"no id column '(.*)' \(found: (.*)\)"), lambda m: (f"an id column {m.group(1)!r}", m.group(2))),
-    (re.compile(r"unsupported file type '(.*)'; expected one of (.*)"), lambda m: (m.group(2), repr(m.group(1)))),
-    (re.compile(r"no wavelength columns"), lambda m: ("column headers that are numbers (wavelengths)", None)),
-]
-
-
 def describe_problem(exc: BaseException, stage: str, file: InboxFile, chain: LoadedChain | None = None) -> dict:
     """The ``.error.json`` body: file, stage, row, column, expected vs found, message."""
     problem = getattr(exc, "problem", None) or str(exc)
+    # SpectraFileError and CheckError say expected/found where they are raised. A bare
+    # PermissionError can still get here: the readers open the file again after their first
+    # check (chunked reads), and the file's mode may change in between.
     expected, found = getattr(exc, "expected", None), getattr(exc, "found", None)
-    if expected is None and found is None:
-        for pattern, pick in _PATTERNS:
-            match = pattern.search(problem)
-            if match:
-                expected, found = pick(match)
-                break
+    if isinstance(exc, PermissionError):
+        expected, found = "a file this process may read", "permission denied"
     if isinstance(exc, SpectraFileError):
         stage = "read"
     elif isinstance(exc, (CheckError, ReplayError)) and stage == "replay":

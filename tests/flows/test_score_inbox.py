@@ -20,7 +20,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.scoring import LoadedChain, ScoreJob, ScoringLock, result_paths, scan_inbox, score_file
+from nirs.errors import SpectraFileError
+from tasks.scoring import (FileStat, InboxFile, LoadedChain, ScoreJob, ScoringLock, describe_problem, result_paths,
+                           scan_inbox, score_file)
 from tests.flows.conftest import start_flow_process, wait_for
 from tests.flows.scoring_fixtures import Inbox, inbox, scoring_chains, sha256_file  # noqa: F401 - fixtures
 
@@ -369,6 +371,21 @@ def test_an_unreadable_file_is_rejected(inbox):
     _assert_rejected(inbox, summary, "tablet/locked.csv", stage="read", problem="cannot be read: Permission denied",
                      expected="a file this process may read", found="Permission denied")
     _assert_good_scored(inbox, summary)
+
+
+def test_the_note_takes_expected_and_found_from_the_error_not_its_message(tmp_path):
+    f = InboxFile(tmp_path / "tablet" / "x.csv", "tablet/x.csv", "tablet", FileStat(1, 1, 1))
+    err = SpectraFileError(f.path, "not a number: 'oops'", row=3, column="620", expected="a number", found="'oops'")
+    note = describe_problem(err, "replay", f)
+    assert (note["stage"], note["row"], note["column"], note["expected"], note["found"]) == \
+        ("read", 3, "620", "a number", "'oops'")
+    # A file made unreadable after the reader's first look fails on a later open() with a bare PermissionError.
+    denied = PermissionError(13, "Permission denied", str(f.path))
+    note = describe_problem(denied, "read", f)
+    assert (note["error"], note["expected"], note["found"]) == \
+        ("PermissionError", "a file this process may read", "permission denied")
+    note = describe_problem(RuntimeError("boom"), "replay", f)  # nothing to say beyond the message
+    assert (note["expected"], note["found"], note["message"]) == (None, None, "boom")
 
 
 def test_an_alias_that_points_nowhere_leaves_the_files_waiting(inbox):

@@ -184,6 +184,99 @@ def test_errors_pickle_with_their_fields(tmp_path):
     assert isinstance(back, ValueError)
 
 
+def test_errors_pickled_before_expected_and_found_still_load(tmp_path):
+    from nirs.errors import _rebuild_file_error
+
+    old = _rebuild_file_error(str(tmp_path / "f.csv"), "not a number: 'x'", 4, "1002")  # the 4-field form
+    assert (old.row, old.column, old.expected, old.found) == (4, "1002", None, None)
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _cut_parquet(path: Path) -> Path:
+    pl.DataFrame({"sample_id": ["a", "b"], "1000": [1.0, 2.0]}).write_parquet(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def _jdx_points(path: Path, points) -> Path:
+    return write(path, "##TITLE=s\n##JCAMP-DX=4.24\n##$PROTEIN=12.5\n##XYPOINTS=(XY..XY)\n"
+                 + "".join(f"{x}, {y}\n" for x, y in points) + "##END=\n")
+
+
+# name: (writes the bad file into a folder, read keywords, expected, found)
+BAD_FILES = {
+    "non-numeric cell": (lambda d: write(d / "word.csv", csv_text(GOOD[:2] + ["c,12.5,b2,0.3,oops,0.5"])), {},
+                         "a number", "'oops'"),
+    "short row": (lambda d: write(d / "short.csv", csv_text(GOOD[:1] + ["b,11.0,b1,0.2"])), {},
+                  "a number", "an empty cell or a short row"),
+    "long row": (lambda d: write(d / "long.csv", "sample_id,1000,1002\na,1,2\nb,1,2,3\n"), {},
+                 "3 fields per row", "4 fields"),
+    "non-finite cell": (lambda d: write(d / "inf.csv", csv_text(GOOD[:2] + ["c,1,x,1,1,-inf"])), {},
+                        "a finite number", "-inf"),
+    "duplicate id": (lambda d: write(d / "dup.csv", csv_text(GOOD + ["b,1,x,1,1,1"])), {},
+                     "unique sample ids", "'b' again (first on row 2)"),
+    # across chunks: the path the batch scorer reads by
+    "duplicate id, chunked": (lambda d: write(d / "dupc.csv", csv_text(GOOD + ["b,1,x,1,1,1"])), {"chunk_rows": 2},
+                              "unique sample ids", "'b' again (first on row 2)"),
+    "missing id": (lambda d: write(d / "noid.csv", csv_text(GOOD[:1] + [",1,x,1,1,1"])), {},
+                   "a sample id", "an empty cell"),
+    "empty file": (lambda d: write(d / "empty.csv", ""), {},
+                   "a header row and at least one spectrum", "an empty file (0 bytes)"),
+    "header only": (lambda d: write(d / "head.csv", "sample_id,1000,1002\n"), {},
+                    "at least one data row", "a header row only"),
+    "no id column": (lambda d: write(d / "idless.csv", "id,1000\na,1\n"), {},
+                     "an id column 'sample_id'", "'id', '1000'"),
+    "no target column": (lambda d: write(d / "t.csv", "sample_id,1000\na,1\n"), {"target_column": "fat"},
+                         "a target column 'fat'", "'sample_id', '1000'"),
+    "no wavelength columns": (lambda d: write(d / "nowl.csv", "sample_id,protein\na,1\n"), {},
+                              "column headers that are numbers (wavelengths)", None),
+    "decreasing wavelengths": (lambda d: write(d / "dec.csv", "sample_id,1000,1004,1002\na,1,2,3\n"), {},
+                               "a wavelength above 1004", "1002"),
+    "binary garbage named .csv": (lambda d: _write_bytes(d / "garbage.csv", b"\x89PNG\r\n\x1a\n\x00\x00" + bytes(64)), {},
+                                  "a UTF-8 text table", "binary data (byte 0x00 at offset 8)"),
+    "latin-1 text": (lambda d: _write_bytes(d / "latin.csv", "sample_id,1000\n\xe9chantillon,1\n".encode("latin-1")), {},
+                     "UTF-8 text", "byte 0xe9 at offset 15"),
+    "truncated parquet": (lambda d: _cut_parquet(d / "cut.parquet"), {},
+                          "a whole Parquet file", "a truncated or corrupt one"),
+    "text named .parquet": (lambda d: write(d / "fake.parquet", "sample_id,1000\n"), {},
+                            "a Parquet file (starting with 'PAR1')", "other bytes"),
+    "unknown suffix": (lambda d: write(d / "s.xlsx", "x"), {},
+                       ".csv, .dx, .jcamp, .jdx, .parquet, .pq, .tab, .tsv, .txt", "'.xlsx'"),
+    "no such file": (lambda d: d / "missing.csv", {}, "an existing file", "no such file"),
+    "JCAMP-DX without labels": (lambda d: write(d / "junk.jdx", "hello\nworld\n"), {},
+                                "JCAMP-DX '##LABEL=' lines", "no '##' anywhere in the file"),
+    "JCAMP-DX without data": (lambda d: write(d / "nodata.jdx", "##TITLE=x\n##END=\n"), {},
+                              "an ##XYDATA or ##XYPOINTS block with values", "no spectral values"),
+    "JCAMP-DX value not finite": (lambda d: _jdx_points(d / "nan.jdx", [(1100, 0.1), (1102, "nan"), (1104, 0.3)]), {},
+                                  "a finite number", "nan"),
+    "JCAMP-DX abscissa twice": (lambda d: _jdx_points(d / "twice.jdx", [(1100, 0.1), (1100, 0.2), (1104, 0.3)]), {},
+                                "distinct abscissa values", "1100 twice"),
+    "JCAMP-DX without the target label": (
+        lambda d: _jdx_points(d / "label.jdx", [(1100, 0.1), (1102, 0.2)]), {"target_column": "fat"},
+        "a header label 'fat'", "end, jcamp-dx, protein, title, xypoints"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_errors_say_expected_and_found_as_fields(tmp_path, case):
+    make, kw, expected, found = BAD_FILES[case]
+    path = make(tmp_path)
+    with pytest.raises(SpectraFileError) as info:
+        if "chunk_rows" in kw:
+            list(iter_spectra_chunks(path, **kw))
+        else:
+            read_spectra(path, **kw)
+    err = info.value
+    assert (err.expected, err.found) == (expected, found), str(err)
+    back = pickle.loads(pickle.dumps(err))  # errors cross process boundaries in Prefect tasks
+    assert (back.expected, back.found, back.problem, back.row, back.column, str(back)) == \
+        (expected, found, err.problem, err.row, err.column, str(err))
+
+
 # -- chunks --------------------------------------------------------------------------------
 
 
