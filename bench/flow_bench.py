@@ -126,8 +126,8 @@ def through_flow(config, workspace: Path, runner: str) -> tuple[float, float]:
     from flows.train import train
 
     task_runner, processes = {
-        "1 thread, fits in the flow process (the default on 2 cores)": (lambda: ThreadPoolTaskRunner(max_workers=1), 0),
-        "2 threads, fits in the flow process": (lambda: ThreadPoolTaskRunner(max_workers=2), 0),
+        "1 thread, fits in the flow process": (lambda: ThreadPoolTaskRunner(max_workers=1), 0),
+        "2 threads, fits in the flow process (the default on 2 cores)": (lambda: ThreadPoolTaskRunner(max_workers=2), 0),
         "2 threads, fits in 2 worker processes (processes=2)": (lambda: ThreadPoolTaskRunner(max_workers=2), 2),
         "Prefect's ProcessPoolTaskRunner(2)": (lambda: ProcessPoolTaskRunner(max_workers=2), 0)}[runner]
     started = time.perf_counter()
@@ -171,7 +171,7 @@ def main() -> None:
         for r in range(args.repeats):
             results.setdefault("plain core", []).append((plain_core(config, None), None))
             results.setdefault("plain core + store", []).append((plain_core(config, work / f"core{r}"), None))
-            for runner in ("1 thread, fits in the flow process (the default on 2 cores)", "2 threads, fits in the flow process",
+            for runner in ("1 thread, fits in the flow process", "2 threads, fits in the flow process (the default on 2 cores)",
                            "2 threads, fits in 2 worker processes (processes=2)") + (
                                ("Prefect's ProcessPoolTaskRunner(2)",) if args.processes else ()):
                 results.setdefault(f"train flow, {runner}", []).append(
