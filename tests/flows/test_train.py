@@ -10,11 +10,27 @@ import pytest
 
 from flows.train import train
 from storage import PipelineLibrary, WorkspaceStore
-from tests.flows.conftest import GRID_2, GRID_WITH_FAILURE, SPLIT
+from tests.flows.conftest import GRID_2, GRID_WITH_FAILURE, SPLIT, wait_for
 
 
 def _flow_run_id(state) -> str:
     return str(state.state_details.flow_run_id)
+
+
+def _recorded_task_run(client, task_run_id: str):
+    """The task run once the server has recorded its final state. nirsflow's server
+    records task runs in batches, flushed at least every second (flows/server.py), so
+    the last ones may land a moment after the flow returns."""
+    from prefect.exceptions import ObjectNotFound
+
+    def final():
+        try:
+            task_run = client.read_task_run(UUID(task_run_id))
+        except ObjectNotFound:
+            return None
+        return task_run if task_run.state is not None and task_run.state.is_final() else None
+
+    return wait_for(final, timeout=15, what=f"task run {task_run_id} recorded in a final state")
 
 
 def test_train_writes_run_pipelines_chains_predictions_artifacts_with_prefect_ids(prefect_server, prefect_client,
@@ -39,7 +55,7 @@ def test_train_writes_run_pipelines_chains_predictions_artifacts_with_prefect_id
         assert set(pipes["flow_run_id"]) == {flow_run_id}
         # every pipeline row names its own Prefect task run, and that task run is the pipeline's
         for task_run_id, name in zip(pipes["task_run_id"], pipes["name"]):
-            task_run = prefect_client.read_task_run(UUID(task_run_id))
+            task_run = _recorded_task_run(prefect_client, task_run_id)
             assert str(task_run.flow_run_id) == flow_run_id
             assert task_run.name == f"tablet1 · {name}" and task_run.state.is_completed()
 
@@ -52,7 +68,7 @@ def test_train_writes_run_pipelines_chains_predictions_artifacts_with_prefect_id
             folds = json.loads(meta)["fold_task_run_ids"]
             assert sorted(folds) == ["fold_0", "fold_1", "fold_2"]
             for fold_id, fold_task in folds.items():
-                fold_run = prefect_client.read_task_run(UUID(fold_task))
+                fold_run = _recorded_task_run(prefect_client, fold_task)
                 assert fold_run.name.endswith(f"· {fold_id}") and fold_run.state.is_completed()
 
         preds = store.query_predictions()
