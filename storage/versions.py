@@ -30,11 +30,15 @@ def package_version(package: str) -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=1)
 def library_versions() -> dict[str, str | None]:
-    """This environment's versions of what a fitted chain depends on. Read once per
-    process (each lookup scans the installed distributions): an upgrade does not change
-    the modules a running process has imported."""
+    """This environment's versions of what a fitted chain depends on (a fresh dict)."""
+    return dict(_library_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _library_versions() -> dict[str, str | None]:
+    # Read once per process (each lookup scans the installed distributions): an upgrade
+    # does not change the modules a running process has imported.
     return {"python": platform.python_version(), "numpy": package_version("numpy"),
             "scikit-learn": package_version("scikit-learn"), "joblib": package_version("joblib"),
             "nirsflow": package_version("nirsflow")}
@@ -50,7 +54,7 @@ def sklearn_mismatch(fitted: object) -> tuple[str, str] | None:
     whose major.minor differs from this environment's; None when they agree or either is
     unknown (a chain saved before versions were recorded)."""
     fitted_version = fitted.get("scikit-learn") if isinstance(fitted, dict) else None
-    here = library_versions()["scikit-learn"]
+    here = _library_versions()["scikit-learn"]
     if not isinstance(fitted_version, str) or here is None or major_minor(fitted_version) == major_minor(here):
         return None
     return fitted_version, here
