@@ -7,7 +7,7 @@ Never imports Prefect, so a notebook or a script can use a workspace on its own:
         print(store.top_predictions(5))
 """
 
-from .errors import (ArtifactIntegrityError, InvalidInputError, LockTimeoutError, NotFoundError,
+from .errors import (ArtifactIntegrityError, ArtifactLoadError, InvalidInputError, LockTimeoutError, NotFoundError,
                      ReplayError, SchemaVersionError, StoreError, WorkspaceCorruptError, WorkspaceError)
 from .errors import (BundleError, BundleIntegrityError, BundleTrustError, BundleVersionError,
                      BundleVersionWarning, ChainVersionWarning)
@@ -21,7 +21,7 @@ __all__ = [
     "WorkspaceStore", "ChainBuilder", "ArtifactRegistry", "record_trace", "PipelineLibrary",
     "GcResult", "VacuumResult", "plan_gc",
     "StoreError", "InvalidInputError", "NotFoundError", "WorkspaceError", "WorkspaceCorruptError",
-    "SchemaVersionError", "LockTimeoutError", "ArtifactIntegrityError", "ReplayError",
+    "SchemaVersionError", "LockTimeoutError", "ArtifactIntegrityError", "ArtifactLoadError", "ReplayError",
     "load_bundle", "Bundle", "BundleError", "BundleIntegrityError", "BundleTrustError",
     "BundleVersionError", "BundleVersionWarning", "ChainVersionWarning",
 ]

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import joblib
 
 from .atomic import fsync_folder
-from .errors import ArtifactIntegrityError, InvalidInputError
+from .errors import ArtifactIntegrityError, ArtifactLoadError, InvalidInputError
 
 FORMATS = ("joblib",)
 _HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -164,7 +164,11 @@ class ArtifactFiles:
 
     def load(self, artifact_id: str, format: str) -> Any:
         data = self.read_verified(artifact_id, format)
-        return joblib.load(io.BytesIO(data))
+        try:
+            return joblib.load(io.BytesIO(data))
+        except Exception as exc:  # the bytes are sound: what they name is not here
+            raise ArtifactLoadError(f"artifact {artifact_id} ({self.path(artifact_id, format)}) is intact but "
+                                    f"cannot be loaded here: {type(exc).__name__}: {exc}") from exc
 
     def remove(self, artifact_id: str, format: str) -> None:
         self.path(artifact_id, format).unlink(missing_ok=True)

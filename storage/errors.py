@@ -47,6 +47,11 @@ class ArtifactIntegrityError(StoreError):
     """An artifact file is missing, or its bytes no longer hash to its id."""
 
 
+class ArtifactLoadError(StoreError):
+    """An artifact's bytes are sound (they hash to its id) but cannot become an object
+    here: a class or module its pickle names is missing or changed (e.g. after an upgrade)."""
+
+
 class ReplayError(StoreError, ValueError):
     """New data cannot be replayed through a chain (feature count, wavelength grid)."""
 

@@ -69,3 +69,14 @@ def warn_on_version_mismatch(chain: dict) -> None:
                       f"environment has scikit-learn {mismatch[1]}: its models may load or predict "
                       "differently; compare a replay against its stored predictions, or refit it",
                       ChainVersionWarning, stacklevel=4)
+
+
+def fitted_note(chain: dict) -> str:
+    """What to add to an error about a chain's artifacts: the scikit-learn that fitted it
+    and the one here, when the chain recorded it."""
+    recorded = chain.get("metadata") if isinstance(chain.get("metadata"), dict) else {}
+    fitted = recorded.get(FITTED_VERSIONS) if isinstance(recorded.get(FITTED_VERSIONS), dict) else {}
+    if not isinstance(fitted.get("scikit-learn"), str):
+        return ""
+    return (f"; the chain was fitted with scikit-learn {fitted['scikit-learn']}, this environment has "
+            f"scikit-learn {_library_versions()['scikit-learn']}")

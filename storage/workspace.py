@@ -21,7 +21,7 @@ from . import replay as replaying
 from .artifacts import ArtifactFiles
 from .chains import ChainsMixin
 from .connection import Connector
-from .errors import WorkspaceCorruptError, WorkspaceError
+from .errors import ArtifactLoadError, WorkspaceCorruptError, WorkspaceError
 from .exports import ExportsMixin
 from .locking import FileLock
 from .maintenance import MaintenanceMixin
@@ -29,6 +29,7 @@ from .predictions import PredictionsMixin
 from .records import RecordsMixin
 from .aliases import AliasesMixin
 from .scoring import ScoringMixin
+from .versions import fitted_note
 from .check import CheckMixin
 from . import journal, schema
 from .base import now
@@ -141,8 +142,7 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
         ``(labels, probabilities)`` pair whose columns follow ``get_chain(...)["classes"]``."""
         chain = self._cached_chain(chain_id)
         X = replaying.prepare_input(chain, X, wavelengths)
-        formats = self._chain_formats(chain)
-        pred, proba = replaying.run_chain(chain, X, lambda a: self._cached_artifact(a, formats.get(a)))
+        pred, proba = replaying.run_chain(chain, X, self._chain_loader(chain))
         if return_proba:
             if proba is None:
                 raise replaying.ReplayError(f"chain {chain_id} is a regression chain: it has no probabilities")
@@ -153,8 +153,21 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
         """``(X, grid)`` after the chain's preprocessing (one fold's), e.g. to plot it."""
         chain = self._cached_chain(chain_id)
         X = replaying.prepare_input(chain, X, wavelengths)
+        return replaying.preprocess(chain, X, self._chain_loader(chain), fold)
+
+    def _chain_loader(self, chain: dict):
+        """artifact id -> the loaded object, cached; an artifact that cannot be loaded here
+        is reported with the chain it belongs to and what fitted it."""
         formats = self._chain_formats(chain)
-        return replaying.preprocess(chain, X, lambda a: self._cached_artifact(a, formats.get(a)), fold)
+
+        def load(artifact_id: str):
+            try:
+                return self._cached_artifact(artifact_id, formats.get(artifact_id))
+            except ArtifactLoadError as exc:
+                raise ArtifactLoadError(f"chain {chain['chain_id']} cannot be replayed: {exc}"
+                                        f"{fitted_note(chain)}") from exc.__cause__
+
+        return load
 
     def _chain_formats(self, chain: dict) -> dict[str, str]:
         if "_formats" not in chain:

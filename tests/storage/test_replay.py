@@ -83,6 +83,62 @@ def test_a_chain_records_what_fitted_it_and_replay_warns_under_another_scikit_le
         another.replay_chain(old_chain, test.X)  # another store (a scoring flow) is told too
 
 
+def test_an_artifact_whose_class_is_gone_is_one_clear_error_naming_chain_artifact_and_versions(
+        store, tablet_sets, tmp_path, monkeypatch):
+    """Years later the code a pickle names may be gone (a module removed, a class moved by
+    an upgrade): the bytes are sound, so it is not an integrity error, and it is not a bare
+    ModuleNotFoundError either."""
+    import importlib
+    import sys
+
+    from sklearn.cross_decomposition import PLSRegression
+
+    from storage import ArtifactLoadError
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "nf_vanishing_step.py").write_text(
+        "import numpy as np\n"
+        "from sklearn.base import BaseEstimator, TransformerMixin\n\n\n"
+        "class Centre(BaseEstimator, TransformerMixin):\n"
+        "    def fit(self, X, y=None):\n"
+        "        self.mean_ = np.asarray(X).mean(axis=0)\n"
+        "        return self\n\n"
+        "    def transform(self, X):\n"
+        "        return np.asarray(X) - self.mean_\n")
+    monkeypatch.syspath_prepend(str(code))
+    centre = importlib.import_module("nf_vanishing_step").Centre().fit(tablet_sets[0].X)
+    model = PLSRegression(5).fit(centre.transform(tablet_sets[0].X), tablet_sets[0].y)
+    run_id = store.begin_run("custom step")
+    centre_id = store.save_artifact(centre, "nf_vanishing_step.Centre", "transformer")
+    model_id = store.save_artifact(model, "sklearn.cross_decomposition.PLSRegression", "model")
+    chain_id = store.save_chain(
+        store.begin_pipeline(run_id, "centre-pls"),
+        [{"step_idx": 0, "kind": "transformer", "operator_class": "nf_vanishing_step.Centre"},
+         {"step_idx": 1, "kind": "model", "operator_class": "sklearn.cross_decomposition.PLSRegression"}],
+        1, "sklearn.cross_decomposition.PLSRegression", fold_strategy="refit",
+        fold_artifacts={"refit": {"0": centre_id, "1": model_id}}, n_features=597, task_type="regression")
+    expected = store.replay_chain(chain_id, tablet_sets[1].X)
+    # the module goes away, as after an upgrade that dropped it
+    sys.path.remove(str(code))
+    monkeypatch.delitem(sys.modules, "nf_vanishing_step")
+    (code / "nf_vanishing_step.py").unlink()
+    importlib.invalidate_caches()
+    here = metadata.version("scikit-learn").replace(".", "[.]")
+    with WorkspaceStore(store.path) as later:
+        with pytest.raises(ArtifactLoadError, match=rf"chain {chain_id} cannot be replayed: artifact {centre_id} "
+                                                   rf"\(.*{centre_id}\.joblib\) is intact but cannot be loaded here: "
+                                                   rf"ModuleNotFoundError: No module named 'nf_vanishing_step'; the "
+                                                   rf"chain was fitted with scikit-learn {here}, this environment"):
+            later.replay_chain(chain_id, tablet_sets[1].X)
+        with pytest.raises(ArtifactLoadError, match=rf"artifact {centre_id} .* is intact"):
+            later.load_artifact(centre_id)
+        report = later.check_workspace()  # the files are sound: nothing for check to flag
+        assert report.ok and report.artifacts_checked == 2
+        np.testing.assert_array_equal(later.load_artifact(model_id).predict(centre.transform(tablet_sets[1].X)).ravel(),
+                                      np.ravel(expected))
+
+
 def test_replay_checks_its_input_before_computing(store, tablet_sets, snv_pls_trace):
     train, test = tablet_sets
     chain_id = record_trace(store, store.begin_run("r"), snv_pls_trace)["chain_id"]
