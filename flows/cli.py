@@ -398,10 +398,11 @@ def vacuum(workspace: Path = WorkspaceOption, as_json: bool = JsonOption) -> Non
 @friendly
 def check(workspace: Path = WorkspaceOption, repair: bool = typer.Option(False, "--repair", help="Fix what is safe."),
           stale_hours: float = typer.Option(24.0, help="A run still 'running' after this long is stale."),
+          load: bool = typer.Option(False, "--load", help="Also load every chain's artifacts (after an upgrade)."),
           as_json: bool = JsonOption) -> None:
     """Verify the workspace: artifacts present and sound, orphans and stale runs listed."""
     with _open(workspace) as store:
-        report = store.check_workspace(repair=repair, stale_after=stale_hours * 3600)
+        report = store.check_workspace(repair=repair, stale_after=stale_hours * 3600, load=load)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2, default=str))
     else:
@@ -410,6 +411,14 @@ def check(workspace: Path = WorkspaceOption, repair: bool = typer.Option(False, 
                    f"{len(report.stale_runs)} stale runs")
         for entry in report.missing + report.corrupt:
             typer.echo(f"  {entry['path']}: needed by chains {', '.join(entry['chains']) or '(none)'}")
+        if load:
+            typer.echo(f"{report.artifacts_loaded} artifacts loaded: {len(report.unloadable)} cannot be loaded here; "
+                       f"{len(report.other_versions)} chains fitted with another scikit-learn")
+            for entry in report.unloadable:
+                typer.echo(f"  {entry['path']}: {entry['error']}; needed by chains {', '.join(entry['chains'])}")
+            for entry in report.other_versions:
+                typer.echo(f"  chain {entry['chain_id']}: fitted with scikit-learn {entry['fitted']}, "
+                           f"here {entry['here']}")
         for line in report.repaired:
             typer.echo(f"  repaired: {line}")
     if not report.ok and not repair:

@@ -1,5 +1,9 @@
 """Workspace health: every referenced artifact present and sound, orphans and stale runs listed.
 
+``check_workspace(load=True)`` also unpickles every artifact a chain references, one at a
+time, and lists those that no longer load here (their code is gone or changed) and the
+chains fitted under another scikit-learn major.minor: what to look at after an upgrade.
+
 ``check_workspace(repair=True)`` fixes what it safely can: it marks runs that have been
 ``running`` longer than ``stale_after`` as crashed, and collects orphan files and
 temporaries (through gc, with its grace period). It never deletes a row that a chain
@@ -13,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 
 from .base import StoreBase, now
+from .errors import ArtifactLoadError
+from .versions import sklearn_mismatch
 
 
 @dataclass
@@ -23,20 +29,24 @@ class CheckReport:
     orphan_files: list[str] = field(default_factory=list)
     stale_runs: list[dict] = field(default_factory=list)   # {run_id, name, created_at}
     repaired: list[str] = field(default_factory=list)
+    artifacts_loaded: int | None = None                     # None: not asked (load=False)
+    unloadable: list[dict] = field(default_factory=list)   # {artifact_id, path, chains, error}
+    other_versions: list[dict] = field(default_factory=list)  # {chain_id, fitted, here}: a warning
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.corrupt or self.orphan_files or self.stale_runs)
+        return not (self.missing or self.corrupt or self.orphan_files or self.stale_runs or self.unloadable)
 
     def as_dict(self) -> dict:
         return {"ok": self.ok, "artifacts_checked": self.artifacts_checked, "missing": self.missing,
                 "corrupt": self.corrupt, "orphan_files": self.orphan_files, "stale_runs": self.stale_runs,
-                "repaired": self.repaired}
+                "repaired": self.repaired, "artifacts_loaded": self.artifacts_loaded,
+                "unloadable": self.unloadable, "other_versions": self.other_versions}
 
 
 class CheckMixin(StoreBase):
     def check_workspace(self, *, repair: bool = False, stale_after: float = 24 * 3600,
-                        grace: float = 3600.0) -> CheckReport:
+                        grace: float = 3600.0, load: bool = False) -> CheckReport:
         report = CheckReport()
         with self._db.reading() as con:
             rows = con.execute(
@@ -53,7 +63,16 @@ class CheckMixin(StoreBase):
                 report.missing.append(entry)
             elif not self.files.is_sound(path, artifact_id):
                 report.corrupt.append(entry)
+            elif load and chains:
+                report.artifacts_loaded = (report.artifacts_loaded or 0) + 1
+                try:
+                    self.files.load(artifact_id, fmt)  # and let it go: one object in memory at a time
+                except ArtifactLoadError as exc:
+                    report.unloadable.append({**entry, "error": f"{type(exc.__cause__).__name__}: {exc.__cause__}"})
         report.artifacts_checked = len(rows)
+        if load:
+            report.artifacts_loaded = report.artifacts_loaded or 0
+            report.other_versions = self._chains_fitted_elsewhere()
         report.orphan_files = sorted(str(p) for p, artifact_id, _ in self.files.scan() if artifact_id not in known)
         cutoff = time.time() - stale_after
         report.stale_runs = [{"run_id": r[0], "name": r[1], "created_at": str(r[2])} for r in runs if r[3] < cutoff]
@@ -66,3 +85,14 @@ class CheckMixin(StoreBase):
             report.repaired += [f"removed orphan {p}" for p in removed.orphan_files]
             report.repaired += [f"removed dead artifact {a}" for a in removed.artifact_ids]
         return report
+
+    def _chains_fitted_elsewhere(self) -> list[dict]:
+        with self._db.reading() as con:
+            rows = con.execute("SELECT chain_id, json_extract_string(metadata, '$.fitted_versions.\"scikit-learn\"') "
+                               "FROM chains ORDER BY created_at").fetchall()
+        found = []
+        for chain_id, fitted in rows:
+            mismatch = sklearn_mismatch({"scikit-learn": fitted} if fitted else None)
+            if mismatch is not None:
+                found.append({"chain_id": chain_id, "fitted": mismatch[0], "here": mismatch[1]})
+        return found

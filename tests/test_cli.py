@@ -95,7 +95,12 @@ def test_promote_moves_the_alias_and_gc_vacuum_check(ws):
     vac = _json("vacuum", "-w", ws)
     assert vac["bytes_after"] > 0
     check = _json("check", "-w", ws)
-    assert check["ok"] is True and check["artifacts_checked"] > 0
+    assert check["ok"] is True and check["artifacts_checked"] > 0 and check["artifacts_loaded"] is None
+    loaded = _json("check", "-w", ws, "--load")  # every chain's artifacts unpickled: all load here
+    assert loaded["ok"] is True and loaded["unloadable"] == [] and 0 < loaded["artifacts_loaded"] <= check["artifacts_checked"]
+    assert all(entry["fitted"] == "0.24.2" for entry in loaded["other_versions"])  # only what another test staged
+    text = run_cli("check", "-w", ws, "--load")
+    assert text.returncode == 0 and f"{loaded['artifacts_loaded']} artifacts loaded: 0 cannot be loaded here" in text.stdout
 
 
 def test_check_fails_on_a_damaged_workspace(ws, tmp_path):
