@@ -19,7 +19,7 @@ from . import bundles
 from .atomic import atomic_path, write_bytes
 from .base import StoreBase, check_id, now
 from .bundles import BUNDLE_FORMAT, BUNDLE_VERSION  # noqa: F401 (public names)
-from .versions import FITTED_VERSIONS, library_versions
+from .versions import FITTED_VERSIONS, library_versions, recorded_versions
 
 
 def _plain(value):
@@ -109,7 +109,7 @@ class ExportsMixin(StoreBase):
             for artifact_id, entry in sorted(manifest["artifacts"].items()):
                 self._import_artifact(artifact_id, entry, verified.data[artifact_id])
             metadata = dict(chain.get("metadata") or {}) if isinstance(chain.get("metadata"), dict) else {}
-            if not isinstance(metadata.get(FITTED_VERSIONS), dict) and isinstance(manifest.get("versions"), dict):
+            if recorded_versions(chain) is None and isinstance(manifest.get("versions"), dict):
                 metadata[FITTED_VERSIONS] = manifest["versions"]  # a bundle of a chain saved before they were recorded
             metadata["imported_from"] = {"bundle": path.name, "manifest_sha256": verified.manifest_sha256,
                                          "source_chain_id": chain.get("chain_id")}
@@ -189,5 +189,5 @@ class ExportsMixin(StoreBase):
 def _fitted_versions(chain: dict) -> dict:
     """The versions that fitted the chain, as recorded when it was saved; for a chain
     saved before nirsflow recorded them, this environment's (the best guess left)."""
-    recorded = (chain.get("metadata") or {}).get(FITTED_VERSIONS) if isinstance(chain.get("metadata"), dict) else None
-    return recorded if isinstance(recorded, dict) else library_versions()
+    recorded = recorded_versions(chain)
+    return recorded if recorded is not None else library_versions()

@@ -49,6 +49,14 @@ def major_minor(version: str) -> tuple[int, int] | None:
     return (int(found.group(1)), int(found.group(2))) if found else None
 
 
+def recorded_versions(chain: dict) -> dict | None:
+    """The versions a chain recorded when it was saved; None for a chain saved before
+    nirsflow recorded them."""
+    metadata = chain.get("metadata")
+    recorded = metadata.get(FITTED_VERSIONS) if isinstance(metadata, dict) else None
+    return recorded if isinstance(recorded, dict) else None
+
+
 def sklearn_mismatch(fitted: object) -> tuple[str, str] | None:
     """``(fitted, here)`` scikit-learn versions when a chain's recorded versions name one
     whose major.minor differs from this environment's; None when they agree or either is
@@ -60,23 +68,28 @@ def sklearn_mismatch(fitted: object) -> tuple[str, str] | None:
     return fitted_version, here
 
 
+def version_mismatch(chain: dict) -> str | None:
+    """What to tell the user when another scikit-learn (major.minor) fitted the chain."""
+    mismatch = sklearn_mismatch(recorded_versions(chain))
+    if mismatch is None:
+        return None
+    return (f"chain {chain.get('chain_id')} was fitted with scikit-learn {mismatch[0]}, this environment has "
+            f"scikit-learn {mismatch[1]}: its models may load or predict differently; compare a replay "
+            "against its stored predictions, or refit it")
+
+
 def warn_on_version_mismatch(chain: dict) -> None:
     """Warn once for a chain about to be replayed under another scikit-learn."""
-    recorded = chain.get("metadata") if isinstance(chain.get("metadata"), dict) else {}
-    mismatch = sklearn_mismatch(recorded.get(FITTED_VERSIONS))
-    if mismatch is not None:
-        warnings.warn(f"chain {chain.get('chain_id')} was fitted with scikit-learn {mismatch[0]}, this "
-                      f"environment has scikit-learn {mismatch[1]}: its models may load or predict "
-                      "differently; compare a replay against its stored predictions, or refit it",
-                      ChainVersionWarning, stacklevel=4)
+    message = version_mismatch(chain)
+    if message is not None:
+        warnings.warn(message, ChainVersionWarning, stacklevel=4)
 
 
 def fitted_note(chain: dict) -> str:
     """What to add to an error about a chain's artifacts: the scikit-learn that fitted it
     and the one here, when the chain recorded it."""
-    recorded = chain.get("metadata") if isinstance(chain.get("metadata"), dict) else {}
-    fitted = recorded.get(FITTED_VERSIONS) if isinstance(recorded.get(FITTED_VERSIONS), dict) else {}
-    if not isinstance(fitted.get("scikit-learn"), str):
+    fitted = (recorded_versions(chain) or {}).get("scikit-learn")
+    if not isinstance(fitted, str):
         return ""
-    return (f"; the chain was fitted with scikit-learn {fitted['scikit-learn']}, this environment has "
+    return (f"; the chain was fitted with scikit-learn {fitted}, this environment has "
             f"scikit-learn {_library_versions()['scikit-learn']}")

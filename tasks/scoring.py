@@ -58,7 +58,7 @@ from storage import replay as replaying
 from storage.atomic import atomic_path, fsync_folder, write_bytes
 from storage.chains import referenced_artifacts
 from storage.errors import ReplayError
-from storage.versions import FITTED_VERSIONS, sklearn_mismatch
+from storage.versions import version_mismatch
 
 __all__ = [
     "InboxFile", "FileStat", "LoadedChain", "ScoreJob", "CheckError", "FileChanged", "ScoringLock",
@@ -216,12 +216,8 @@ class LoadedChain:
     @property
     def version_mismatch(self) -> str | None:
         """What to tell the user when another scikit-learn fitted this chain."""
-        metadata = self.chain.get("metadata") if isinstance(self.chain.get("metadata"), dict) else {}
-        found = sklearn_mismatch(metadata.get(FITTED_VERSIONS))
-        return None if found is None else (
-            f"chain {self.chain_id} was fitted with scikit-learn {found[0]}, this environment has "
-            f"scikit-learn {found[1]}: its models may predict differently; compare a replay against its "
-            "stored predictions, or retrain")
+        return version_mismatch(self.chain)
+
     model_class = property(lambda self: self.chain["model_class"])
     task_type = property(lambda self: self.chain.get("task_type"))
     classes = property(lambda self: self.chain.get("classes"))
