@@ -54,7 +54,7 @@ class CheckMixin(StoreBase):
                 "FROM artifacts a LEFT JOIN chain_artifacts ca USING (artifact_id) GROUP BY ALL").fetchall()
             runs = con.execute("SELECT run_id, name, created_at, epoch(created_at) FROM runs "
                                "WHERE status = 'running' ORDER BY created_at").fetchall()
-        known = set()
+        known, loaded = set(), 0
         for artifact_id, fmt, chains in rows:
             known.add(artifact_id)
             path = self.files.path(artifact_id, fmt)
@@ -64,15 +64,14 @@ class CheckMixin(StoreBase):
             elif not self.files.is_sound(path, artifact_id):
                 report.corrupt.append(entry)
             elif load and chains:
-                report.artifacts_loaded = (report.artifacts_loaded or 0) + 1
+                loaded += 1
                 try:
                     self.files.load(artifact_id, fmt)  # and let it go: one object in memory at a time
                 except ArtifactLoadError as exc:
                     report.unloadable.append({**entry, "error": f"{type(exc.__cause__).__name__}: {exc.__cause__}"})
         report.artifacts_checked = len(rows)
         if load:
-            report.artifacts_loaded = report.artifacts_loaded or 0
-            report.other_versions = self._chains_fitted_elsewhere()
+            report.artifacts_loaded, report.other_versions = loaded, self._chains_fitted_elsewhere()
         report.orphan_files = sorted(str(p) for p, artifact_id, _ in self.files.scan() if artifact_id not in known)
         cutoff = time.time() - stale_after
         report.stale_runs = [{"run_id": r[0], "name": r[1], "created_at": str(r[2])} for r in runs if r[3] < cutoff]
