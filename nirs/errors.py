@@ -35,6 +35,16 @@ class SpectraFileError(ValueError):
         return (_rebuild_file_error, (self.path, self.problem, self.row, self.column, self.expected, self.found))
 
 
+def unreadable(path, exc: OSError) -> SpectraFileError:
+    """The error for a file (or folder) the operating system would not read, by why."""
+    if isinstance(exc, FileNotFoundError):
+        return SpectraFileError(path, "no such file", expected="an existing file", found="no such file")
+    if isinstance(exc, IsADirectoryError):
+        return SpectraFileError(path, "is a folder, expected a file", expected="a file", found="a folder")
+    reason = "permission denied" if isinstance(exc, PermissionError) else exc.strerror or str(exc)
+    return SpectraFileError(path, f"cannot be read: {reason}", expected="a file this process may read", found=reason)
+
+
 # expected/found default to None: an error pickled before they existed (4 fields) still rebuilds.
 def _rebuild_file_error(path, problem, row, column, expected=None, found=None):
     return SpectraFileError(path, problem, row=row, column=column, expected=expected, found=found)

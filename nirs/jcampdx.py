@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from nirs.dataset import SpectraDataset
-from nirs.errors import SpectraFileError
+from nirs.errors import SpectraFileError, unreadable
 
 SUFFIXES = {".jdx", ".dx", ".jcamp"}
 
@@ -33,13 +33,8 @@ def _parse(path: Path):
 
     try:
         raw = path.read_bytes()
-    except PermissionError:
-        raise SpectraFileError(path, "cannot be read: permission denied",
-                               expected="a file this process may read", found="permission denied") from None
-    except IsADirectoryError:
-        raise SpectraFileError(path, "is a folder, expected a file", expected="a file", found="a folder") from None
-    except FileNotFoundError:
-        raise SpectraFileError(path, "no such file", expected="an existing file", found="no such file") from None
+    except (PermissionError, IsADirectoryError, FileNotFoundError) as exc:
+        raise unreadable(path, exc) from None
     if not raw.strip():
         raise SpectraFileError(path, "the file is empty",
                                expected="a header row and at least one spectrum", found="an empty file (0 bytes)")
@@ -104,9 +99,8 @@ def _one(path: Path, target_column: str | None):
 def _files(folder: Path) -> list[Path]:
     try:
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
-    except PermissionError:
-        raise SpectraFileError(folder, "cannot be read: permission denied",
-                               expected="a file this process may read", found="permission denied") from None
+    except PermissionError as exc:
+        raise unreadable(folder, exc) from None
     if not files:
         raise SpectraFileError(folder, f"no JCAMP-DX files ({', '.join(sorted(SUFFIXES))}) in this folder",
                                expected=f"JCAMP-DX files ({', '.join(sorted(SUFFIXES))})", found="none in this folder")

@@ -36,7 +36,7 @@ import numpy as np
 import polars as pl
 
 from nirs.dataset import SpectraDataset
-from nirs.errors import SpectraFileError
+from nirs.errors import SpectraFileError, unreadable
 
 __all__ = ["SpectraFileError", "read_spectra", "iter_spectra_chunks"]
 
@@ -69,16 +69,8 @@ def _head_bytes(path: Path) -> bytes:
         size = path.stat().st_size
         with open(path, "rb") as fh:
             head = fh.read(_SNIFF_BYTES)
-    except FileNotFoundError:
-        raise SpectraFileError(path, "no such file", expected="an existing file", found="no such file") from None
-    except IsADirectoryError:
-        raise SpectraFileError(path, "is a folder, expected a file", expected="a file", found="a folder") from None
-    except PermissionError:
-        raise SpectraFileError(path, "cannot be read: permission denied",
-                               expected="a file this process may read", found="permission denied") from None
     except OSError as exc:
-        raise SpectraFileError(path, f"cannot be read: {exc.strerror or exc}",
-                               expected="a file this process may read", found=exc.strerror or str(exc)) from None
+        raise unreadable(path, exc) from None
     if size == 0:
         raise SpectraFileError(path, "the file is empty (0 bytes)",
                                expected="a header row and at least one spectrum", found="an empty file (0 bytes)")

@@ -52,7 +52,7 @@ import portalocker
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from nirs.errors import SpectraFileError
+from nirs.errors import SpectraFileError, unreadable
 from nirs.readers import JCAMP_SUFFIXES, PARQUET_SUFFIXES, TEXT_SUFFIXES, iter_spectra_chunks
 from storage import replay as replaying
 from storage.atomic import atomic_path, fsync_folder, write_bytes
@@ -415,8 +415,9 @@ def describe_problem(exc: BaseException, stage: str, file: InboxFile, chain: Loa
     # PermissionError can still get here: the readers open the file again after their first
     # check (chunked reads), and the file's mode may change in between.
     expected, found = getattr(exc, "expected", None), getattr(exc, "found", None)
-    if isinstance(exc, PermissionError):
-        expected, found = "a file this process may read", "permission denied"
+    if isinstance(exc, PermissionError):  # what the reader says of a file it may not read
+        denied = unreadable(file.path, exc)
+        expected, found = denied.expected, denied.found
     if isinstance(exc, SpectraFileError):
         stage = "read"
     elif isinstance(exc, (CheckError, ReplayError)) and stage == "replay":
