@@ -26,3 +26,16 @@ def demo_run(tmp_path_factory):
     done = run_cli("demo", "--workspace", str(workspace))
     assert done.returncode == 0, done.stderr
     return workspace, done
+
+
+def copy_fitted_by(store, chain_id: str, sklearn_version: str) -> str:
+    """A copy of a stored chain (same pipeline, same artifacts) recorded as fitted by
+    another scikit-learn: installing one in the test environment is not possible, so the
+    version is stated through save_chain, as a bundle import states the original's."""
+    chain = store.get_chain(chain_id)
+    fields = {k: chain[k] for k in ("steps", "model_step_idx", "model_class", "preprocessings", "fold_strategy",
+                                    "fold_artifacts", "shared_artifacts", "fold_weights", "task_type", "classes",
+                                    "wavelengths", "n_features")}
+    fitted = {**chain["metadata"]["fitted_versions"], "scikit-learn": sklearn_version}
+    return store.save_chain(chain["pipeline_id"], **fields, metadata={**chain["metadata"], "fitted_versions": fitted})
+

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import copy_fitted_by, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +67,7 @@ def test_replaying_a_chain_fitted_under_another_scikit_learn_warns_in_one_line(w
     from storage import WorkspaceStore
 
     with WorkspaceStore(ws) as store:  # the production chain, as if fitted by an older scikit-learn
-        chain = store.get_chain(store.get_alias("tablet1", "production"))
-        fields = {k: chain[k] for k in ("steps", "model_step_idx", "model_class", "preprocessings", "fold_strategy",
-                                        "fold_artifacts", "shared_artifacts", "fold_weights", "task_type",
-                                        "classes", "wavelengths", "n_features")}
-        metadata = {**chain["metadata"], "fitted_versions": {"scikit-learn": "0.24.2"}}
-        old = store.save_chain(chain["pipeline_id"], **fields, metadata=metadata)
+        old = copy_fitted_by(store, store.get_alias("tablet1", "production"), "0.24.2")
     _, test = load_tablet(instrument=1)
     frame = pl.DataFrame({"sample_id": ["a", "b"]}).with_columns(
         [pl.Series(f"{w:g}", test.X[:2, j]) for j, w in enumerate(test.wavelengths)])

@@ -23,6 +23,7 @@ import pytest
 from nirs.errors import SpectraFileError
 from tasks.scoring import (FileStat, InboxFile, LoadedChain, ScoreJob, ScoringLock, describe_problem, result_paths,
                            scan_inbox, score_file)
+from tests.conftest import copy_fitted_by
 from tests.flows.conftest import start_flow_process, wait_for
 from tests.flows.scoring_fixtures import Inbox, inbox, scoring_chains, sha256_file  # noqa: F401 - fixtures
 
@@ -411,12 +412,7 @@ def test_a_chain_fitted_under_another_scikit_learn_scores_and_says_so_in_the_flo
     from prefect.logging.handlers import APILogWorker
 
     with inbox.store() as store:  # the production chain, as if fitted by an older scikit-learn
-        chain = store.get_chain(inbox.chains.tablet_chain)
-        fields = {k: chain[k] for k in ("steps", "model_step_idx", "model_class", "preprocessings", "fold_strategy",
-                                        "fold_artifacts", "shared_artifacts", "fold_weights", "task_type",
-                                        "classes", "wavelengths", "n_features")}
-        fitted = {**chain["metadata"]["fitted_versions"], "scikit-learn": "0.24.2"}
-        old = store.save_chain(chain["pipeline_id"], **fields, metadata={**chain["metadata"], "fitted_versions": fitted})
+        old = copy_fitted_by(store, inbox.chains.tablet_chain, "0.24.2")
         store.set_alias("tablet", "production", old, changed_by="tests")
     inbox.drop_csv("tablet/good.csv", rows=slice(0, 10))
     summary = inbox.run()
