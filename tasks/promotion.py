@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from nirs.metrics import METRIC_DIRECTION, score_all
 from storage import ChainVersionWarning, WorkspaceStore
+from storage.versions import version_mismatch
 
 
 @task(name="score-chain", task_run_name="score {role} chain on {dataset_label}", cache_policy=NO_CACHE,
@@ -18,19 +19,16 @@ from storage import ChainVersionWarning, WorkspaceStore
 def score_chain(workspace: str, chain_id: str, held_out, role: str, dataset_label: str,
                 lock_timeout: float = 60.0) -> dict:
     """Replay ``chain_id`` on the held-out set and score it (every metric of its task)."""
-    with WorkspaceStore(Path(workspace), lock_timeout=lock_timeout) as store, \
-            warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ChainVersionWarning)
+    with WorkspaceStore(Path(workspace), lock_timeout=lock_timeout) as store, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ChainVersionWarning)  # said in the task's log instead, below
         chain = store.get_chain(chain_id)
         if chain.get("task_type") == "classification":
             y_pred, y_proba = store.replay_chain(chain_id, held_out.X, held_out.wavelengths, return_proba=True)
         else:
             y_pred, y_proba = store.replay_chain(chain_id, held_out.X, held_out.wavelengths), None
-    for warning in caught:  # a production chain fitted under another scikit-learn: said in the UI
-        if issubclass(warning.category, ChainVersionWarning):
-            get_run_logger().warning("%s", warning.message)
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    mismatch = version_mismatch(chain)  # a production chain fitted under another scikit-learn: in the UI
+    if mismatch is not None:
+        get_run_logger().warning("%s", mismatch)
     task_type = chain.get("task_type") or "regression"
     scores = score_all(task_type, np.asarray(held_out.y), y_pred, y_proba, chain.get("classes"))
     return {"chain_id": chain_id, "task_type": task_type, "scores": scores, "n_samples": int(held_out.n_samples)}
