@@ -36,12 +36,13 @@ def _parse(path: Path):
     except (PermissionError, IsADirectoryError, FileNotFoundError) as exc:
         raise unreadable(path, exc) from None
     if not raw.strip():
-        raise SpectraFileError(path, "the file is empty",
-                               expected="a header row and at least one spectrum", found="an empty file (0 bytes)")
+        found = "an empty file (0 bytes)" if not raw else f"only whitespace ({len(raw)} bytes)"
+        raise SpectraFileError(path, "the file is empty" if not raw else "the file holds only whitespace",
+                               expected="JCAMP-DX '##LABEL=' lines and one spectrum", found=found)
     if _NUL in raw:
         at = raw.index(_NUL)
         raise SpectraFileError(path, f"not a text file: binary byte 0x00 at offset {at}; expected JCAMP-DX",
-                               expected="a UTF-8 text table", found=f"binary data (byte 0x00 at offset {at})")
+                               expected="JCAMP-DX text", found=f"binary data (byte 0x00 at offset {at})")
     text = raw.decode("utf-8", errors="replace")
     if "##" not in text:
         raise SpectraFileError(path, "not JCAMP-DX: no '##LABEL=' lines",
