@@ -139,6 +139,7 @@ class InboxRun:
         self.flow_run_id, self.log = flow_run_id, logger
         self.tally = Tally()
         self.chains: dict[tuple[str, str], LoadedChain | None] = {}
+        self.unloadable: dict[tuple[str, str], str] = {}  # why a chain above is None
         self.pending: deque = deque()
         self.followers: dict[str, list[InboxFile]] = {}  # same bytes as a file being scored
         self.n_spectra = 0
@@ -190,7 +191,8 @@ class InboxRun:
             return
         chain = self.loaded(chain_id, f.dataset)
         if chain is None:
-            self.fail(f, f"chain {chain_id} of {f.dataset}/{self.alias} could not be loaded (see the log)")
+            self.fail(f, f"chain {chain_id} of {f.dataset}/{self.alias} cannot be loaded: "
+                         f"{self.unloadable[(chain_id, f.dataset)]}")
             return
         result, csv_path = result_paths(self.root, f, sha, self.csv)
         job = ScoreJob(f, sha, result, csv_path, chunk_rows=self.chunk_rows, chunk_bytes=self.chunk_bytes,
@@ -207,8 +209,9 @@ class InboxRun:
             try:
                 self.chains[key] = LoadedChain.from_store(self.store, chain_id, dataset, self.alias)
             except Exception as exc:  # noqa: BLE001 - e.g. a corrupt artifact: reported, not loaded
-                self.log.error("chain %s (%s/%s) cannot be loaded: %s: %s", chain_id, dataset, self.alias,
-                               type(exc).__name__, exc)
+                self.unloadable[key] = f"{type(exc).__name__}: {exc}"
+                self.log.error("chain %s (%s/%s) cannot be loaded: %s", chain_id, dataset, self.alias,
+                               self.unloadable[key])
                 self.chains[key] = None  # said once per run, not once per file
                 return None
             self.log.info("%s/%s -> chain %s (%s)", dataset, self.alias, chain_id, self.chains[key].model_class)

@@ -57,8 +57,8 @@ from nirs.readers import JCAMP_SUFFIXES, PARQUET_SUFFIXES, TEXT_SUFFIXES, iter_s
 from storage import replay as replaying
 from storage.atomic import atomic_path, fsync_folder, write_bytes
 from storage.chains import referenced_artifacts
-from storage.errors import ReplayError
-from storage.versions import version_mismatch
+from storage.errors import ArtifactLoadError, ReplayError
+from storage.versions import fitted_note, version_mismatch
 
 __all__ = [
     "InboxFile", "FileStat", "LoadedChain", "ScoreJob", "CheckError", "FileChanged", "ScoringLock",
@@ -209,7 +209,11 @@ class LoadedChain:
     def from_store(cls, store, chain_id: str, dataset: str, alias: str) -> "LoadedChain":
         chain = store.get_chain(chain_id)
         ids = referenced_artifacts(chain["steps"], chain["fold_artifacts"], chain["shared_artifacts"])
-        return cls(chain, {a: store.load_artifact(a) for a in sorted(ids)}, dataset, alias)
+        try:
+            artifacts = {a: store.load_artifact(a) for a in sorted(ids)}
+        except ArtifactLoadError as exc:  # what fitted the chain is the first thing to know
+            raise ArtifactLoadError(f"{exc}{fitted_note(chain)}") from exc.__cause__
+        return cls(chain, artifacts, dataset, alias)
 
     chain_id = property(lambda self: self.chain["chain_id"])
 

@@ -424,6 +424,38 @@ def test_a_chain_fitted_under_another_scikit_learn_scores_and_says_so_in_the_flo
     assert len(warned) == 1 and warned[0].level == 30 and f"chain {old}" in warned[0].message
 
 
+def test_a_chain_whose_code_is_gone_fails_the_run_says_why_and_keeps_the_file(inbox, vanishing_step):
+    """Years later the module a production chain's step came from may be gone. The file is
+    not at fault: it stays for the next run. The run fails (red in the UI), and its error
+    names the artifact, what is missing, and the scikit-learn that fitted the chain."""
+    from importlib import metadata
+
+    from flows.score_inbox import ScoringIncomplete
+    from nirs.datasets import load_tablet
+
+    with inbox.store() as store:
+        saved = vanishing_step.save_chain(store, load_tablet(instrument=1)[0])
+        store.set_alias("tablet", "production", saved.chain_id, changed_by="tests")
+    vanishing_step.remove()
+    dropped = inbox.drop_csv("tablet/good.csv", rows=slice(0, 10))
+    with pytest.raises(ScoringIncomplete) as failed:
+        inbox.run()
+    here = metadata.version("scikit-learn")
+    message = str(failed.value)
+    assert message.startswith(
+        f"1 files could not be finished and stay in the inbox: tablet/good.csv: chain {saved.chain_id} of "
+        f"tablet/production cannot be loaded: ArtifactLoadError: artifact {saved.centre_id} "), message
+    assert message.endswith(
+        "is intact but cannot be loaded here: ModuleNotFoundError: No module named 'nf_vanishing_step'; the chain "
+        f"was fitted with scikit-learn {here}, this environment has scikit-learn {here}"), message
+    assert dropped.exists() and inbox.results() == []
+
+    with inbox.store() as store:  # the lab promotes a chain that loads: the file is scored next run
+        store.set_alias("tablet", "production", inbox.chains.tablet_chain, changed_by="tests")
+    summary = inbox.run()
+    assert [s["file"] for s in summary["scored"]] == ["tablet/good.csv"] and not dropped.exists()
+
+
 def test_a_file_outside_a_dataset_folder_is_rejected(inbox):
     inbox.drop_csv("tablet/good.csv", rows=slice(0, 10))
     inbox.drop_csv("loose.csv", rows=slice(10, 20))

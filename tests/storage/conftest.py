@@ -3,10 +3,6 @@ scikit-learn objects on the real Tablet NIR spectra."""
 
 from __future__ import annotations
 
-import importlib
-import sys
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 from sklearn.cross_decomposition import PLSRegression
@@ -80,28 +76,3 @@ def workers(tmp_path):
         worker.kill()
 
 
-@pytest.fixture
-def vanishing_step(tmp_path, monkeypatch):
-    """A transformer class from a real module of its own, and a way to remove that module,
-    as an upgrade or a clean-up does years after a fit: pickles of it can no longer load."""
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "nf_vanishing_step.py").write_text(
-        "import numpy as np\n"
-        "from sklearn.base import BaseEstimator, TransformerMixin\n\n\n"
-        "class Centre(BaseEstimator, TransformerMixin):\n"
-        "    def fit(self, X, y=None):\n"
-        "        self.mean_ = np.asarray(X).mean(axis=0)\n"
-        "        return self\n\n"
-        "    def transform(self, X):\n"
-        "        return np.asarray(X) - self.mean_\n")
-    monkeypatch.syspath_prepend(str(code))
-
-    def remove():
-        sys.path.remove(str(code))
-        monkeypatch.delitem(sys.modules, "nf_vanishing_step")
-        (code / "nf_vanishing_step.py").unlink()
-        importlib.invalidate_caches()
-
-    return SimpleNamespace(cls=importlib.import_module("nf_vanishing_step").Centre, module="nf_vanishing_step",
-                           remove=remove)

@@ -93,22 +93,11 @@ def test_an_artifact_whose_class_is_gone_is_one_clear_error_naming_chain_artifac
     """Years later the code a pickle names may be gone (a module removed, a class moved by
     an upgrade): the bytes are sound, so it is not an integrity error, and it is not a bare
     ModuleNotFoundError either."""
-    from sklearn.cross_decomposition import PLSRegression
-
     from storage import ArtifactLoadError
 
     train, test = tablet_sets
-    centre = vanishing_step.cls().fit(train.X)
-    model = PLSRegression(5).fit(centre.transform(train.X), train.y)
-    run_id = store.begin_run("custom step")
-    centre_id = store.save_artifact(centre, "nf_vanishing_step.Centre", "transformer")
-    model_id = store.save_artifact(model, "sklearn.cross_decomposition.PLSRegression", "model")
-    chain_id = store.save_chain(
-        store.begin_pipeline(run_id, "centre-pls"),
-        [{"step_idx": 0, "kind": "transformer", "operator_class": "nf_vanishing_step.Centre"},
-         {"step_idx": 1, "kind": "model", "operator_class": "sklearn.cross_decomposition.PLSRegression"}],
-        1, "sklearn.cross_decomposition.PLSRegression", fold_strategy="refit",
-        fold_artifacts={"refit": {"0": centre_id, "1": model_id}}, n_features=597, task_type="regression")
+    saved = vanishing_step.save_chain(store, train)
+    chain_id, centre_id, model_id = saved.chain_id, saved.centre_id, saved.model_id
     expected = store.replay_chain(chain_id, test.X)
     assert store.check_workspace(load=True).unloadable == []
     vanishing_step.remove()
@@ -127,7 +116,7 @@ def test_an_artifact_whose_class_is_gone_is_one_clear_error_naming_chain_artifac
         (entry,) = report.unloadable
         assert entry["artifact_id"] == centre_id and entry["chains"] == [chain_id]
         assert entry["error"] == "ModuleNotFoundError: No module named 'nf_vanishing_step'"
-        np.testing.assert_array_equal(later.load_artifact(model_id).predict(centre.transform(test.X)).ravel(),
+        np.testing.assert_array_equal(later.load_artifact(model_id).predict(saved.centre.transform(test.X)).ravel(),
                                       np.ravel(expected))
 
 
