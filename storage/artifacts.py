@@ -15,7 +15,6 @@ import io
 import os
 import pickle
 import re
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from .errors import ArtifactIntegrityError, ArtifactLoadError, InvalidInputError
 FORMATS = ("joblib",)
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 TEMP_PREFIX = ".tmp-"
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 
 
 def serialize(obj: Any, format: str = "joblib") -> bytes:
@@ -73,20 +73,26 @@ class ArtifactFiles:
     def stage(self, artifact_id: str, format: str, data: bytes) -> StagedFile:
         """Write `data` to a fsynced temporary file in the artifact's folder (no lock needed)."""
         final = self.path(artifact_id, format)
+        # a random name opened with O_EXCL, as mkstemp does, in raw calls: tempfile's
+        # names, buffered file object and flush were ~1/4 of placing a pipeline's files
+        temp = final.parent / f"{TEMP_PREFIX}{os.urandom(6).hex()}"
         try:
-            fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=final.parent)
+            fd = os.open(temp, _NEW_FILE, 0o600)
         except FileNotFoundError:  # the first artifact of its shard
             final.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=final.parent)
+            fd = os.open(temp, _NEW_FILE, 0o600)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except BaseException:
-            Path(temp).unlink(missing_ok=True)
+            temp.unlink(missing_ok=True)
             raise
-        return StagedFile(Path(temp), final)
+        return StagedFile(temp, final)
 
     def stage_many(self, items: dict[str, bytes], format: str) -> dict[str, StagedFile]:
         """``stage`` for several artifacts side by side: their fsyncs overlap instead of
