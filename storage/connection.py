@@ -46,6 +46,9 @@ _OPEN: "weakref.WeakSet[Connector]" = weakref.WeakSet()
 # paying a settle's fixed cost (~8 ms) and a checkpoint (~10-20 ms): the four-process
 # interleave's longest waits (80-120 ms) were such runs of settles.
 HAND_OVER_JOURNAL_ROWS = 64
+# The most journaled operations kept in memory for the next settle (a grid of 50
+# pipelines journals ~5 MB); beyond it they are read back from the journal.
+JOURNAL_OPS_KEPT_BYTES = 64 * 1024 * 1024
 # DETACH checkpoints by default, and a checkpoint rewrites the last row group of every
 # table written: ~2-3 ms of a ~6 ms turn when processes take turns call by call. Whoever
 # attaches next replays the WAL instead, which costs ~0.7 ms per single call written to
@@ -118,6 +121,12 @@ class Connector:
         self.settle: Callable[[duckdb.DuckDBPyConnection], None] | None = None
         self.journal: bool | None = None
         self.journaled = 0  # journal rows this process wrote since it last settled
+        # The operations of every journal row, in commit order, while this process knows
+        # the journal holds nothing else: from a settle it committed until it detaches
+        # (the lock is held all that time). A settle then needs no read-back: reading and
+        # decoding a grid's journal was ~0.5 ms a pipeline. None: not known.
+        self.journal_ops: list | None = None
+        self._journal_ops_bytes = 0
         self.journal_length: Callable[[duckdb.DuckDBPyConnection], int] | None = None  # rows in the journal
         self._after_commit: list[Callable[[], None]] = []
 
@@ -221,6 +230,9 @@ class Connector:
                     if settled:
                         self.journal = self.journal or False  # unless a journal write followed
                         self.journaled = 0
+                        self._known_journal([])
+                    elif "journal_ops" in self.txn_cache:
+                        self._journaled(*self.txn_cache["journal_ops"])
                     if settled or (mode == "exclusive" and not self.txn_cache.get("journal_only")):
                         self._checkpoint_due = True
                     self._run_after_commit()
@@ -228,6 +240,7 @@ class Connector:
                 if began:
                     self._drop_pending()
                     self.journal = None  # a settle or journal write may have been undone
+                    self.journal_ops = None
                     self._after_commit = []
                     # what this transaction taught the cache may be rolled back with it
                     self.conn_cache = {k: v for k, v in self.conn_cache.items() if k == "appenders"}
@@ -253,6 +266,19 @@ class Connector:
         """Run `action` once the current transaction commits, still under the lock
         (database first, files after: gc's deletions use it)."""
         self._after_commit.append(action)
+
+    def _known_journal(self, ops: list | None) -> None:
+        self.journal_ops, self._journal_ops_bytes = ops, 0
+
+    def _journaled(self, ops: list, size: int) -> None:
+        """A journal row of `ops` (`size` bytes encoded) committed."""
+        if self.journal_ops is None:
+            return
+        self._journal_ops_bytes += size
+        if self._journal_ops_bytes > JOURNAL_OPS_KEPT_BYTES:
+            self._known_journal(None)  # read back at the settle instead of held here
+        else:
+            self.journal_ops.append(ops)
 
     def _run_after_commit(self) -> None:
         actions, self._after_commit = self._after_commit, []
@@ -307,6 +333,7 @@ class Connector:
                     self.conn_cache = {"rows": kept} if kept else {}
                     self._rows_epoch, self._kept_rows = epoch, None
                     self._con, self._mode, self.journal = con, mode, None
+                    self._known_journal(None)
                 except BaseException:
                     self._con = self._mode = None
                     self._drop_attachment(con)
@@ -424,6 +451,7 @@ class Connector:
             self.settle(con)
             self._commit(con)
             self.journaled, self._checkpoint_due = 0, True
+            self._known_journal([])
         except BaseException:
             self._in_transaction = False
             self._drop_pending()

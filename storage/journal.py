@@ -104,11 +104,15 @@ def has_rows(con: duckdb.DuckDBPyConnection) -> bool:
     return con.execute(f"SELECT count(*) FROM (SELECT 1 FROM {TABLE} LIMIT 1)").fetchall()[0][0] > 0
 
 
+def clear(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(f"DELETE FROM {TABLE}")
+
+
 def take(con: duckdb.DuckDBPyConnection) -> list[Op]:
     """Every journaled operation, in the order the transactions committed, and the
     journal emptied, in the caller's transaction: the caller applies them in that same
     transaction."""
     payloads = con.execute(f"SELECT payload FROM {TABLE} ORDER BY rowid").fetchall()
     if payloads:
-        con.execute(f"DELETE FROM {TABLE}")
+        clear(con)
     return [op for (payload,) in payloads for op in decode(payload)]

@@ -47,8 +47,17 @@ class WritesMixin(StoreBase):
     # -- hooks of the connector ------------------------------------------------------
     def _settle(self, con) -> None:
         """Apply every journaled operation, then this transaction's buffered ones."""
-        ops, self._ops = journal.take(con) + self._ops, []
+        ops, self._ops = self._take_journal(con) + self._ops, []
         self._apply(con, ops)
+
+    def _take_journal(self, con) -> list:
+        """The journal's operations, and the journal emptied: from memory when this
+        process wrote every row of it (the row count says it still holds those alone)."""
+        kept = self._db.journal_ops
+        if kept is not None and journal.row_count(con) == len(kept):
+            journal.clear(con)
+            return [op for ops in kept for op in ops]
+        return journal.take(con)
 
     def _flush_pending(self, con) -> None:
         """Apply the buffered operations (``con`` None: the transaction is void, drop them)."""
@@ -67,6 +76,7 @@ class WritesMixin(StoreBase):
         if len(payload) > JOURNAL_MAX_BYTES:
             return False
         journal.write(con, payload)
+        self._db.txn_cache["journal_ops"] = (self._ops, len(payload))
         self._ops = []
         return True
 

@@ -109,6 +109,29 @@ def test_a_failed_call_after_journal_writes_keeps_them(kept):
     assert _raw_counts(store) == (0, 1, 1)
 
 
+def test_a_settle_applies_the_journal_from_memory_only_while_it_holds_this_process_rows_alone(kept):
+    """While attached, the store keeps the operations of the journal rows it wrote and a
+    settle applies them without reading the journal back. A row it did not write (as a
+    writer killed before this attach leaves one) must make it read the journal instead:
+    applying only what it kept would drop that row."""
+    from storage import journal
+
+    store, pipeline_id = kept
+    mine = [store.save_prediction(pipeline_id, val_score=float(k), y_true=[1.0], y_pred=[2.0]) for k in range(3)]
+    assert len(store._db.journal_ops) == 3  # kept: a settle now reads nothing back
+    con = store._db._con
+    ops = journal.decode(con.execute("SELECT payload FROM journal ORDER BY rowid LIMIT 1").fetchall()[0][0])
+    foreign = "foreign-prediction"
+    ops = [(kind, table, columns, [foreign, *values[1:]]) for kind, table, columns, values in ops]
+    journal.write(con, journal.encode(ops))  # a row this store object did not journal
+    assert _raw_counts(store)[0] == 4
+    frame = store.query_predictions(pipeline_id=pipeline_id)
+    assert sorted(frame["prediction_id"].to_list()) == sorted(mine + [foreign])
+    assert _raw_counts(store) == (0, 4, 4) and store._db.journal_ops == []
+    later = store.save_prediction(pipeline_id, val_score=9.0, y_true=[1.0], y_pred=[2.0])
+    assert store.get_prediction(later)["val_score"] == 9.0 and _raw_counts(store) == (0, 5, 5)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_writer_killed_with_unsettled_rows_loses_none_and_the_next_reader_settles_them(tmp_path, workers):
