@@ -32,10 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from flows.server import start_local_server  # noqa: E402 - after the path
+from flows.server import apply_offline_settings, start_local_server  # noqa: E402 - after the path
 from timing import tree_cpu_seconds  # noqa: E402
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+apply_offline_settings()
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 GRID_PREPROCESSING = ["SNV", "MSC", None, {"class": "SavitzkyGolay", "params": {"window_length": 11, "polyorder": 2,

@@ -32,9 +32,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from flows.server import start_local_server  # noqa: E402 - after the path
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+from flows.server import apply_offline_settings, start_local_server  # noqa: E402 - after the path
+apply_offline_settings()
 
 CONFIG = ["SNV", "StandardScaler",
           {"split": {"class": "KFold", "params": {"n_splits": 5, "shuffle": True, "random_state": 0}}},

@@ -38,10 +38,18 @@ SERVER_SETTINGS = {
 OFFLINE_SETTINGS = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 
 
+def apply_offline_settings(environ=os.environ) -> None:
+    """Set OFFLINE_SETTINGS where the environment does not already say otherwise: before
+    Prefect is imported (this module imports none of it), as the tests and benchmarks do."""
+    for name, value in OFFLINE_SETTINGS.items():
+        environ.setdefault(name, value)
+
+
 def apply_server_settings(environ=os.environ) -> None:
     """Set SERVER_SETTINGS (and the offline ones) where the environment does not already
     say otherwise, so that a temporary server started from this process gets them."""
-    for name, value in {**OFFLINE_SETTINGS, **SERVER_SETTINGS}.items():
+    apply_offline_settings(environ)
+    for name, value in SERVER_SETTINGS.items():
         environ.setdefault(name, value)
 
 

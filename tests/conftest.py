@@ -1,8 +1,7 @@
-import os
+from flows.server import apply_offline_settings
 
-# Offline, quiet Prefect for every test process (set before Prefect is imported).
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+# Offline Prefect for every test process, set before Prefect is imported.
+apply_offline_settings()
 
 import importlib
 import subprocess
