@@ -74,7 +74,7 @@ class ArtifactFiles:
         """Write `data` to a fsynced temporary file in the artifact's folder (no lock needed)."""
         final = self.path(artifact_id, format)
         # a random name opened with O_EXCL, as mkstemp does, in raw calls: tempfile's
-        # names, buffered file object and flush were ~1/4 of placing a pipeline's files
+        # names, buffered file object and flush were ~1/6 of placing a pipeline's files
         temp = final.parent / f"{TEMP_PREFIX}{os.urandom(6).hex()}"
         try:
             fd = os.open(temp, _NEW_FILE, 0o600)
