@@ -120,7 +120,6 @@ class Connector:
         self.unsettled: Callable[[duckdb.DuckDBPyConnection], bool] | None = None
         self.settle: Callable[[duckdb.DuckDBPyConnection], None] | None = None
         self.journal: bool | None = None
-        self.journaled = 0  # journal rows this process wrote since it last settled
         # The operations of every journal row, in commit order, while this process knows
         # the journal holds nothing else: from a settle it committed until it detaches
         # (the lock is held all that time). A settle then needs no read-back: reading and
@@ -222,14 +221,13 @@ class Connector:
                         self.pending = False
                         if not self.txn_cache.get("direct") and self.to_journal(con):
                             self.txn_cache["journal_only"] = True
-                            self.journal, self.journaled = True, self.journaled + 1
+                            self.journal = True
                         else:
                             self.flush(con)
                     self._commit(con)
                     settled = self.txn_cache.get("settled", False)
                     if settled:
                         self.journal = self.journal or False  # unless a journal write followed
-                        self.journaled = 0
                         self._known_journal([])
                     elif "journal_ops" in self.txn_cache:
                         self._journaled(*self.txn_cache["journal_ops"])
@@ -434,8 +432,9 @@ class Connector:
             raise settle_error
 
     def _journal_is_short(self, con: duckdb.DuckDBPyConnection) -> bool:
-        if self.journaled >= HAND_OVER_JOURNAL_ROWS:
-            return False
+        # the journal's length only (see HAND_OVER_JOURNAL_ROWS): a count of this
+        # process's own rows since it last settled, kept as a shortcut, had brought the
+        # runs of settles back
         return self.journal_length is None or self.journal_length(con) < HAND_OVER_JOURNAL_ROWS
 
     def _wal_size(self) -> int:
@@ -450,7 +449,7 @@ class Connector:
             con.execute("BEGIN TRANSACTION")
             self.settle(con)
             self._commit(con)
-            self.journaled, self._checkpoint_due = 0, True
+            self._checkpoint_due = True
             self._known_journal([])
         except BaseException:
             self._in_transaction = False

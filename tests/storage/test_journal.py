@@ -171,7 +171,7 @@ def test_a_hand_over_leaves_a_short_journal_and_the_reader_it_goes_to_settles_it
     reader.go()
     assert reader.result(timeout=60)["runs"] == 1  # our idle connection was handed over at once
     assert not store._db.is_open
-    assert store._db.journaled == 3  # handed over unsettled: the reader settled them
+    assert store._db.journal is True  # handed over unsettled: the reader settled them
     with duckdb.connect(str(store.db_path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM journal").fetchall()[0][0] == 0
         settled = {r[0] for r in con.execute("SELECT prediction_id FROM predictions").fetchall()}
@@ -397,11 +397,41 @@ def test_a_hand_over_settles_a_long_journal_whoever_wrote_it(tmp_path):
         for store, expected_journal in ((first, few), (second, 0)):
             for _ in range(few):
                 store.save_prediction(pipeline_id, val_score=0.5, y_true=np.zeros(3), y_pred=np.ones(3))
-            assert store._db.journaled == few < HAND_OVER_JOURNAL_ROWS
+            assert few < HAND_OVER_JOURNAL_ROWS <= 2 * few
             store._db._disconnect(handing_over=True)  # what a writer does when it sees a waiter
             with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
                 assert con.execute("SELECT count(*) FROM journal").fetchall()[0][0] == expected_journal
         assert first.query_predictions().height == 2 * few
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_writer_does_not_settle_a_short_journal_because_it_wrote_many_rows_since_its_last_settle(tmp_path):
+    """Whoever settles empties the journal for everyone: a writer whose own rows since its
+    last settle reach the limit, while the journal holds a row or two because another
+    writer settled it, hands over without settling. (Counted per writer, every writer of
+    the four-process interleave settled a near-empty journal within a few turns of each
+    other, each with its checkpoint: 80-100 ms waits.)"""
+    from storage.connection import HAND_OVER_JOURNAL_ROWS
+
+    ws = tmp_path / "ws"
+    with WorkspaceStore(ws, idle=60) as setup:
+        pipeline_id = setup.begin_pipeline(setup.begin_run("turns"), "p", None, [], "tablet")
+    first, second = WorkspaceStore(ws, idle=60), WorkspaceStore(ws, idle=60)
+
+    def turn(store, calls: int) -> int:
+        for _ in range(calls):
+            store.save_prediction(pipeline_id, val_score=0.5, y_true=np.zeros(3), y_pred=np.ones(3))
+        store._db._disconnect(handing_over=True)  # what a writer does when it sees a waiter
+        with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
+            return con.execute("SELECT count(*) FROM journal").fetchall()[0][0]
+
+    try:
+        assert turn(first, HAND_OVER_JOURNAL_ROWS - 1) == HAND_OVER_JOURNAL_ROWS - 1  # short: left
+        assert turn(second, 1) == 0  # the journal reached the limit: settled
+        assert turn(first, 1) == 1  # its own 64th row since it settled, but the journal holds one
+        assert first.query_predictions().height == HAND_OVER_JOURNAL_ROWS + 1
     finally:
         first.close()
         second.close()
