@@ -18,7 +18,7 @@ import re
 import warnings
 from importlib import metadata
 
-from .errors import ChainVersionWarning
+from .errors import ArtifactLoadError, ChainVersionWarning
 
 FITTED_VERSIONS = "fitted_versions"  # the key in a chain's metadata
 
@@ -85,11 +85,11 @@ def warn_on_version_mismatch(chain: dict) -> None:
         warnings.warn(message, ChainVersionWarning, stacklevel=4)
 
 
-def fitted_note(chain: dict) -> str:
-    """What to add to an error about a chain's artifacts: the scikit-learn that fitted it
-    and the one here, when the chain recorded it."""
+def unloadable_in_chain(exc: ArtifactLoadError, chain: dict, context: str = "") -> ArtifactLoadError:
+    """`exc` (an artifact of `chain` that cannot be loaded here) said again with what
+    fitted the chain: the scikit-learn it recorded, against this environment's. Raise it
+    ``from exc.__cause__``."""
     fitted = (recorded_versions(chain) or {}).get("scikit-learn")
-    if not isinstance(fitted, str):
-        return ""
-    return (f"; the chain was fitted with scikit-learn {fitted}, this environment has "
-            f"scikit-learn {_library_versions()['scikit-learn']}")
+    note = (f"; the chain was fitted with scikit-learn {fitted}, this environment has "
+            f"scikit-learn {_library_versions()['scikit-learn']}") if isinstance(fitted, str) else ""
+    return ArtifactLoadError(f"{context}{exc}{note}")

@@ -29,7 +29,7 @@ from .predictions import PredictionsMixin
 from .records import RecordsMixin
 from .aliases import AliasesMixin
 from .scoring import ScoringMixin
-from .versions import fitted_note
+from .versions import unloadable_in_chain
 from .check import CheckMixin
 from . import journal, schema
 from .base import now
@@ -164,8 +164,8 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
             try:
                 return self._cached_artifact(artifact_id, formats.get(artifact_id))
             except ArtifactLoadError as exc:
-                raise ArtifactLoadError(f"chain {chain['chain_id']} cannot be replayed: {exc}"
-                                        f"{fitted_note(chain)}") from exc.__cause__
+                said = unloadable_in_chain(exc, chain, f"chain {chain['chain_id']} cannot be replayed: ")
+                raise said from exc.__cause__
 
         return load
 

@@ -58,7 +58,7 @@ from storage import replay as replaying
 from storage.atomic import atomic_path, fsync_folder, write_bytes
 from storage.chains import referenced_artifacts
 from storage.errors import ArtifactLoadError, ReplayError
-from storage.versions import fitted_note, version_mismatch
+from storage.versions import unloadable_in_chain, version_mismatch
 
 __all__ = [
     "InboxFile", "FileStat", "LoadedChain", "ScoreJob", "CheckError", "FileChanged", "ScoringLock",
@@ -212,7 +212,7 @@ class LoadedChain:
         try:
             artifacts = {a: store.load_artifact(a) for a in sorted(ids)}
         except ArtifactLoadError as exc:  # what fitted the chain is the first thing to know
-            raise ArtifactLoadError(f"{exc}{fitted_note(chain)}") from exc.__cause__
+            raise unloadable_in_chain(exc, chain) from exc.__cause__
         return cls(chain, artifacts, dataset, alias)
 
     chain_id = property(lambda self: self.chain["chain_id"])
