@@ -2,9 +2,13 @@
 
 Every store call runs inside ``reading()`` or ``writing()``: take the workspace lock
 (shared or exclusive), attach the database file if it is not attached yet, run one
-transaction. The file then stays attached for ``idle`` seconds in case another call
-follows, and is detached and the lock released when the window passes, or at once when
-another process is waiting. ``batch()`` holds one write transaction for many calls.
+transaction. The lock (and the file) are then kept for ``idle`` seconds in case another
+call follows, and released when the window passes, or at once when another process is
+waiting. ``batch()`` holds one write transaction for many calls.
+
+A write made only of buffered rows attaches the file only if it must look something up
+there: it commits as one record of the journal file (``storage/journal_file.py``), so a
+turn of processes taking turns call by call is the lock and an append, not an attach.
 
 Why ATTACH/DETACH on a kept in-memory DuckDB rather than connect/close: creating a DuckDB
 instance costs 17-25 ms here (building its catalog of built-in functions), and every
@@ -13,9 +17,10 @@ alive costs ~2.5 ms and detaching ~1 ms; DETACH closes the file and frees DuckDB
 file lock, so the next process can open it.
 
 Work may be left for later: ``pending`` rows buffered in memory for the current
-transaction (flushed before any other statement and before commit), and committed rows
-waiting in a journal table (``settle``d into their final tables before any call that is
-not itself a journal write, and before the file is handed over).
+transaction (flushed before any other statement and before commit), and committed
+records waiting in the journal (``settle``d into their final tables before any call that
+is not itself a journal write, before a reader reads, and before the workspace is handed
+over once the journal is long).
 
 Threads of one process are serialised by a re-entrant mutex, because DuckDB 2 refuses
 concurrent calls on one connection; a ``batch()`` holds that mutex for its whole body.
@@ -40,21 +45,15 @@ from .locking import Mode, WorkspaceLock
 _LEAKED_CONNECTIONS: list = []  # inherited across fork: never closed by the child
 _OPEN: "weakref.WeakSet[Connector]" = weakref.WeakSet()
 # A writer that finds the journal this long settles it before it hands the workspace over;
-# a shorter one is left for the next writer. The length is the journal's, not what this
-# process wrote: counted per process, the writers taking turns all reached the limit
-# within a few turns of each other and settled one after another, each a few rows, each
-# paying a settle's fixed cost (~8 ms) and a checkpoint (~10-20 ms): the four-process
-# interleave's longest waits (80-120 ms) were such runs of settles.
-HAND_OVER_JOURNAL_ROWS = 64
+# a shorter one is left for the next writer, who only appends to it. The length is the
+# journal's, not what this process wrote: counted per process, the writers taking turns
+# all reached the limit within a few turns of each other and settled one after another,
+# each paying a settle's fixed cost (attach, a checkpoint: ~15-20 ms). 128 KB is ~60
+# single predictions of 100-float arrays, or a pipeline or two of a grid.
+HAND_OVER_JOURNAL_BYTES = 128 * 1024
 # The most journaled operations kept in memory for the next settle (a grid of 50
 # pipelines journals ~5 MB); beyond it they are read back from the journal.
 JOURNAL_OPS_KEPT_BYTES = 64 * 1024 * 1024
-# DETACH checkpoints by default, and a checkpoint rewrites the last row group of every
-# table written: ~2-3 ms of a ~6 ms turn when processes take turns call by call. Whoever
-# attaches next replays the WAL instead, which costs ~0.7 ms per single call written to
-# the 29-column tables but ~0.05 ms per journal row. So the store checkpoints before it
-# detaches after anything but journal rows, and otherwise once the WAL passes this size.
-JOURNAL_WAL_BYTES = 64 * 1024
 _ALIAS = "workspace"  # the attached database's name; every statement runs with USE on it
 
 
@@ -77,6 +76,20 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
         pass  # the failed statement already aborted the transaction
 
 
+class _Deferred:
+    """The connection a buffered write is handed: the file is attached and the write
+    transaction begun only when the write first uses it (a lookup the process has not
+    remembered, a settle). Used only under the connector's mutex, inside the call."""
+
+    __slots__ = ("_connector",)
+
+    def __init__(self, connector: "Connector") -> None:
+        self._connector = connector
+
+    def __getattr__(self, name: str):
+        return getattr(self._connector.transaction(), name)
+
+
 class Connector:
     def __init__(self, db_path: Path, lock: WorkspaceLock, *, idle: float) -> None:
         self.db_path = Path(db_path)
@@ -86,8 +99,10 @@ class Connector:
         self._wake = threading.Condition(self._mutex)
         self._instance: duckdb.DuckDBPyConnection | None = None  # in-memory, kept
         self._con: duckdb.DuckDBPyConnection | None = None  # the instance, file attached
-        self._mode: Mode | None = None
-        self._in_transaction = False
+        self._mode: Mode | None = None  # the lock held; the file may not be attached yet
+        self._in_transaction = False  # a call's transaction is open ...
+        self._db_transaction = False  # ... and began in DuckDB (it may still not have)
+        self._deferred = _Deferred(self)
         self._active = 0  # calls under way (nested calls of a batch count too)
         self._owner: int | None = None  # the thread whose call or batch is under way
         self._last_used = 0.0
@@ -100,33 +115,34 @@ class Connector:
         # commit, when nothing else ran, journaled as one row (`to_journal`, False if
         # they are too many for it).
         self.flush: Callable[[duckdb.DuckDBPyConnection | None], None] | None = None
-        self.to_journal: Callable[[duckdb.DuckDBPyConnection], bool] = lambda con: False
+        self.to_journal: Callable[[], bool] = lambda: False
         self.pending = False
         self.txn_cache: dict = {}  # facts valid for the current transaction only
-        # Facts valid while this connection stays open: the lock is held all that time,
-        # so no other process can change the database under it.
+        # Facts valid while the lock is held: no other process can change the database.
         self.conn_cache: dict = {}
         # The remembered rows ("rows": existence and never-changing columns) outlive an
         # attachment unless some process deleted rows meanwhile: every deletion bumps a
-        # counter in `.nirsflow/rows-epoch`, read at each attach (~20 us, under the lock).
+        # counter in `.nirsflow/rows-epoch`, read as the lock is taken (~20 us).
         # Looking a pipeline up again cost ~1.4 ms of each turn of processes taking turns.
         self._epoch_path = self.db_path.parent / ".nirsflow" / "rows-epoch"
         self._kept_rows: dict | None = None
         self._rows_epoch = -1
-        self._checkpoint_due = False  # committed something other than journal rows
-        # Committed rows waiting in a journal: `unsettled(con)` says whether there are any
-        # (readable on a read-only attachment), `settle(con)` moves them into place.
-        # `journal` is what this process knows: False (settled), True, or None (unknown).
-        self.unsettled: Callable[[duckdb.DuckDBPyConnection], bool] | None = None
+        # Committed records waiting in the journal: `unsettled()` says whether there are
+        # any, `settle(con)` moves them into place, `journal_length()` is the journal's
+        # size in bytes. `journal` is what this process knows: False (settled), True, or
+        # None (unknown).
+        self.unsettled: Callable[[], bool] | None = None
         self.settle: Callable[[duckdb.DuckDBPyConnection], None] | None = None
+        self.journal_length: Callable[[], int] | None = None
         self.journal: bool | None = None
-        # The operations of every journal row, in commit order, while this process knows
-        # the journal holds nothing else: from a settle it committed until it detaches
-        # (the lock is held all that time). A settle then needs no read-back: reading and
-        # decoding a grid's journal was ~0.5 ms a pipeline. None: not known.
+        # The operations of every journal record, in commit order, while this process
+        # knows the journal holds nothing else: from a settle it committed until it lets
+        # the lock go. A settle then needs no read-back: reading and decoding a grid's
+        # journal was ~0.5 ms a pipeline. `journal_tail` is (generation, end) of the file
+        # after the last of them. None: not known.
         self.journal_ops: list | None = None
+        self.journal_tail: tuple[bytes, int] | None = None
         self._journal_ops_bytes = 0
-        self.journal_length: Callable[[duckdb.DuckDBPyConnection], int] | None = None  # rows in the journal
         self._after_commit: list[Callable[[], None]] = []
 
     # -- public --------------------------------------------------------------
@@ -141,14 +157,25 @@ class Connector:
         with self._call("exclusive", buffered=buffered) as con:
             yield con
 
-    def batch_connection(self) -> duckdb.DuckDBPyConnection | None:
-        """The open write transaction's connection if the calling thread is inside a
-        ``batch()`` of this store, else None. A buffered write made there needs none of
-        a call's machinery (lock, transaction, settling), and skipping it is a fifth of
-        the cost of a prediction saved in a batch."""
+    def batch_connection(self):
+        """The open write transaction's connection (attached when first used) if the
+        calling thread is inside a ``batch()`` of this store, else None. A buffered write
+        made there needs none of a call's machinery (lock, transaction, settling), and
+        skipping it is a fifth of the cost of a prediction saved in a batch."""
         if self._active and self._owner == threading.get_ident() and self._mode == "exclusive":
-            return self._con
+            return self._deferred
         return None
+
+    def transaction(self) -> duckdb.DuckDBPyConnection:
+        """The file attached and the call's transaction begun in DuckDB (inside a call)."""
+        if self._con is None:
+            self._con = self._attach(self._mode)
+        if self._in_transaction and not self._db_transaction:
+            # marked before BEGIN runs: an exception that lands right after it (a signal
+            # handler's) must still roll the transaction back
+            self._db_transaction = True
+            self._con.execute("BEGIN TRANSACTION")
+        return self._con
 
     @contextmanager
     def batch(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -158,7 +185,8 @@ class Connector:
 
     @property
     def is_open(self) -> bool:
-        return self._con is not None
+        """Whether this process holds the workspace (its lock; the file may be attached)."""
+        return self._mode is not None
 
     @property
     def writable(self) -> bool:
@@ -192,23 +220,24 @@ class Connector:
             self._closed = False
             outermost = self._active == 0
             if outermost:
-                self._connect(mode)
+                # a buffered write attaches the file only if it uses the connection
+                self._connect(mode, attach=not buffered)
                 self._owner = threading.get_ident()
             elif mode == "exclusive" and self._mode == "shared":
                 raise RuntimeError("a write cannot start inside a read of the same workspace")
-            con = self._con
             self._active += 1
             began = False
             try:
                 if not self._in_transaction:
-                    # marked before BEGIN runs: an exception that lands right after it
-                    # (a signal handler's) must still roll the transaction back
                     self._in_transaction = began = True
-                    con.execute("BEGIN TRANSACTION")
+                    self._db_transaction = False
                     self.txn_cache = {}
-                if not buffered:
+                if buffered:
+                    con = self._deferred
+                else:
                     # a statement of its own: the journal (once per transaction) and what
                     # this transaction buffered go to their tables first, in that order
+                    con = self.transaction()
                     self.txn_cache["direct"] = True
                     if (self.journal is not False and self._mode == "exclusive"
                             and self.settle is not None and not self.txn_cache.get("settled")):
@@ -219,32 +248,31 @@ class Connector:
                 if began:
                     if self.pending:
                         self.pending = False
-                        if not self.txn_cache.get("direct") and self.to_journal(con):
-                            self.txn_cache["journal_only"] = True
+                        if not self.txn_cache.get("direct") and self.to_journal():
                             self.journal = True
                         else:
-                            self.flush(con)
-                    self._commit(con)
-                    settled = self.txn_cache.get("settled", False)
-                    if settled:
+                            self.flush(self.transaction())
+                    if self._db_transaction:
+                        self._commit(self._con)
+                    self._in_transaction = False
+                    if self.txn_cache.get("settled"):
                         self.journal = self.journal or False  # unless a journal write followed
-                        self._known_journal([])
                     elif "journal_ops" in self.txn_cache:
                         self._journaled(*self.txn_cache["journal_ops"])
-                    if settled or (mode == "exclusive" and not self.txn_cache.get("journal_only")):
-                        self._checkpoint_due = True
                     self._run_after_commit()
             except BaseException:
                 if began:
                     self._drop_pending()
                     self.journal = None  # a settle or journal write may have been undone
-                    self.journal_ops = None
+                    self.known_journal(None)
                     self._after_commit = []
                     # what this transaction taught the cache may be rolled back with it
                     self.conn_cache = {k: v for k, v in self.conn_cache.items() if k == "appenders"}
                 if began and self._in_transaction:
                     self._in_transaction = False
-                    _rollback(con)
+                    if self._db_transaction:
+                        self._db_transaction = False
+                        _rollback(self._con)
                 raise
             finally:
                 self._active -= 1
@@ -265,18 +293,24 @@ class Connector:
         (database first, files after: gc's deletions use it)."""
         self._after_commit.append(action)
 
-    def _known_journal(self, ops: list | None) -> None:
-        self.journal_ops, self._journal_ops_bytes = ops, 0
+    def known_journal(self, ops: list | None, tail: tuple[bytes, int] | None = None) -> None:
+        """What the journal holds, as far as this process knows: exactly `ops` (the
+        operations of its records), the file ending at `tail` (generation, offset); or
+        None, not known."""
+        self.journal_ops, self.journal_tail, self._journal_ops_bytes = ops, tail if ops is not None else None, 0
 
-    def _journaled(self, ops: list, size: int) -> None:
-        """A journal row of `ops` (`size` bytes encoded) committed."""
-        if self.journal_ops is None:
+    def _journaled(self, ops: list, size: int, generation: bytes, end: int) -> None:
+        """A journal record of `ops` (`size` bytes encoded) committed; the file now ends at
+        `end`."""
+        if self.journal_ops is None or self.journal_tail is None or self.journal_tail[0] != generation:
+            self.known_journal(None)
             return
         self._journal_ops_bytes += size
         if self._journal_ops_bytes > JOURNAL_OPS_KEPT_BYTES:
-            self._known_journal(None)  # read back at the settle instead of held here
+            self.known_journal(None)  # read back at the settle instead of held here
         else:
             self.journal_ops.append(ops)
+            self.journal_tail = (generation, end)
 
     def _run_after_commit(self) -> None:
         actions, self._after_commit = self._after_commit, []
@@ -314,44 +348,53 @@ class Connector:
         # own write. Marked done first, that rollback was skipped and the hook's BEGIN
         # failed ("Current transaction is aborted"): a run left `running`, not `crashed`.
         con.execute("COMMIT")
-        self._in_transaction = False
+        self._in_transaction = self._db_transaction = False
 
-    def _connect(self, mode: Mode) -> None:
-        if self._con is None or (self._mode != mode and self._mode != "exclusive"):
+    def _connect(self, mode: Mode, attach: bool = True) -> None:
+        if self._mode is None or (self._mode != mode and self._mode != "exclusive"):
             self._disconnect()  # a shared holder that now needs to write starts over
             self.lock.acquire(mode)
-            # Until the attachment is recorded, any exception (a signal handler's included,
-            # wherever it lands) detaches it and frees the lock, or the next call would
-            # find the lock "already held" by nobody.
+            # From here until the call is under way, any exception (a signal handler's
+            # included, wherever it lands) lets the file and the lock go again, or the
+            # next call would find the lock "already held" by nobody.
+            self._mode = mode
             try:
-                con = self._attach(mode)
-                try:
-                    epoch = self._read_epoch()
-                    kept = self._kept_rows if epoch == self._rows_epoch and epoch >= 0 else None
-                    self.conn_cache = {"rows": kept} if kept else {}
-                    self._rows_epoch, self._kept_rows = epoch, None
-                    self._con, self._mode, self.journal = con, mode, None
-                    self._known_journal(None)
-                except BaseException:
-                    self._con = self._mode = None
-                    self._drop_attachment(con)
-                    raise
+                epoch = self._read_epoch()
+                kept = self._kept_rows if epoch == self._rows_epoch and epoch >= 0 else None
+                self.conn_cache = {"rows": kept} if kept else {}
+                self._rows_epoch, self._kept_rows = epoch, None
+                self.journal = None
+                self.known_journal(None)
             except BaseException:
-                self.lock.release()
+                self._let_go()
                 raise
-        if self._mode == "shared" and self.journal is None and self.unsettled is not None:
-            try:
-                leftovers = self.unsettled(self._con)
-            except BaseException:
-                self._disconnect()
-                raise
-            if leftovers:
-                # rows a killed writer left in the journal: a read must see them, and a
-                # read-only attachment cannot move them, so this burst writes
-                self._disconnect()
-                self._connect("exclusive")
-            else:
+        try:
+            if self._mode == "shared" and self.journal is None and self.unsettled is not None:
+                if self.unsettled():
+                    # records a writer left in the journal (handed over short, or killed):
+                    # a read must see them, and a read-only attachment cannot move them,
+                    # so this burst writes
+                    self._disconnect()
+                    self._connect("exclusive", attach)
+                    return
                 self.journal = False
+            if attach and self._con is None:
+                self._con = self._attach(self._mode)
+        except BaseException:
+            if self._mode is not None and not self._active:
+                self._let_go()
+            raise
+
+    def _let_go(self) -> None:
+        """Detach (rolling back) and free the lock at once, settling nothing."""
+        con, self._con, self._mode = self._con, None, None
+        self._in_transaction = self._db_transaction = False
+        self._kept_rows, self.conn_cache = None, {}
+        try:
+            if con is not None:
+                self._drop_attachment(con)
+        finally:
+            self.lock.release()
 
     def _attach(self, mode: Mode) -> duckdb.DuckDBPyConnection:
         """Attach the file and make it the default database; on any failure, nothing
@@ -385,7 +428,7 @@ class Connector:
     def _attach_instance(self) -> duckdb.DuckDBPyConnection:
         if self._instance is None:
             self._instance = duckdb.connect(":memory:")
-            # The store checkpoints itself before a detach (see JOURNAL_WAL_BYTES)
+            # The store checkpoints itself before a detach, when the WAL holds anything
             self._instance.execute("PRAGMA disable_checkpoint_on_shutdown")
         return self._instance
 
@@ -402,40 +445,42 @@ class Connector:
             return self._attach_instance()
 
     def _disconnect(self, handing_over: bool = False) -> None:
-        """Detach and free the lock, the journal settled first: always when this process
-        goes idle, and on a hand-over once the journal is long. A short journal is left
-        to the next writer (a reader that finds one takes the write lock and settles it):
-        a settle rewrites the 29-column tables' last row groups at the checkpoint, which
-        would be most of a hand-over while processes take turns call by call."""
-        con = self._con
-        if con is None:
+        """Free the lock, detaching the file if it is attached, the journal settled first:
+        always when this process goes idle, and on a hand-over once the journal is long.
+        A short journal is left to the next writer, who only appends to it (a reader
+        that finds one takes the write lock and settles it): a settle attaches the file
+        and checkpoints, most of a turn's cost when processes take turns call by call."""
+        if self._mode is None:
             return
         settle_error: Exception | None = None
         if self._mode == "exclusive" and not self._in_transaction:
             try:
-                if self.journal and not (handing_over and self._journal_is_short(con)):
-                    self._settle_now(con)
-                if self._checkpoint_due or self._closed or self._wal_size() > JOURNAL_WAL_BYTES:
-                    con.execute("CHECKPOINT")
-                    self._checkpoint_due = False
+                if self.journal and not (handing_over and self._journal_is_short()):
+                    self._settle_now()
+                # the next process to attach would replay what the WAL holds
+                if self._con is not None and self._wal_size() > 0:
+                    self._con.execute("CHECKPOINT")
             except Exception as exc:  # noqa: BLE001 - raised below, once the file is free
                 settle_error = exc
-        in_transaction = self._in_transaction
-        self._con, self._mode, self._in_transaction = None, None, False
+        con, rollback = self._con, self._in_transaction and self._db_transaction
+        self._kept_rows = None if self._in_transaction else self.conn_cache.get("rows")
+        self.conn_cache = {}  # appenders die with the attachment
+        self._con, self._mode, self._in_transaction, self._db_transaction = None, None, False, False
         try:
-            self._detach(con, in_transaction)
+            if con is not None:
+                self._detach(con, rollback)
         finally:
             self.lock.release()
         if settle_error is not None:
-            # nothing is lost: the rows stay committed in the journal, and the next
+            # nothing is lost: the records stay committed in the journal, and the next
             # write (of this process or another) settles them
             raise settle_error
 
-    def _journal_is_short(self, con: duckdb.DuckDBPyConnection) -> bool:
-        # the journal's length only (see HAND_OVER_JOURNAL_ROWS): a count of this
-        # process's own rows since it last settled, kept as a shortcut, had brought the
-        # runs of settles back
-        return self.journal_length is None or self.journal_length(con) < HAND_OVER_JOURNAL_ROWS
+    def _journal_is_short(self) -> bool:
+        # the journal's length only (see HAND_OVER_JOURNAL_BYTES): a count of this
+        # process's own writes since it last settled, kept as a shortcut, had brought
+        # the runs of settles back
+        return self.journal_length is None or self.journal_length() < HAND_OVER_JOURNAL_BYTES
 
     def _wal_size(self) -> int:
         try:
@@ -443,26 +488,29 @@ class Connector:
         except FileNotFoundError:
             return 0
 
-    def _settle_now(self, con: duckdb.DuckDBPyConnection) -> None:
-        self._in_transaction, self.txn_cache = True, {}
+    def _settle_now(self) -> None:
+        if self._con is None:
+            self._con = self._attach(self._mode)
+        con = self._con
+        self._in_transaction = self._db_transaction = True
+        self.txn_cache = {}
         try:
             con.execute("BEGIN TRANSACTION")
             self.settle(con)
             self._commit(con)
-            self._checkpoint_due = True
-            self._known_journal([])
         except BaseException:
-            self._in_transaction = False
+            self._in_transaction = self._db_transaction = False
+            self._after_commit = []
+            self.known_journal(None)
             self._drop_pending()
             _rollback(con)
             raise
         self.journal = False
+        self._run_after_commit()
 
-    def _detach(self, con: duckdb.DuckDBPyConnection, in_transaction: bool) -> None:
-        self._kept_rows = None if in_transaction else self.conn_cache.get("rows")
-        self.conn_cache = {}  # appenders die with the attachment
+    def _detach(self, con: duckdb.DuckDBPyConnection, rollback: bool) -> None:
         try:
-            if in_transaction:
+            if rollback:
                 con.execute("ROLLBACK")
             con.execute("USE memory")
             con.execute(f"DETACH {_ALIAS}")
@@ -494,7 +542,7 @@ class Connector:
         # another process is seen waiting (checked a few times per window).
         with self._mutex:
             try:
-                while self._con is not None and os.getpid() == self._pid:
+                while self._mode is not None and os.getpid() == self._pid:
                     quiet = time.monotonic() - self._last_used
                     if not self._active and quiet >= self.idle:
                         self._disconnect()
@@ -535,6 +583,7 @@ class Connector:
         if forget:
             forget()
         self._instance, self._con, self._mode, self._in_transaction, self._active = None, None, None, False, 0
+        self._db_transaction = False
         self._kept_rows, self._rows_epoch = None, -1
         self._mutex = threading.RLock()
         self._wake = threading.Condition(self._mutex)

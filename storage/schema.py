@@ -225,12 +225,23 @@ DROP TABLE prediction_journal;
 """)
 
 
+def _journal_file(con: duckdb.DuckDBPyConnection) -> None:
+    # Small write transactions now commit as records of store.duckdb.journal, appended
+    # without opening the database (storage/journal_file.py); a settle records here how
+    # far that file has been applied. The journal table stays, so the rows an older
+    # nirsflow left in it settle when the workspace is opened (WorkspaceStore).
+    # Versioned, so that an older nirsflow, which knows nothing of the file, refuses
+    # the workspace rather than read its tables without those records.
+    con.execute("INSERT OR REPLACE INTO meta VALUES ('journal_settled', '')")
+
+
 # (name, function): append only; never edit one that has shipped.
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("0001_initial", _initial),
     ("0002_scored_files", _scored_files),
     ("0003_prediction_journal", _prediction_journal),
     ("0004_write_journal", _write_journal),
+    ("0005_journal_file", _journal_file),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ("runs", "pipelines", "chains", "chain_artifacts", "predictions", "prediction_arrays",

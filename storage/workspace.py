@@ -5,6 +5,7 @@
     ├── artifacts/ab/<sha256>.joblib
     ├── exports/              on-demand exports
     ├── library/templates/    pipeline templates
+    ├── store.duckdb.journal  small writes not yet moved into store.duckdb (journal_file.py)
     └── .nirsflow/            the inter-process lock and its holder/waiter notes
 
 The facade holds no connection of its own between calls: see ``connection.py``.
@@ -23,6 +24,7 @@ from .chains import ChainsMixin
 from .connection import Connector
 from .errors import ArtifactLoadError, WorkspaceCorruptError, WorkspaceError
 from .exports import ExportsMixin
+from .journal_file import JournalFile
 from .locking import FileLock
 from .maintenance import MaintenanceMixin
 from .predictions import PredictionsMixin
@@ -64,6 +66,7 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
         self.lock = FileLock(self.path / ".nirsflow", timeout=lock_timeout, workspace=self.path)
         self._db = Connector(self.db_path, self.lock, idle=idle)
         self._db.flush, self._db.to_journal = self._flush_pending, self._journal_pending
+        self._journal = JournalFile(self.db_path.with_name(DB_NAME + ".journal"))
         self._ops: list = []
         self._artifact_cache: OrderedDict = OrderedDict()
         self._chain_cache: OrderedDict = OrderedDict()
@@ -97,10 +100,12 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
         if version < schema.SCHEMA_VERSION:
             with self._db.writing() as con:
                 schema.migrate(con, self.path, now())
-        # From here on every read connection first checks for journal rows a killed
-        # writer left behind (the table exists only once the schema is current).
-        self._db.unsettled, self._db.settle = journal.has_rows, self._settle
-        self._db.journal_length = journal.row_count
+                # rows an older nirsflow committed to the journal table (a writer killed
+                # before it settled them): nothing writes there any more
+                self._apply(con, journal.take(con))
+        # From here on every read first checks for journal records a writer left behind.
+        self._db.unsettled, self._db.settle = self._journal.has_records, self._settle
+        self._db.journal_length = self._journal.size
 
     # -- life ----------------------------------------------------------------------
     @contextmanager

@@ -1,9 +1,9 @@
 """Small write transactions (a single save_prediction, a pipeline recorded whole in a
-batch) commit to the journal and are settled into their tables before anything reads
-them (storage/journal.py, storage/writes.py).
+batch) commit to the journal file and are settled into their tables before anything
+reads them (storage/journal.py, storage/journal_file.py, storage/writes.py).
 
-The journal is looked at through the store's own connection where a test must see it
-unsettled (nothing else may open the file while the store holds it)."""
+The tables are looked at through the store's own connection where a test must see the
+journal unsettled (nothing else may open the database while the store holds it)."""
 
 from __future__ import annotations
 
@@ -17,27 +17,42 @@ import numpy as np
 import pytest
 
 from storage import InvalidInputError, NotFoundError, WorkspaceStore, arrays, writes
+from storage.journal_file import JournalFile
 from tests.storage.store_worker import fitted, probe_input, save_fitted_chain, save_seeded_prediction, score_of
 from tests.storage.test_processes import assert_prediction_content, read_acks
 
 
-def _raw_counts(store: WorkspaceStore) -> tuple[int, int, int]:
-    """(journal, predictions, prediction_arrays) rows as the file holds them now, without
-    the settling a store call would do first."""
+def journal_records(ws: Path) -> int:
+    """The records in a workspace's journal file not yet settled (or, after a crash
+    between a settle and its reset, settled but still there)."""
+    return len(JournalFile(Path(ws) / "store.duckdb.journal").read()[1])
+
+
+def _table_counts(store: WorkspaceStore, *tables: str) -> list[int]:
+    """Rows of `tables` as the database holds them now, without the settling a store
+    call would do first: through the store's attachment, or the file if it has none."""
     con = store._db._con
-    return tuple(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-                 for table in ("journal", "predictions", "prediction_arrays"))
+    if con is None:
+        with duckdb.connect(str(store.db_path), read_only=True) as con:
+            return [con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in tables]
+    return [con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in tables]
+
+
+def _raw_counts(store: WorkspaceStore) -> tuple[int, int, int]:
+    """(journal records, predictions rows, prediction_arrays rows) as they are now."""
+    return (journal_records(store.path), *_table_counts(store, "predictions", "prediction_arrays"))
 
 
 def _killed_after_writing(writer, ws, table: str) -> dict[str, int]:
     """Let a worker write, kill it (-9) while it holds the workspace with everything still
-    in the journal, and count the rows of ``journal`` and `table` as the file holds them."""
+    in the journal, and count the journal's records and the rows of `table`."""
     writer.expect("ready")
     writer.go()
     writer.expect("written")
     writer.kill()
     with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
-        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ("journal", table)}
+        rows = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+    return {"journal": journal_records(ws), table: rows}
 
 
 @pytest.fixture
@@ -84,10 +99,11 @@ def test_release_settles_the_journal_so_a_plain_reader_finds_every_row(kept, tmp
     x = np.linspace(0.0, 1.0, 100)
     for k in range(20):
         store.save_prediction(pipeline_id, val_score=float(k), y_true=x, y_pred=x)
+    assert journal_records(store.path) == 20
     store.release()
     with duckdb.connect(str(store.db_path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM predictions").fetchall()[0][0] == 20
-        assert con.execute("SELECT count(*) FROM journal").fetchall()[0][0] == 0
+    assert journal_records(store.path) == 0
 
 
 def test_a_given_prediction_id_is_refused_twice_while_the_first_is_still_in_the_journal(kept):
@@ -110,20 +126,19 @@ def test_a_failed_call_after_journal_writes_keeps_them(kept):
 
 
 def test_a_settle_applies_the_journal_from_memory_only_while_it_holds_this_process_rows_alone(kept):
-    """While attached, the store keeps the operations of the journal rows it wrote and a
-    settle applies them without reading the journal back. A row it did not write (as a
-    writer killed before this attach leaves one) must make it read the journal instead:
-    applying only what it kept would drop that row."""
+    """While it holds the lock, the store keeps the operations of the journal records it
+    wrote and a settle applies them without reading the journal back. A record it did
+    not write (as a writer killed before this process took the lock leaves one) must make
+    it read the journal instead: applying only what it kept would drop that record."""
     from storage import journal
 
     store, pipeline_id = kept
     mine = [store.save_prediction(pipeline_id, val_score=float(k), y_true=[1.0], y_pred=[2.0]) for k in range(3)]
     assert len(store._db.journal_ops) == 3  # kept: a settle now reads nothing back
-    con = store._db._con
-    ops = journal.decode(con.execute("SELECT payload FROM journal ORDER BY rowid LIMIT 1").fetchall()[0][0])
+    ops = journal.decode(store._journal.read()[1][0])
     foreign = "foreign-prediction"
     ops = [(kind, table, columns, [foreign, *values[1:]]) for kind, table, columns, values in ops]
-    journal.write(con, journal.encode(ops))  # a row this store object did not journal
+    store._journal.append(journal.encode(ops))  # a record this store object did not journal
     assert _raw_counts(store)[0] == 4
     frame = store.query_predictions(pipeline_id=pipeline_id)
     assert sorted(frame["prediction_id"].to_list()) == sorted(mine + [foreign])
@@ -153,8 +168,7 @@ def test_a_writer_killed_with_unsettled_rows_loses_none_and_the_next_reader_sett
     for pid, seed in acked:
         assert_prediction_content(found.get(pid), seed, pid)
     reader.close()
-    with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM journal").fetchall()[0][0] == 0
+    assert journal_records(ws) == 0
     assert time.monotonic() - t0 < 10
 
 
@@ -162,7 +176,7 @@ def test_a_writer_killed_with_unsettled_rows_loses_none_and_the_next_reader_sett
 @pytest.mark.timeout(120)
 def test_a_hand_over_leaves_a_short_journal_and_the_reader_it_goes_to_settles_it(kept, workers):
     """Processes taking turns call by call do not settle on every hand-over (a settle's
-    checkpoint would be most of a turn); whoever reads next finds every row."""
+    attach and checkpoint would be most of a turn); whoever reads next finds every row."""
     store, pipeline_id = kept
     ids = [store.save_prediction(pipeline_id, val_score=float(k), y_true=[1.0], y_pred=[2.0]) for k in range(3)]
     assert _raw_counts(store) == (3, 0, 0)
@@ -172,8 +186,8 @@ def test_a_hand_over_leaves_a_short_journal_and_the_reader_it_goes_to_settles_it
     assert reader.result(timeout=60)["runs"] == 1  # our idle connection was handed over at once
     assert not store._db.is_open
     assert store._db.journal is True  # handed over unsettled: the reader settled them
+    assert journal_records(store.path) == 0
     with duckdb.connect(str(store.db_path), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM journal").fetchall()[0][0] == 0
         settled = {r[0] for r in con.execute("SELECT prediction_id FROM predictions").fetchall()}
     assert settled == set(ids)
 
@@ -193,10 +207,8 @@ def test_a_pipeline_recorded_in_a_batch_is_one_journal_row_and_lands_whole(kept)
     store, _ = kept
     run_id = store.begin_run("grid")
     recorded = [_record_pipeline(store, run_id, seed) for seed in (1, 2, 3)]
-    con = store._db._con
-    counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
-              for t in ("journal", "chains", "chain_artifacts", "artifacts")}
-    assert counts == {"journal": 3, "chains": 0, "chain_artifacts": 0, "artifacts": 0}
+    assert journal_records(store.path) == 3
+    assert _table_counts(store, "chains", "chain_artifacts", "artifacts") == [0, 0, 0]
 
     pipelines = store.list_pipelines(run_id=run_id)  # a read: settled first
     assert _raw_counts(store)[0] == 0
@@ -307,22 +319,24 @@ def test_rows_another_process_deleted_are_not_remembered_across_attachments(tmp_
     mine.close(), other.close()
 
 
-def test_a_hand_over_after_journal_rows_alone_skips_the_checkpoint_and_loses_nothing(tmp_path):
-    """Between processes taking turns, the WAL of a few journal rows is cheaper to replay
-    than to checkpoint; anything else written is checkpointed before the file is let go."""
+def test_single_calls_between_settles_never_open_the_database_and_lose_nothing(tmp_path):
+    """A process taking its turn for one small write takes the lock and appends to the
+    journal: it attaches the database only to look up what it does not remember, and
+    leaves no WAL for the next process to replay."""
     ws = tmp_path / "ws"
     store = WorkspaceStore(ws, idle=60)
     pipeline_id = store.begin_pipeline(store.begin_run("r"), "p", None, [], "tablet")
-    store.release()  # the run and pipeline: checkpointed
+    store.release()  # the run and pipeline: settled, checkpointed
     wal = ws / "store.duckdb.wal"
     assert not wal.exists() or wal.stat().st_size == 0
     ids = [store.save_prediction(pipeline_id, val_score=float(k), y_true=[1.0], y_pred=[2.0]) for k in range(3)]
+    assert store._db.is_open and store._db._con is None  # the lock, not the file
     with store._db._mutex:
         store._db._disconnect(handing_over=True)  # as when another process is seen waiting
-    assert wal.stat().st_size > 0  # journal rows only: left in the WAL
-    with WorkspaceStore(ws) as other:  # replays the WAL, settles the journal, checkpoints
+    assert journal_records(ws) == 3 and (not wal.exists() or wal.stat().st_size == 0)
+    with WorkspaceStore(ws) as other:  # settles the journal, checkpoints
         assert sorted(other.query_predictions()["prediction_id"].to_list()) == sorted(ids)
-    assert not wal.exists() or wal.stat().st_size == 0
+    assert journal_records(ws) == 0 and (not wal.exists() or wal.stat().st_size == 0)
     store.close()
 
 
@@ -371,67 +385,102 @@ def test_a_workspace_with_rows_in_the_old_prediction_journal_keeps_them(tmp_path
         con.execute("CREATE TABLE prediction_journal (prediction_id VARCHAR NOT NULL, payload BLOB NOT NULL)")
         con.execute("INSERT INTO prediction_journal VALUES (?, ?)",
                     ["pred-old", struct.pack("<I", len(header)) + header + b"".join(blobs)])
-        con.execute("DELETE FROM migrations WHERE name = '0004_write_journal'")
+        con.execute("DELETE FROM migrations WHERE name IN ('0004_write_journal', '0005_journal_file')")
+        con.execute("DELETE FROM meta WHERE key = 'journal_settled'")
         con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     with WorkspaceStore(ws) as store:
-        assert store.schema_version == 4
+        assert store.schema_version == 5
         found = store.get_prediction("pred-old", load_arrays=True)
         assert found["val_score"] == 0.25 and found["y_pred"].tolist() == [1.5, 2.5]
         assert store.sql("SELECT count(*) AS n FROM journal")["n"][0] == 0
 
 
+def _turn(store, pipeline_id: str, calls: int) -> int:
+    """`calls` single predictions, then a hand-over as when a waiter is seen; the
+    journal's records after it."""
+    for _ in range(calls):
+        store.save_prediction(pipeline_id, val_score=0.5, y_true=np.zeros(3), y_pred=np.ones(3))
+    with store._db._mutex:
+        store._db._disconnect(handing_over=True)
+    return journal_records(store.path)
+
+
+def _calls_to_reach(store, pipeline_id: str, size: int) -> int:
+    """How many single predictions (of `_turn`'s size) make the journal `size` bytes."""
+    path = store.path / "store.duckdb.journal"
+    before = path.stat().st_size
+    _turn(store, pipeline_id, 1)
+    record = path.stat().st_size - before
+    store.query_predictions()  # settled again
+    store.release()
+    return -(-(size - path.stat().st_size) // record)
+
+
+def test_rows_an_older_nirsflow_left_in_the_journal_table_settle_when_the_workspace_opens(tmp_path):
+    """Schema 4 journaled into a table; a writer killed before it settled left rows
+    there. Migration 0005 (the journal file) keeps the table, and the store opening the
+    workspace applies its rows, in the migration's transaction."""
+    from storage import journal
+
+    ws = tmp_path / "ws"
+    with WorkspaceStore(ws) as store:
+        pipeline_id = store.begin_pipeline(store.begin_run("r"), "p", None, [], "tablet")
+        store.save_prediction(pipeline_id, val_score=0.5, y_true=[1.0], y_pred=[2.0])
+        ops = journal.decode(store._journal.read()[1][-1])  # the prediction's record
+    ops = [(kind, table, columns, ["pred-v4", *values[1:]]) for kind, table, columns, values in ops]
+    with duckdb.connect(str(ws / "store.duckdb")) as con:  # back to schema 4, one row in its journal
+        con.execute("INSERT INTO journal VALUES (?)", [journal.encode(ops)])
+        con.execute("DELETE FROM migrations WHERE name = '0005_journal_file'")
+        con.execute("DELETE FROM meta WHERE key = 'journal_settled'")
+        con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    with WorkspaceStore(ws) as store:
+        assert store.schema_version == 5
+        assert store.get_prediction("pred-v4", load_arrays=True)["y_pred"].tolist() == [2.0]
+        assert store.sql("SELECT count(*) AS n FROM journal")["n"][0] == 0
+        assert store.query_predictions().height == 2
+
+
 def test_a_hand_over_settles_a_long_journal_whoever_wrote_it(tmp_path):
     """Two writers (two stores: two lock holders, as two processes would be) take turns.
     Each hands over with a short journal of its own; the one that finds the journal long
-    (its rows and the other's) settles it, so writers taking turns do not each pay a
+    (its records and the other's) settles it, so writers taking turns do not each pay a
     settle a few turns apart."""
-    from storage.connection import HAND_OVER_JOURNAL_ROWS
+    from storage.connection import HAND_OVER_JOURNAL_BYTES
 
     ws = tmp_path / "ws"
     with WorkspaceStore(ws, idle=60) as setup:
         run_id = setup.begin_run("turns")
         pipeline_id = setup.begin_pipeline(run_id, "p", None, [], "tablet")
+        long = _calls_to_reach(setup, pipeline_id, HAND_OVER_JOURNAL_BYTES)
     first, second = WorkspaceStore(ws, idle=60), WorkspaceStore(ws, idle=60)
-    few = HAND_OVER_JOURNAL_ROWS // 2 + 1  # each writer's share: short, both together: long
+    few = long // 2 + 1  # each writer's share: short, both together: long
     try:
-        for store, expected_journal in ((first, few), (second, 0)):
-            for _ in range(few):
-                store.save_prediction(pipeline_id, val_score=0.5, y_true=np.zeros(3), y_pred=np.ones(3))
-            assert few < HAND_OVER_JOURNAL_ROWS <= 2 * few
-            store._db._disconnect(handing_over=True)  # what a writer does when it sees a waiter
-            with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
-                assert con.execute("SELECT count(*) FROM journal").fetchall()[0][0] == expected_journal
-        assert first.query_predictions().height == 2 * few
+        assert _turn(first, pipeline_id, few) == few  # short: left
+        assert _turn(second, pipeline_id, few) == 0  # long: settled
+        assert first.query_predictions().height == 2 * few + 1
     finally:
         first.close()
         second.close()
 
 
-def test_a_writer_does_not_settle_a_short_journal_because_it_wrote_many_rows_since_its_last_settle(tmp_path):
-    """Whoever settles empties the journal for everyone: a writer whose own rows since its
-    last settle reach the limit, while the journal holds a row or two because another
-    writer settled it, hands over without settling. (Counted per writer, every writer of
-    the four-process interleave settled a near-empty journal within a few turns of each
-    other, each with its checkpoint: 80-100 ms waits.)"""
-    from storage.connection import HAND_OVER_JOURNAL_ROWS
+def test_a_writer_does_not_settle_a_short_journal_because_it_wrote_much_since_its_last_settle(tmp_path):
+    """Whoever settles empties the journal for everyone: a writer whose own records since
+    its last settle reach the limit, while the journal holds a record or two because
+    another writer settled it, hands over without settling. (Counted per writer, every
+    writer of the four-process interleave settled a near-empty journal within a few turns
+    of each other, each with its checkpoint: 80-100 ms waits.)"""
+    from storage.connection import HAND_OVER_JOURNAL_BYTES
 
     ws = tmp_path / "ws"
     with WorkspaceStore(ws, idle=60) as setup:
         pipeline_id = setup.begin_pipeline(setup.begin_run("turns"), "p", None, [], "tablet")
+        long = _calls_to_reach(setup, pipeline_id, HAND_OVER_JOURNAL_BYTES)
     first, second = WorkspaceStore(ws, idle=60), WorkspaceStore(ws, idle=60)
-
-    def turn(store, calls: int) -> int:
-        for _ in range(calls):
-            store.save_prediction(pipeline_id, val_score=0.5, y_true=np.zeros(3), y_pred=np.ones(3))
-        store._db._disconnect(handing_over=True)  # what a writer does when it sees a waiter
-        with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
-            return con.execute("SELECT count(*) FROM journal").fetchall()[0][0]
-
     try:
-        assert turn(first, HAND_OVER_JOURNAL_ROWS - 1) == HAND_OVER_JOURNAL_ROWS - 1  # short: left
-        assert turn(second, 1) == 0  # the journal reached the limit: settled
-        assert turn(first, 1) == 1  # its own 64th row since it settled, but the journal holds one
-        assert first.query_predictions().height == HAND_OVER_JOURNAL_ROWS + 1
+        assert _turn(first, pipeline_id, long - 1) == long - 1  # short: left
+        assert _turn(second, pipeline_id, 1) == 0  # the journal reached the limit: settled
+        assert _turn(first, pipeline_id, 1) == 1  # its own long-th record since it settled: left
+        assert first.query_predictions().height == long + 2
     finally:
         first.close()
         second.close()
