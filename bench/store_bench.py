@@ -3,9 +3,10 @@
 Prints a markdown table of what is measured, with the issue's target beside it:
 
 1. ``save_prediction`` with 100-float arrays (y_true, y_pred), one call at a time from
-   one process, on a kept connection: calls/s over the first 1,000 rows, and over 1,000
-   calls made around the 10,000th row (and, with ``--full``, the 100,000th); the table is
-   filled up to those points with ``batch()`` (the rows are the same, only faster to make).
+   one process holding the workspace (its lock kept across calls): calls/s over the first
+   1,000 rows, and over 1,000 calls made around the 10,000th row (and, with ``--full``,
+   the 100,000th); the table is filled up to those points with ``batch()`` (the rows are
+   the same, only faster to make).
 2. The same call inside one ``batch()``: predictions/s.
 3. 4 processes interleaving single calls: calls/s of each and the longest wait of a call.
 4. ``top_predictions`` over 1,000,000 predictions, warm (connection open) and cold.
@@ -52,7 +53,7 @@ def new_pipeline(store: WorkspaceStore, name: str) -> str:
 
 
 def single_calls(store: WorkspaceStore, pipeline_id: str, n: int) -> float:
-    """Calls/s of n single calls, the settling of their journal rows into the final
+    """Calls/s of n single calls, the settling of their journal records into the final
     tables and the hand-over of the workspace included (``release``)."""
     a = arrays()
     t = time.perf_counter()
@@ -78,7 +79,7 @@ def count(store: WorkspaceStore) -> int:
 
 # -- 1 and 2 -------------------------------------------------------------------------------
 def bench_single_and_batch(folder: Path, full: bool) -> None:
-    print("1. single calls on a kept connection", flush=True)
+    print("1. single calls from one process holding the workspace", flush=True)
     store = WorkspaceStore(folder / "single")
     pipeline_id = new_pipeline(store, "single")
     single_calls(store, pipeline_id, 50)  # first-call costs (imports, appenders) out of the way
@@ -243,11 +244,15 @@ def bench_top_and_open(folder: Path, n: int) -> None:
 # cProfile cannot see inside DuckDB: the C++ time of an appender flush or a COMMIT is
 # counted as the own time of the Python function that called it.
 _DUCKDB_INSIDE = {
-    "_journal_pending": "DuckDB: INSERT of the one-column journal row",
-    "_call": "DuckDB: BEGIN TRANSACTION; the call's bookkeeping",
-    "_commit": "DuckDB: COMMIT (WAL write + fsync)",
-    "_settle": "DuckDB: the journal settled at release (read, delete, appenders)",
-    "_buffer_prediction": "a cached dict lookup (the pipeline checked once per connection)",
+    "_append_rows": "DuckDB: the settle's appenders",
+    "_commit": "DuckDB: the settle's COMMIT (WAL write + fsync)",
+    "_take_journal": "DuckDB: the settle's mark (read, update)",
+    "_disconnect": "DuckDB: CHECKPOINT before the file is let go",
+    "_attach": "DuckDB: ATTACH",
+    "_detach": "DuckDB: DETACH",
+    "_call": "the call's bookkeeping (a journal write runs no DuckDB)",
+    "append": "the journal record: pwrite (the fsync is listed on its own)",
+    "_buffer_prediction": "a cached dict lookup (the pipeline checked once per lock hold)",
 }
 
 
@@ -272,7 +277,7 @@ def profile_single(folder: Path, n: int = 2_000) -> str:
         top.append((tt, where, _DUCKDB_INSIDE.get(name, "") if "/storage/" in filename else ""))
     duck = sum(tt for tt, where, note in top if note.startswith("DuckDB"))
     lines = [f"cProfile of {n:,} single save_prediction calls (100-float arrays): {wall / n * 1e6:.0f} us/call "
-             f"under the profiler, of which {duck / n * 1e6:.0f} us in the two functions that call into "
+             f"under the profiler, of which {duck / n * 1e6:.0f} us in the functions that call into "
              f"DuckDB and {(wall - duck) / n * 1e6:.0f} us everything else (Python, checks, encoding, "
              f"profiler overhead).", "",
              "| function (own time, DuckDB's C++ included where noted) | us per call | what it is |",
@@ -283,15 +288,17 @@ def profile_single(folder: Path, n: int = 2_000) -> str:
 
 
 def statement_costs(folder: Path, n: int = 600) -> str:
-    """Why single calls go through the journal: the same durable one-call transaction
-    written straight into the spec's two tables, and as one journal row, timed statement
-    by statement on a store file (no profiler), in alternating rounds so that the
-    machine's load falls on both alike; then what settling costs per row."""
+    """Why single calls go through the journal file: the same durable one-call
+    transaction written straight into the spec's two tables, as one row of a journal
+    table (schema 4), and as one record of the journal file (now), timed step by step
+    (no profiler), in alternating rounds so that the machine's load falls on all alike;
+    then what settling the file costs per record."""
     import datetime
     import uuid
 
     from storage import arrays as A
     from storage import journal
+    from storage.journal_file import JournalFile
     from storage.predictions import _ARRAY_COLUMNS, _PRED_COLUMNS
 
     store = WorkspaceStore(folder / "statements")
@@ -301,19 +308,26 @@ def statement_costs(folder: Path, n: int = 600) -> str:
     preds = con.appender("predictions", columns=list(_PRED_COLUMNS))
     blobs = con.appender("prediction_arrays", columns=list(_ARRAY_COLUMNS))
     blob = A.encode("y_true", np.linspace(0.0, 1.0, 100))
+    journal_file = JournalFile(folder / "statements" / "bench.journal")
 
     def values(pid: str) -> list:
         return [pid, pipeline_id, None, "bench", "", "", "", "val", 0.5, None, None, "rmse", "regression",
                 100, None, None, None, "", None, None, None, datetime.datetime.now(), None]
 
-    wide_steps = ["BEGIN TRANSACTION", "append + flush predictions (23 columns)",
-                  "append + flush prediction_arrays (6 columns)", "COMMIT (WAL + fsync)"]
-    journal_steps = ["BEGIN TRANSACTION", "INSERT journal (1 column)", "COMMIT (WAL + fsync)"]
-    times: dict[str, dict[str, list[float]]] = {"wide": {k: [] for k in wide_steps},
-                                                "journal": {k: [] for k in journal_steps}}
+    def ops(pid: str) -> list:
+        return [("insert", "predictions", _PRED_COLUMNS, values(pid)),
+                ("insert", "prediction_arrays", _ARRAY_COLUMNS, [pid, blob, blob, None, None, None])]
 
-    def timed(kind: str, steps: list[str], actions: list) -> None:
-        for step, action in zip(steps, actions):
+    paths = {
+        "wide": ["BEGIN TRANSACTION", "append + flush predictions (23 columns)",
+                 "append + flush prediction_arrays (6 columns)", "COMMIT (WAL + fsync)"],
+        "journal table (schema 4)": ["BEGIN TRANSACTION", "INSERT journal (1 column)", "COMMIT (WAL + fsync)"],
+        "journal file (now)": ["encode the operations", "append the record + fsync"],
+    }
+    times = {kind: {step: [] for step in steps} for kind, steps in paths.items()}
+
+    def timed(kind: str, actions: list) -> None:
+        for step, action in zip(paths[kind], actions):
             t = time.perf_counter()
             action()
             times[kind][step].append(time.perf_counter() - t)
@@ -322,38 +336,42 @@ def statement_costs(folder: Path, n: int = 600) -> str:
         for _ in range(n // 8):
             pid = str(uuid.uuid4())
             row_values = values(pid)
-            timed("wide", wide_steps, [
+            timed("wide", [
                 lambda: con.execute("BEGIN TRANSACTION"),
                 lambda: (preds.append_row(*row_values), preds.flush()),
                 lambda: (blobs.append_row(pid, blob, blob, None, None, None), blobs.flush()),
                 lambda: con.execute("COMMIT")])
         for _ in range(n // 8):
-            pid = str(uuid.uuid4())
-            row_values = values(pid)
-            timed("journal", journal_steps, [
+            payload = journal.encode(ops(str(uuid.uuid4())))
+            timed("journal table (schema 4)", [
                 lambda: con.execute("BEGIN TRANSACTION"),
-                lambda: journal.write(con, journal.encode([
-                    ("insert", "predictions", _PRED_COLUMNS, row_values),
-                    ("insert", "prediction_arrays", _ARRAY_COLUMNS, [pid, blob, blob, None, None, None])])),
+                lambda: journal.write(con, payload),
                 lambda: con.execute("COMMIT")])
-    pending = con.execute("SELECT count(*) FROM journal").fetchall()[0][0]
+        for _ in range(n // 8):
+            pid, encoded = str(uuid.uuid4()), []
+            timed("journal file (now)", [
+                lambda: encoded.append(journal.encode(ops(pid))),
+                lambda: journal_file.append(encoded[0])])
+    con.execute("DELETE FROM journal")
     t = time.perf_counter()
+    _, payloads, _ = journal_file.read()
     con.execute("BEGIN TRANSACTION")
-    for op in journal.take(con):
-        (preds if op[1] == "predictions" else blobs).append_row(*op[3])
+    for payload in payloads:
+        for op in journal.decode(payload):
+            (preds if op[1] == "predictions" else blobs).append_row(*op[3])
     preds.flush(), blobs.flush()
     con.execute("COMMIT")
-    settle = (time.perf_counter() - t) / pending
+    settle = (time.perf_counter() - t) / len(payloads)
     con.close()
-    lines = [f"One durable single-call transaction, statement by statement (median of {n}, DuckDB alone, "
-             "alternating rounds):", "", "| path | statement | us |", "|---|---|---|"]
+    lines = [f"One durable single-call transaction, step by step (median of {n}, alternating rounds):", "",
+             "| path | step | us |", "|---|---|---|"]
     for kind, steps in times.items():
         meds = {k: statistics.median(v) for k, v in steps.items()}
         lines += [f"| {kind} | {k} | {v * 1e6:.0f} |" for k, v in meds.items()]
         total = sum(meds.values())
         lines.append(f"| {kind} | **total** | **{total * 1e6:.0f}** (at most {1 / total:.0f} calls/s) |")
-    lines += ["", f"Settling the journal into the final tables afterwards: {settle * 1e6:.0f} us per row "
-              f"({pending} rows in one transaction)."]
+    lines += ["", f"Settling the journal file into the final tables afterwards: {settle * 1e6:.0f} us per record "
+              f"({len(payloads)} records in one transaction)."]
     return "\n".join(lines)
 
 
