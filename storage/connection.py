@@ -51,6 +51,10 @@ _OPEN: "weakref.WeakSet[Connector]" = weakref.WeakSet()
 # each paying a settle's fixed cost (attach, a checkpoint: ~15-20 ms). 128 KB is ~60
 # single predictions of 100-float arrays, or a pipeline or two of a grid.
 HAND_OVER_JOURNAL_BYTES = 128 * 1024
+# A writer that never goes idle and never sees a waiter settles the journal once it is
+# this long, before its next write: the journal, and the memory and time a settle of it
+# takes (~50 us a single prediction: ~0.2 s here), stay bounded.
+SETTLE_JOURNAL_BYTES = 8 * 1024 * 1024
 # The most journaled operations kept in memory for the next settle (a grid of 50
 # pipelines journals ~5 MB); beyond it they are read back from the journal.
 JOURNAL_OPS_KEPT_BYTES = 64 * 1024 * 1024
@@ -234,6 +238,8 @@ class Connector:
                     self.txn_cache = {}
                 if buffered:
                     con = self._deferred
+                    if began and self._journal_is_long():
+                        self.settle_in_transaction(self.transaction())
                 else:
                     # a statement of its own: the journal (once per transaction) and what
                     # this transaction buffered go to their tables first, in that order
@@ -481,6 +487,10 @@ class Connector:
         # process's own writes since it last settled, kept as a shortcut, had brought
         # the runs of settles back
         return self.journal_length is None or self.journal_length() < HAND_OVER_JOURNAL_BYTES
+
+    def _journal_is_long(self) -> bool:
+        return (self.journal is not False and self._mode == "exclusive" and self.settle is not None
+                and self.journal_length is not None and self.journal_length() > SETTLE_JOURNAL_BYTES)
 
     def _wal_size(self) -> int:
         try:

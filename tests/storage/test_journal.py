@@ -484,3 +484,23 @@ def test_a_writer_does_not_settle_a_short_journal_because_it_wrote_much_since_it
     finally:
         first.close()
         second.close()
+
+
+def test_a_writer_that_never_goes_idle_settles_a_journal_that_grows_past_the_bound(kept, monkeypatch):
+    """No waiter, no idle moment: the journal would grow as long as the writer writes.
+    Past SETTLE_JOURNAL_BYTES the next write settles it first, so the file (and what a
+    settle must hold in memory) stays bounded."""
+    import storage.connection as connection
+
+    store, pipeline_id = kept
+    journal = JournalFile(store.path / "store.duckdb.journal")
+    monkeypatch.setattr(connection, "SETTLE_JOURNAL_BYTES", 16 * 1024)
+    sizes, ids = [], []
+    for k in range(60):
+        ids.append(store.save_prediction(pipeline_id, val_score=float(k), y_true=np.zeros(100), y_pred=np.ones(100)))
+        sizes.append(journal.size())
+    record = sizes[1] - sizes[0]
+    assert max(sizes) <= 16 * 1024 + record  # one write past the bound at most
+    assert sum(1 for a, b in zip(sizes, sizes[1:]) if b < a) >= 3  # it was settled, again and again
+    assert 0 < _table_counts(store, "predictions")[0] < 60  # settled rows landed; the last few wait
+    assert store.query_predictions(pipeline_id=pipeline_id)["prediction_id"].to_list() == ids
