@@ -359,7 +359,13 @@ class Connector:
     def _connect(self, mode: Mode, attach: bool = True) -> None:
         if self._mode is None or (self._mode != mode and self._mode != "exclusive"):
             self._disconnect()  # a shared holder that now needs to write starts over
-            self.lock.acquire(mode)
+            try:
+                self.lock.acquire(mode)
+            except BaseException:
+                # an exception that lands once the flock is taken (a signal handler's)
+                # must not leave it held by nobody
+                self.lock.release()
+                raise
             # From here until the call is under way, any exception (a signal handler's
             # included, wherever it lands) lets the file and the lock go again, or the
             # next call would find the lock "already held" by nobody.

@@ -45,13 +45,16 @@ class WorkspaceLock(Protocol):
 
 
 class MemoryLock:
-    """The protocol for one process: a readers-writer lock that nobody else can see."""
+    """The protocol for one process: a readers-writer lock that nobody else can see.
+    As ``FileLock``, ``release`` frees only what the calling thread holds (nothing after
+    an acquire that failed)."""
 
     def __init__(self, timeout: float = 30.0) -> None:
         self.timeout = timeout
         self._cond = threading.Condition()
         self._readers = 0
         self._writer = False
+        self._held: dict[int, Mode] = {}
 
     def acquire(self, mode: Mode) -> None:
         def free() -> bool:
@@ -64,12 +67,14 @@ class MemoryLock:
                 self._readers += 1
             else:
                 self._writer = True
+            self._held[threading.get_ident()] = mode
 
     def release(self) -> None:
         with self._cond:
-            if self._writer:
+            mode = self._held.pop(threading.get_ident(), None)
+            if mode == "exclusive":
                 self._writer = False
-            else:
+            elif mode == "shared":
                 self._readers -= 1
             self._cond.notify_all()
 
@@ -227,9 +232,18 @@ class FileLock:
                 if my_turn:
                     try:
                         portalocker.lock(fh, _FLAGS[mode] | portalocker.LockFlags.NON_BLOCKING)
-                        break
                     except portalocker.AlreadyLocked:
                         pass
+                    else:
+                        # Ours from here: whatever lands before `acquire` returns (a
+                        # signal handler's exception, in the waiter note's removal
+                        # below say) frees it through `release`. Recorded only after
+                        # the finally, such an exception left the flock held by a file
+                        # object that its traceback kept open: nobody's lock, and every
+                        # later acquire of the workspace waited for it (a crashed flow's
+                        # hook among them).
+                        self._file, self._mode = fh, mode
+                        break
                 if note is None:
                     ticket = time.time_ns()
                     note = self._write_waiter_note(ticket, mode)
@@ -244,12 +258,19 @@ class FileLock:
                 time.sleep(pause if my_turn else 0.004)
                 pause = min(pause * 1.5, 0.001)
         except BaseException:
-            fh.close()
+            if self._file is fh:
+                self.release()
+            else:
+                fh.close()
             raise
         finally:
             if note is not None:
-                note.unlink(missing_ok=True)
-        self._file, self._mode = fh, mode
+                try:
+                    note.unlink(missing_ok=True)
+                except BaseException:
+                    if self._file is fh:
+                        self.release()
+                    raise
         try:
             self._write_note(self._holders, mode)
         except BaseException:  # held with no note is held by nobody: free it, then raise

@@ -80,3 +80,41 @@ def test_readers_waiting_together_are_not_ordered_among_themselves(tmp_path):
             FileLock(folder, timeout=0.3).acquire("exclusive")  # but a writer queues behind it
     finally:
         waiting.unlink(missing_ok=True)
+
+
+class _Interrupted(BaseException):
+    """What a signal handler raises (Prefect's TerminationSignal is a BaseException)."""
+
+
+def test_an_exception_that_lands_as_the_lock_is_taken_leaves_it_free(tmp_path, monkeypatch):
+    """A waiter removes its note once it holds the flock. A signal landing there (a
+    flow's SIGTERM, just as the lock came free) left the flock held by a file object
+    that the exception's traceback kept open: nobody's lock, and a crashed flow's hook
+    then waited for it until its lock timeout. The moment cannot be hit on demand, so the
+    note's removal raises as the signal would."""
+    import threading
+    from pathlib import Path
+
+    folder = tmp_path / "ws" / ".nirsflow"
+    holder, waiter = FileLock(folder, timeout=10), FileLock(folder, timeout=10)
+    holder.acquire("exclusive")
+    real = FileLock._write_waiter_note
+
+    def interrupting_note(self, ticket, mode) -> Path:
+        class Note(type(real(self, ticket, mode))):
+            def unlink(self, missing_ok=False):
+                super().unlink(missing_ok=missing_ok)
+                raise _Interrupted("SIGTERM, as the waiter note was removed")
+        return Note(folder / "waiters" / f"{self._note_name()}-{ticket}-{mode}")
+
+    monkeypatch.setattr(FileLock, "_write_waiter_note", interrupting_note)
+    threading.Timer(0.1, holder.release).start()
+    with pytest.raises(_Interrupted) as raised:
+        waiter.acquire("exclusive")
+    monkeypatch.undo()
+    assert raised.value.__traceback__ is not None  # kept, as a crashed flow's state keeps it
+    other = FileLock(folder, timeout=1)
+    other.acquire("exclusive")  # free at once (it timed out before)
+    other.release()
+    waiter.acquire("exclusive")  # and the interrupted lock object works again
+    waiter.release()
