@@ -6,12 +6,9 @@ in the store, and stopping serve pauses the deployments."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import signal
 import subprocess
 import sys
-import time
-from uuid import UUID
 
 import pytest
 import yaml
