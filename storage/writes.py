@@ -14,7 +14,11 @@ reported missing because it is still in the journal.
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Callable
+
+import duckdb
 
 from .base import StoreBase
 from . import journal
@@ -89,6 +93,24 @@ class WritesMixin(StoreBase):
             return None
         generation, offset = row[0][0].split(":")
         return bytes.fromhex(generation), int(offset)
+
+    def _salvage_journal(self) -> str | None:
+        """Repair a journal with a damaged record among whole ones (which every settle
+        refuses): keep the file aside, and go on with the whole records not yet applied.
+        Returns what was done, or None if the journal was not damaged."""
+        path = self._journal.path
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        with self._db.exclusive_file():  # the lock, no connection: nothing settles first
+            if not self._journal.has_records():
+                return None
+            with duckdb.connect(str(self.db_path), read_only=True) as con:
+                settled = self._settled_marker(con)
+            salvaged = self._journal.salvage(settled, aside)
+        if salvaged is None:
+            return None
+        kept, damaged = salvaged
+        return (f"journal {path}: left out the damaged {'; '.join(damaged)}; kept its {kept} whole record(s) "
+                f"not yet applied; the damaged file is kept as {aside}")
 
     def _reset_journal(self) -> None:
         # after the settle committed: its records are applied, and the marker says so

@@ -115,3 +115,41 @@ def test_a_journal_that_is_not_one_is_refused_by_name(workspace):
                                                     r"expected b'NFJF' format 1"):
         WorkspaceStore(ws).query_predictions()
     assert journal.path.read_bytes() == b"PK\x03\x04 not a journal at all"
+
+
+def test_check_repair_sets_a_damaged_journal_aside_and_applies_its_whole_records(workspace, monkeypatch):
+    """Records a settle had applied (the file not emptied after) are not applied twice;
+    of the rest, the whole ones land, the damaged one is left out; the file is kept for
+    a person; the workspace reads again."""
+    ws, pipeline_id = workspace
+    store = WorkspaceStore(ws, idle=60)
+    applied = [_save(store, pipeline_id, k) for k in range(2)]
+    with monkeypatch.context() as patch:  # applied and marked, but still in the file
+        patch.setattr(JournalFile, "reset", lambda self: (_ for _ in ()).throw(OSError(28, "No space left")))
+        with pytest.raises(OSError):
+            store.query_predictions()
+    rest = [_save(store, pipeline_id, k) for k in range(10, 13)]
+    with store._db._mutex:
+        store._db._disconnect(handing_over=True)  # a short journal is handed over as it is
+    journal = _journal(ws)
+    data = bytearray(journal.path.read_bytes())
+    ends = [HEADER_SIZE]
+    for _ in range(5):
+        length = int.from_bytes(data[ends[-1]:ends[-1] + 4], "little")
+        ends.append(ends[-1] + 8 + length + 8)
+    data[ends[3] + 50] ^= 0xFF  # the fourth record (the second of `rest`): damaged
+    journal.path.write_bytes(bytes(data))
+    with pytest.raises(WorkspaceCorruptError, match=rf"the record at byte {ends[3]} is damaged.*check --repair"):
+        WorkspaceStore(ws).query_predictions()
+
+    with WorkspaceStore(ws) as repairer:
+        report = repairer.check_workspace(repair=True)
+    (aside,) = ws.glob("store.duckdb.journal.damaged-*")
+    assert aside.read_bytes() == bytes(data)
+    assert any(f"bytes {ends[3]}-{ends[4]} (its checksum does not match)" in line and "kept its 2 whole" in line
+               and str(aside) in line for line in report.repaired), report.repaired
+    assert _stored(ws) == {applied[0]: 0.0, applied[1]: 1.0, rest[0]: 10.0, rest[2]: 12.0}
+    assert journal.size() == HEADER_SIZE
+    with WorkspaceStore(ws) as again:  # nothing left to repair
+        assert not any("journal" in line for line in again.check_workspace(repair=True).repaired)
+    store.close()
