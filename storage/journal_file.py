@@ -31,8 +31,9 @@ import os
 import struct
 import zlib
 from pathlib import Path
+from typing import Iterator
 
-from .atomic import fsync_folder
+from .atomic import write_bytes
 from .errors import WorkspaceCorruptError
 
 _MAGIC = b"NFJF"
@@ -42,9 +43,6 @@ HEADER_SIZE = _HEADER.size
 _FRONT = struct.Struct("<II")  # length, crc32 of the payload
 _TRAILER = struct.Struct("<I4s")  # length again, magic
 _RECORD_END = b"NFJ."
-# the reset's temporary file: one name, as only the holder of the exclusive lock resets
-# (a leftover of one killed mid-reset is simply overwritten)
-_STAGING = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
 
 
 def record(payload: bytes) -> bytes:
@@ -102,23 +100,11 @@ class JournalFile:
         os.fsync(fd)
         return generation, end
 
-    def reset(self) -> bytes:
-        """Replace the journal by an empty one of a new generation; return it."""
+    def reset(self, records: bytes = b"") -> bytes:
+        """Replace the journal, whole or not at all, by one of a new generation holding
+        `records` (none: empty); return the generation."""
         generation = os.urandom(16)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.path.with_name(f".{self.path.name}.part")
-        fd = os.open(temp, _STAGING, 0o644)
-        try:
-            os.write(fd, _HEADER.pack(_MAGIC, _FORMAT, generation))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.replace(temp, self.path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        fsync_folder(self.path.parent)
+        write_bytes(self.path, _HEADER.pack(_MAGIC, _FORMAT, generation) + records)
         return generation
 
     # -- reading ------------------------------------------------------------------------
@@ -132,11 +118,15 @@ class JournalFile:
         except FileNotFoundError:
             return b"", [], 0
         generation = self._generation(data[:HEADER_SIZE])
-        start = HEADER_SIZE
-        if settled is not None and settled[0] == generation:
-            start = max(settled[1], HEADER_SIZE)
-        payloads, end = self._parse(data, start)
+        payloads, end = self._parse(data, self._unsettled_from(generation, settled))
         return generation, payloads, end
+
+    @staticmethod
+    def _unsettled_from(generation: bytes, settled: tuple[bytes, int] | None) -> int:
+        """Where the records not yet applied start, by the marker (generation, offset)."""
+        if settled is not None and settled[0] == generation:
+            return max(settled[1], HEADER_SIZE)
+        return HEADER_SIZE
 
     def _generation(self, header: bytes) -> bytes:
         if len(header) < HEADER_SIZE:
@@ -149,25 +139,35 @@ class JournalFile:
         return generation
 
     def _parse(self, data: bytes, at: int) -> tuple[list[bytes], int]:
-        """The whole records from `at`, and the end of the last. A bad record with whole
-        records after it is not an append cut short: refused."""
-        payloads = []
-        size = len(data)
-        while at < size:
-            bad = self._bad_record(data, at)
+        """The payloads of the whole records from `at`, and the end of the last. A bad
+        record with whole records after it is not an append cut short: refused."""
+        payloads, whole_to = [], at
+        for start, end, bad in self._records(data, at):
             if bad:
-                if self._next_record(data, at) is not None:
+                if end < len(data):
                     raise WorkspaceCorruptError(
-                        f"journal {self.path}: the record at byte {at} is damaged ({bad}) and more records "
+                        f"journal {self.path}: the record at byte {start} is damaged ({bad}) and more records "
                         "follow it; nothing was applied or changed. `nirsflow check --repair` (or "
                         "check_workspace(repair=True)) applies every whole record and keeps the file "
                         "aside for a person.")
                 break
-            length = _FRONT.unpack_from(data, at)[0]
-            body = at + _FRONT.size
-            payloads.append(data[body:body + length])
-            at = body + length + _TRAILER.size
-        return payloads, at
+            payloads.append(data[start + _FRONT.size:end - _TRAILER.size])
+            whole_to = end
+        return payloads, whole_to
+
+    @classmethod
+    def _records(cls, data: bytes, at: int) -> Iterator[tuple[int, int, str]]:
+        """(start, end, why it is damaged or "") of each record from `at` on. A damaged
+        record ends where the next whole one starts, or with the file."""
+        while at < len(data):
+            bad = cls._bad_record(data, at)
+            if bad:
+                following = cls._next_record(data, at)
+                end = following if following is not None else len(data)
+            else:
+                end = at + _FRONT.size + _FRONT.unpack_from(data, at)[0] + _TRAILER.size
+            yield at, end, bad
+            at = end
 
     @staticmethod
     def _bad_record(data: bytes, at: int) -> str:
@@ -202,33 +202,15 @@ class JournalFile:
         holding every whole record not yet settled, in order. Returns (records kept,
         what was damaged), or None when nothing is damaged."""
         data = self.path.read_bytes()
-        generation = self._generation(data[:HEADER_SIZE])
-        at = max(settled[1], HEADER_SIZE) if settled is not None and settled[0] == generation else HEADER_SIZE
-        kept, damaged, amid = [], [], False
-        while at < len(data):
-            bad = self._bad_record(data, at)
-            if not bad:
-                length = _FRONT.unpack_from(data, at)[0]
-                kept.append(data[at:at + _FRONT.size + length + _TRAILER.size])
-                at += _FRONT.size + length + _TRAILER.size
-                continue
-            following = self._next_record(data, at)
-            damaged.append(f"bytes {at}-{following if following is not None else len(data)} ({bad})")
-            if following is None:
-                break
-            amid, at = True, following
-        if not amid:
+        start = self._unsettled_from(self._generation(data[:HEADER_SIZE]), settled)
+        kept, damaged = [], []
+        for at, end, bad in self._records(data, start):
+            if bad:
+                damaged.append((at, end, bad))
+            else:
+                kept.append(data[at:end])
+        if not any(end < len(data) for _, end, _ in damaged):
             return None  # whole, or only an append cut short at the end (the next append cuts it)
         os.link(self.path, aside)
-        temp = self.path.with_name(f".{self.path.name}.part")
-        fd = os.open(temp, _STAGING, 0o644)
-        try:
-            view = memoryview(_HEADER.pack(_MAGIC, _FORMAT, os.urandom(16)) + b"".join(kept))
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, self.path)
-        fsync_folder(self.path.parent)
-        return len(kept), damaged
+        self.reset(b"".join(kept))
+        return len(kept), [f"bytes {at}-{end} ({bad})" for at, end, bad in damaged]
