@@ -1,4 +1,5 @@
-"""The write journal: how a small write transaction commits in ~2 ms.
+"""The write journal's operations and their payloads: how a small write transaction
+commits without touching DuckDB's tables.
 
 DuckDB's cost for committing rows grows with the number of tables and columns a
 transaction touches (about 90 µs a column here, measured on DuckDB 2.0.1, whether
@@ -6,17 +7,21 @@ through an appender, a prepared INSERT or literal SQL), hardly with the number o
 A pipeline recorded whole (its row, artifacts, chain, ~17 predictions and their arrays,
 its completion) touches six tables and ~80 columns: ~20 ms of DuckDB per pipeline; a
 single prediction, 29 columns: ~4 ms. So a write transaction made only of buffered
-writes commits them as one two-column row of ``journal`` instead: the operations and
-their bytes in one payload. It is as durable when the call returns as rows in the final
-tables would be.
+writes commits them as one payload, ``encode``d here, appended to the journal file
+(``storage/journal_file.py``). It is as durable when the call returns as rows in the
+final tables would be.
 
 The journal is settled, that is its operations applied to their tables in bulk (one
 appender flush per table for many transactions, one UPDATE for every completion), in
-one transaction, before any call that is not itself a buffered write runs on the
-connection, and before the workspace is handed to another process once the journal is
-long (so nobody ever reads the final tables without the journal's rows in them). A
-writer killed in between leaves committed journal rows; the next process to open the
-workspace settles them first (a reader takes the write lock for it).
+one transaction, before any call that is not itself a buffered write, before a read,
+and before the workspace is handed to another process once the journal is long (so
+nobody ever reads the final tables without the journal's operations in them). A writer
+killed in between leaves committed records; the next process to read or write settles
+them first (a reader takes the write lock for it).
+
+Schemas 3 and 4 journaled into a table (``journal``, where migration 0004 moved schema
+3's ``prediction_journal``); ``take`` applies what an older nirsflow left there when the
+workspace is opened.
 
 An operation is a tuple:
     ("insert", table, columns, values)   a row; ``columns`` None means the table's order
@@ -91,28 +96,11 @@ def _decode_legacy(header: list, payload: bytes, at: int) -> list[Op]:
             ("insert", "prediction_arrays", LEGACY_ARRAY_COLUMNS, [fields[0], *blobs])]
 
 
-def write(con: duckdb.DuckDBPyConnection, payload: bytes) -> None:
-    """Commit-ready: one journal row holding an ``encode``d payload."""
-    con.execute(f"INSERT INTO {TABLE} VALUES (?)", [payload])
-
-
-def row_count(con: duckdb.DuckDBPyConnection) -> int:
-    return con.execute(f"SELECT count(*) FROM {TABLE}").fetchall()[0][0]
-
-
-def has_rows(con: duckdb.DuckDBPyConnection) -> bool:
-    return con.execute(f"SELECT count(*) FROM (SELECT 1 FROM {TABLE} LIMIT 1)").fetchall()[0][0] > 0
-
-
-def clear(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(f"DELETE FROM {TABLE}")
-
-
 def take(con: duckdb.DuckDBPyConnection) -> list[Op]:
-    """Every journaled operation, in the order the transactions committed, and the
-    journal emptied, in the caller's transaction: the caller applies them in that same
-    transaction."""
+    """Every operation journaled in the table, in the order the transactions committed,
+    and the table emptied, in the caller's transaction: the caller applies them in that
+    same transaction."""
     payloads = con.execute(f"SELECT payload FROM {TABLE} ORDER BY rowid").fetchall()
     if payloads:
-        clear(con)
+        con.execute(f"DELETE FROM {TABLE}")
     return [op for (payload,) in payloads for op in decode(payload)]
