@@ -172,13 +172,18 @@ class Connector:
 
     def transaction(self) -> duckdb.DuckDBPyConnection:
         """The file attached and the call's transaction begun in DuckDB (inside a call)."""
-        if self._con is None:
-            self._con = self._attach(self._mode)
+        con = self._attached()
         if self._in_transaction and not self._db_transaction:
             # marked before BEGIN runs: an exception that lands right after it (a signal
             # handler's) must still roll the transaction back
             self._db_transaction = True
-            self._con.execute("BEGIN TRANSACTION")
+            con.execute("BEGIN TRANSACTION")
+        return con
+
+    def _attached(self) -> duckdb.DuckDBPyConnection:
+        """The file attached, in the mode of the lock held."""
+        if self._con is None:
+            self._con = self._attach(self._mode)
         return self._con
 
     @contextmanager
@@ -390,8 +395,8 @@ class Connector:
                     self._connect("exclusive", attach)
                     return
                 self.journal = False
-            if attach and self._con is None:
-                self._con = self._attach(self._mode)
+            if attach:
+                self._attached()
         except BaseException:
             if self._mode is not None and not self._active:
                 self._let_go()
@@ -505,9 +510,7 @@ class Connector:
             return 0
 
     def _settle_now(self) -> None:
-        if self._con is None:
-            self._con = self._attach(self._mode)
-        con = self._con
+        con = self._attached()
         self._in_transaction = self._db_transaction = True
         self.txn_cache = {}
         try:
