@@ -40,6 +40,7 @@ _NOTE_TTL = 5.0  # seconds: a waiter refreshes its note well within this while i
 
 class WorkspaceLock(Protocol):
     def acquire(self, mode: Mode) -> None: ...
+    def try_acquire(self, mode: Mode) -> bool: ...
     def release(self) -> None: ...
     def others_waiting(self) -> bool: ...
 
@@ -57,17 +58,25 @@ class MemoryLock:
         self._held: dict[int, Mode] = {}
 
     def acquire(self, mode: Mode) -> None:
+        if not self._acquire(mode, self.timeout):
+            raise LockTimeoutError(f"in-memory workspace lock not free after {self.timeout:.1f} s")
+
+    def try_acquire(self, mode: Mode) -> bool:
+        return self._acquire(mode, 0)
+
+    def _acquire(self, mode: Mode, timeout: float) -> bool:
         def free() -> bool:
             return not self._writer and (mode == "shared" or self._readers == 0)
 
         with self._cond:
-            if not self._cond.wait_for(free, timeout=self.timeout):
-                raise LockTimeoutError(f"in-memory workspace lock not free after {self.timeout:.1f} s")
+            if not self._cond.wait_for(free, timeout=timeout):
+                return False
             if mode == "shared":
                 self._readers += 1
             else:
                 self._writer = True
             self._held[threading.get_ident()] = mode
+            return True
 
     def release(self) -> None:
         with self._cond:
@@ -99,10 +108,12 @@ class FileLock:
     threads of one process in front of it.
     """
 
-    def __init__(self, folder: Path, *, timeout: float = 30.0, workspace: object = None) -> None:
+    def __init__(self, folder: Path, *, timeout: float = 30.0, workspace: object = None,
+                 what: str = "") -> None:
         self.folder = Path(folder)
         self.timeout = timeout
         self.workspace = workspace if workspace is not None else self.folder.parent
+        self.what = what  # which of the workspace's locks, for messages ("" for the workspace's own)
         self._holders = self.folder / "holders"
         self._waiters = self.folder / "waiters"
         self._file = None
@@ -271,6 +282,30 @@ class FileLock:
                     if self._file is fh:
                         self.release()
                     raise
+        self._note_holder(mode)
+
+    def try_acquire(self, mode: Mode) -> bool:
+        """Take the lock if it is free and nobody is waiting for it; never wait. For work
+        that anyone may do and nobody must wait for (settling the journal)."""
+        if self._file is not None:
+            self.release()  # as in `acquire`: a release cut short
+        self._ensure_folders()
+        if self._ahead_of_me(mode, None, ""):
+            return False  # waiters come first
+        fh = open(self.folder / "lock", "a+b")
+        try:
+            portalocker.lock(fh, _FLAGS[mode] | portalocker.LockFlags.NON_BLOCKING)
+        except portalocker.AlreadyLocked:
+            fh.close()
+            return False
+        except BaseException:
+            fh.close()
+            raise
+        self._file, self._mode = fh, mode
+        self._note_holder(mode)
+        return True
+
+    def _note_holder(self, mode: Mode) -> None:
         try:
             self._write_note(self._holders, mode)
         except BaseException:  # held with no note is held by nobody: free it, then raise
@@ -313,7 +348,8 @@ class FileLock:
             )
         else:
             who = "an unknown process (no holder note)"
-        return (f"workspace {self.workspace} is locked: waited {self.timeout:.1f} s for a "
+        whose = f"the {self.what} of workspace" if self.what else "workspace"
+        return (f"{whose} {self.workspace} is locked: waited {self.timeout:.1f} s for a "
                 f"{mode} lock; held by {who}")
 
 
