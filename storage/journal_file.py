@@ -4,11 +4,13 @@ It is part of the database, as DuckDB's own ``store.duckdb.wal`` is: a copy of a
 workspace takes both, and whoever opens the workspace applies it first.
 
 A small write transaction made only of buffered writes (a single prediction, a pipeline
-recorded whole) commits as one record appended here and fsynced, under the workspace's
-exclusive lock, without opening the database at all. Opening it (attach, WAL replay,
-a transaction, detach) was ~8 ms of every turn when processes take turns call by call;
-an append and its fsync are ~0.1 ms. The records are settled into their tables in bulk
-(``storage/writes.py``) before anything reads them.
+recorded whole) commits as one record appended here and fsynced, under the journal's
+own lock (``.nirsflow/journal/``), without opening the database at all. Opening it
+(attach, WAL replay, a transaction, detach) was ~8 ms of every turn when processes take
+turns call by call; an append and its fsync are ~0.1 ms. The records are settled into
+their tables in bulk (``storage/writes.py``), under the workspace lock, before anything
+reads them. A settle reads the records without the journal's lock, while appends go on:
+it takes the whole records it finds, and an append under way is not yet one.
 
 Layout: a header (magic, format, a random generation), then records, each
 ``length, crc32, payload, length, magic`` (the trailer lets a writer check the end of
@@ -16,9 +18,10 @@ the file with one small read before it appends).
 
 Settling is made idempotent by a marker in the database: the generation and the offset
 up to which the journal has been applied, written in the settle's own transaction. Once
-that commits, the file is replaced by an empty one of a new generation (written beside,
-fsynced, renamed). A crash between the two leaves records the marker says are applied:
-they are skipped, never applied twice.
+that commits, the file is replaced, under the journal's lock, by one of a new generation
+holding the records appended meanwhile (written beside, fsynced, renamed). A crash
+between the two leaves records the marker says are applied: they are skipped, never
+applied twice.
 
 A writer killed in the middle of an append (a large write() can stop part-way on
 SIGKILL) leaves a record without its trailer. It was never acknowledged: the next
@@ -45,14 +48,22 @@ _TRAILER = struct.Struct("<I4s")  # length again, magic
 _RECORD_END = b"NFJ."
 
 
+RECORD_OVERHEAD = _FRONT.size + _TRAILER.size  # a record's bytes besides its payload
+
+
 def record(payload: bytes) -> bytes:
     return (_FRONT.pack(len(payload), zlib.crc32(payload)) + payload
             + _TRAILER.pack(len(payload), _RECORD_END))
 
 
 class JournalFile:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, applied_note: Path | None = None) -> None:
         self.path = Path(path)
+        # Where settles note how far they applied the file when they could not replace it
+        # (others were appending): "<generation hex>:<offset>". Advisory: it spares a
+        # reader a needless settle, and is never ahead of the marker in the database,
+        # which alone decides what a settle applies. Missing or unreadable: not known.
+        self.applied_note = Path(applied_note) if applied_note is not None else None
 
     def size(self) -> int:
         try:
@@ -62,6 +73,44 @@ class JournalFile:
 
     def has_records(self) -> bool:
         return self.size() > HEADER_SIZE
+
+    def unapplied_bytes(self) -> int:
+        """Bytes of records past what a settle noted as applied (all of them, if none did):
+        0 means there is nothing to settle."""
+        end = self.end()
+        if end is None or end[1] <= HEADER_SIZE:
+            return 0
+        applied = self._applied()
+        start = applied[1] if applied is not None and applied[0] == end[0] else HEADER_SIZE
+        return max(end[1] - max(start, HEADER_SIZE), 0)
+
+    def has_unapplied(self) -> bool:
+        return self.unapplied_bytes() > 0
+
+    def note_applied(self, generation: bytes, end: int) -> None:
+        """A settle applied the records up to `end` and left them in the file."""
+        if self.applied_note is not None:
+            self.applied_note.parent.mkdir(parents=True, exist_ok=True)
+            self.applied_note.write_text(f"{generation.hex()}:{end}")
+
+    def _applied(self) -> tuple[bytes, int] | None:
+        if self.applied_note is None:
+            return None
+        try:
+            generation, offset = self.applied_note.read_text().split(":")
+            return bytes.fromhex(generation), int(offset)
+        except (OSError, ValueError):
+            return None  # none yet, or being written: not known
+
+    def end(self) -> tuple[bytes, int] | None:
+        """(generation, size) of the file now; None if there is none."""
+        try:
+            with open(self.path, "rb") as fh:
+                header = fh.read(HEADER_SIZE)
+                size = os.fstat(fh.fileno()).st_size
+        except FileNotFoundError:
+            return None
+        return self._generation(header), size
 
     # -- writing (under the exclusive workspace lock) -------------------------------------
     def append(self, payload: bytes) -> tuple[bytes, int]:
@@ -107,6 +156,22 @@ class JournalFile:
         write_bytes(self.path, _HEADER.pack(_MAGIC, _FORMAT, generation) + records)
         return generation
 
+    def reset_after(self, generation: bytes, end: int) -> tuple[bytes, int]:
+        """Replace the journal, whose records up to `end` are applied, by one of a new
+        generation holding the whole records appended after `end` (a record cut short at
+        the end, never acknowledged, is left out); return its (generation, size). Under
+        the journal's lock. A journal of another generation is left as it is."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        if not data or self._generation(data[:HEADER_SIZE]) != generation:
+            raise WorkspaceCorruptError(f"journal {self.path} was replaced while its records were being applied; "
+                                        "it was left as it is")
+        _, whole_to = self._parse(data, end)
+        kept = data[end:whole_to]
+        return self.reset(kept), HEADER_SIZE + len(kept)
+
     # -- reading ------------------------------------------------------------------------
     def read(self, settled: tuple[bytes, int] | None = None) -> tuple[bytes, list[bytes], int]:
         """(generation, the payloads of the whole records not yet settled, the end of the
@@ -114,12 +179,15 @@ class JournalFile:
         generation before that offset were applied already. A record cut short at the
         end, never acknowledged, is left out."""
         try:
-            data = self.path.read_bytes()
+            with open(self.path, "rb") as fh:
+                generation = self._generation(fh.read(HEADER_SIZE))
+                start = self._unsettled_from(generation, settled)
+                fh.seek(start)
+                data = fh.read()  # appends may go on meanwhile: whole records only
         except FileNotFoundError:
             return b"", [], 0
-        generation = self._generation(data[:HEADER_SIZE])
-        payloads, end = self._parse(data, self._unsettled_from(generation, settled))
-        return generation, payloads, end
+        payloads, end = self._parse(data, 0, origin=start)
+        return generation, payloads, start + end
 
     @staticmethod
     def _unsettled_from(generation: bytes, settled: tuple[bytes, int] | None) -> int:
@@ -138,15 +206,16 @@ class JournalFile:
                                         f"{_MAGIC!r} format {_FORMAT}; it was not changed")
         return generation
 
-    def _parse(self, data: bytes, at: int) -> tuple[list[bytes], int]:
+    def _parse(self, data: bytes, at: int, origin: int = 0) -> tuple[list[bytes], int]:
         """The payloads of the whole records from `at`, and the end of the last. A bad
-        record with whole records after it is not an append cut short: refused."""
+        record with whole records after it is not an append cut short: refused. (`data`
+        starts at byte `origin` of the file.)"""
         payloads, whole_to = [], at
         for start, end, bad in self._records(data, at):
             if bad:
                 if end < len(data):
                     raise WorkspaceCorruptError(
-                        f"journal {self.path}: the record at byte {start} is damaged ({bad}) and more records "
+                        f"journal {self.path}: the record at byte {origin + start} is damaged ({bad}) and more records "
                         "follow it; nothing was applied or changed. `nirsflow check --repair` (or "
                         "check_workspace(repair=True)) applies every whole record and keeps the file "
                         "aside for a person.")
