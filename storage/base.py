@@ -128,7 +128,7 @@ class StoreBase:
         """The row with this id, or NotFoundError. Rows seen while this connection is
         open are remembered: the lock is held all that time, so no one else can delete
         them, and our own deletes forget them."""
-        known = self._db.conn_cache.setdefault("rows", {})
+        known = self._db.rows
         row = known.get((table, value))
         if row is None:
             row = self._first_settled(con, f"SELECT * FROM {table} WHERE {key} = ?", [value])
@@ -141,7 +141,7 @@ class StoreBase:
     def _column_of(self, con, table: str, key: str, value: str, column: str):
         """One never-changing column of the row with this id (NotFoundError if none),
         remembered like ``_require``'s rows for as long as the connection is open."""
-        known = self._db.conn_cache.setdefault("rows", {})
+        known = self._db.rows
         if (table, value, column) not in known:
             row = self._first_settled(con, f"SELECT {column} FROM {table} WHERE {key} = ?", [value])
             if row is None:
@@ -168,7 +168,7 @@ class StoreBase:
 
     def _remember(self, table: str, value: str, column: str, found) -> None:
         """Seed ``_column_of``'s memory with a row this connection has just written."""
-        self._db.conn_cache.setdefault("rows", {})[(table, value, column)] = found
+        self._db.rows[(table, value, column)] = found
 
     def _one_dict(self, con, sql: str, params: list, kind: str, key: str) -> dict:
         cur = con.execute(sql, params)

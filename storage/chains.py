@@ -91,8 +91,7 @@ class ChainsMixin(WritesMixin):
         staged = self.files.stage_many({a: v[0] for a, v in distinct.items()
                                         if not self.files.path(a, format).exists()}, format)
         try:
-            with self._db.writing(buffered=True):
-                self._place_artifacts(distinct, staged, format)
+            self._db.buffered(lambda con: self._place_artifacts(distinct, staged, format))
         finally:
             for one in staged.values():
                 one.temp.unlink(missing_ok=True)  # published ones are gone already
@@ -221,7 +220,7 @@ class ChainsMixin(WritesMixin):
                to_json("classes", classes), grid, check_int("n_features", n_features),
                to_json("branch_path", branch_path), check_int("source_index", source_index),
                to_json("metadata", metadata), now(), check_text("task_run_id", task_run_id, optional=True)]
-        with self._db.writing(buffered=True) as con:
+        def write(con) -> None:
             self._require(con, "pipelines", "pipeline_id", pipeline_id)
             missing = self._unknown_artifacts(con, referenced)
             if missing and self._settled_after_miss(con):
@@ -231,10 +230,12 @@ class ChainsMixin(WritesMixin):
             self._buffer(("insert", "chains", None, row),
                          *(("insert", "chain_artifacts", None, [chain_id, a]) for a in sorted(referenced)))
             self._remember("chains", chain_id, "model_class", model_class)
+
+        self._db.buffered(write)
         return chain_id
 
     def _unknown_artifacts(self, con, ids) -> list[str]:
-        remembered = self._db.conn_cache.get("rows", {})
+        remembered = self._db.rows
         unchecked = sorted(a for a in ids if ("artifacts", a, "artifact_id") not in remembered)
         if not unchecked:
             return []

@@ -6,9 +6,19 @@ transaction. The lock (and the file) are then kept for ``idle`` seconds in case 
 call follows, and released when the window passes, or at once when another process is
 waiting. ``batch()`` holds one write transaction for many calls.
 
-A write made only of buffered rows attaches the file only if it must look something up
-there: it commits as one record of the journal file (``storage/journal_file.py``), so a
-turn of processes taking turns call by call is the lock and an append, not an attach.
+A write made only of buffered rows (``buffered()``: a single prediction, a pipeline's
+start, a log line) takes neither: under the journal's own lock it appends one record to
+the journal file (``storage/journal_file.py``) and returns, if everything it looks up is
+remembered by this process; otherwise it looks it up in the tables under the shared
+lock, or, not found there, holds the workspace like any write. So processes taking
+turns call by call wait only for each other's appends (~0.3 ms), never for a settle,
+a reader, or another process's idle window.
+
+Two locks, always taken in this order: the workspace's, then the journal's. A write
+holds both for its whole call (nobody appends while it settles the journal, appends
+itself, or deletes rows that an append may have looked up); a settle holds the
+workspace's, and the journal's only for the moment it replaces the file, if nobody is
+appending then; an append holds the journal's alone and waits for nothing else.
 
 Why ATTACH/DETACH on a kept in-memory DuckDB rather than connect/close: creating a DuckDB
 instance costs 17-25 ms here (building its catalog of built-in functions), and every
@@ -19,11 +29,13 @@ file lock, so the next process can open it.
 Work may be left for later: ``pending`` rows buffered in memory for the current
 transaction (flushed before any other statement and before commit), and committed
 records waiting in the journal (``settle``d into their final tables before any call that
-is not itself a journal write, before a reader reads, and before the workspace is handed
-over once the journal is long).
+is not itself a journal write, before a reader reads, by a background thread once the
+journal is long or the process has been quiet for its idle window (``storage/settler.py``),
+and when the store is released or closed).
 
 Threads of one process are serialised by a re-entrant mutex, because DuckDB 2 refuses
 concurrent calls on one connection; a ``batch()`` holds that mutex for its whole body.
+A journal-only write needs no DuckDB: it runs beside them, under the journal mutex.
 """
 
 from __future__ import annotations
@@ -33,31 +45,21 @@ import os
 import threading
 import weakref
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
 import duckdb
 
+from .appends import HAND_OVER_JOURNAL_BYTES, SETTLE_JOURNAL_BYTES, AppendsMixin, NeedsDatabase
 from .errors import WorkspaceCorruptError
 from .locking import Mode, WorkspaceLock
+from .settler import Settler
+
+__all__ = ["Connector", "NeedsDatabase", "HAND_OVER_JOURNAL_BYTES", "SETTLE_JOURNAL_BYTES"]
 
 _LEAKED_CONNECTIONS: list = []  # inherited across fork: never closed by the child
 _OPEN: "weakref.WeakSet[Connector]" = weakref.WeakSet()
-# A writer that finds the journal this long settles it before it hands the workspace over;
-# a shorter one is left for the next writer, who only appends to it. The length is the
-# journal's, not what this process wrote: counted per process, the writers taking turns
-# all reached the limit within a few turns of each other and settled one after another,
-# each paying a settle's fixed cost (attach, a checkpoint: ~15-20 ms). 128 KB is ~60
-# single predictions of 100-float arrays, or a pipeline or two of a grid.
-HAND_OVER_JOURNAL_BYTES = 128 * 1024
-# A writer that never goes idle and never sees a waiter settles the journal once it is
-# this long, before its next write: the journal, and the memory and time a settle of it
-# takes (~50 us a single prediction: ~0.2 s here), stay bounded.
-SETTLE_JOURNAL_BYTES = 8 * 1024 * 1024
-# The most journaled operations kept in memory for the next settle (a grid of 50
-# pipelines journals ~5 MB); beyond it they are read back from the journal.
-JOURNAL_OPS_KEPT_BYTES = 64 * 1024 * 1024
 _ALIAS = "workspace"  # the attached database's name; every statement runs with USE on it
 
 
@@ -80,6 +82,24 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
         pass  # the failed statement already aborted the transaction
 
 
+class _CallState(threading.local):
+    """What belongs to one thread's call: its transaction's buffered operations and
+    caches. A journal-only write (under the journal's lock) and a call holding the
+    database (under the connector's mutex) may run at once in two threads."""
+
+    def __init__(self) -> None:
+        self.pending = False  # operations are buffered in `ops`
+        self.ops: list = []
+        self.txn_cache: dict = {}  # facts valid for the current transaction only
+        self.after_commit: list[Callable[[], None]] = []
+        self.journal_only = False
+
+
+def _per_thread(name: str) -> property:
+    """An attribute of the calling thread's call (`Connector._tls`)."""
+    return property(lambda self: getattr(self._tls, name), lambda self, value: setattr(self._tls, name, value))
+
+
 class _Deferred:
     """The connection a buffered write is handed: the file is attached and the write
     transaction begun only when the write first uses it (a lookup the process has not
@@ -94,17 +114,26 @@ class _Deferred:
         return getattr(self._connector.transaction(), name)
 
 
-class Connector:
-    def __init__(self, db_path: Path, lock: WorkspaceLock, *, idle: float) -> None:
+class Connector(AppendsMixin):
+    def __init__(self, db_path: Path, lock: WorkspaceLock, *, idle: float,
+                 journal_lock: WorkspaceLock) -> None:
         self.db_path = Path(db_path)
-        self.lock = lock
+        self.lock = lock  # the workspace: the database file and its attachment
+        self.journal_lock = journal_lock  # appending to (and replacing) the journal file
         self.idle = idle
+        # Lock order, always: the mutex before the journal mutex, the workspace lock
+        # before the journal's. A journal-only write holds the journal's side alone and
+        # waits for nothing else while it does.
         self._mutex = threading.RLock()
+        self._jmutex = threading.RLock()
+        self._journal_depth = 0  # calls of the thread holding `_jmutex` that hold the journal lock
+        self._tls = _CallState()
         self._wake = threading.Condition(self._mutex)
         self._instance: duckdb.DuckDBPyConnection | None = None  # in-memory, kept
         self._con: duckdb.DuckDBPyConnection | None = None  # the instance, file attached
         self._mode: Mode | None = None  # the lock held; the file may not be attached yet
-        self._in_transaction = False  # a call's transaction is open ...
+        # A call's transaction is open (the thread that owns the call holds the mutex) ...
+        self._in_transaction = False
         self._db_transaction = False  # ... and began in DuckDB (it may still not have)
         self._deferred = _Deferred(self)
         self._active = 0  # calls under way (nested calls of a batch count too)
@@ -116,21 +145,23 @@ class Connector:
         self._closed = False
         # Writes that callers buffer (storage/writes.py): applied before any other
         # statement of the same transaction runs (`flush`; None discards them), or at
-        # commit, when nothing else ran, journaled as one row (`to_journal`, False if
+        # commit, when nothing else ran, journaled as one record (`to_journal`, False if
         # they are too many for it).
         self.flush: Callable[[duckdb.DuckDBPyConnection | None], None] | None = None
         self.to_journal: Callable[[], bool] = lambda: False
-        self.pending = False
-        self.txn_cache: dict = {}  # facts valid for the current transaction only
-        # Facts valid while the lock is held: no other process can change the database.
+        # Facts valid while the workspace lock is held (the attachment's appenders; the
+        # direction of metrics): no other process can change the database meanwhile.
         self.conn_cache: dict = {}
-        # The remembered rows ("rows": existence and never-changing columns) outlive an
-        # attachment unless some process deleted rows meanwhile: every deletion bumps a
-        # counter in `.nirsflow/rows-epoch`, read as the lock is taken (~20 us).
-        # Looking a pipeline up again cost ~1.4 ms of each turn of processes taking turns.
+        # The remembered rows (existence and never-changing columns), shared by both
+        # kinds of call. Rows are only ever added, but for deletions: each bumps a
+        # counter in `.nirsflow/rows-epoch` (holding both locks), read as either lock is
+        # taken (~20 us); a new count forgets them all. Looking a pipeline up again cost
+        # ~1.4 ms of each turn of processes taking turns.
+        self.rows: dict = {}
         self._epoch_path = self.db_path.parent / ".nirsflow" / "rows-epoch"
-        self._kept_rows: dict | None = None
         self._rows_epoch = -1
+        self._appended = False  # this process made journal-only writes (settled at close)
+        self._settler = Settler(self._settle_if_free, lambda: self.idle)
         # Committed records waiting in the journal: `unsettled()` says whether there are
         # any, `settle(con)` moves them into place, `journal_length()` is the journal's
         # size in bytes. `journal` is what this process knows: False (settled), True, or
@@ -139,15 +170,21 @@ class Connector:
         self.settle: Callable[[duckdb.DuckDBPyConnection], None] | None = None
         self.journal_length: Callable[[], int] | None = None
         self.journal: bool | None = None
-        # The operations of every journal record, in commit order, while this process
-        # knows the journal holds nothing else: from a settle it committed until it lets
-        # the lock go. A settle then needs no read-back: reading and decoding a grid's
-        # journal was ~0.5 ms a pipeline. `journal_tail` is (generation, end) of the file
-        # after the last of them. None: not known.
+        # The operations of the journal's records from some point on, in commit order,
+        # while this process knows the journal holds nothing else after that point: it
+        # wrote every record since (each appended where the last one ended). A settle
+        # then needs no read-back: reading and decoding a grid's journal was ~0.5 ms a
+        # pipeline. `journal_tail` is (generation, end) of the file after the last of
+        # them. None: not known. Guarded by the journal mutex.
         self.journal_ops: list | None = None
         self.journal_tail: tuple[bytes, int] | None = None
         self._journal_ops_bytes = 0
-        self._after_commit: list[Callable[[], None]] = []
+
+    # The calling thread's call (see _CallState)
+    pending = _per_thread("pending")
+    ops = _per_thread("ops")
+    txn_cache = _per_thread("txn_cache")
+    _after_commit = _per_thread("after_commit")
 
     # -- public --------------------------------------------------------------
     @contextmanager
@@ -200,20 +237,24 @@ class Connector:
     @property
     def writable(self) -> bool:
         """Whether a write transaction is open (on the calling thread's call)."""
-        return self._mode == "exclusive" and self._in_transaction
+        return (self._mode == "exclusive" and self._in_transaction and self._owner == threading.get_ident()
+                and not self._tls.journal_only)
 
     def release(self) -> None:
         """Close the connection and free the lock now (no call may be under way)."""
         with self._mutex:
             if self._active:
                 raise RuntimeError("cannot release the workspace inside a call or batch")
+            self._settle_own_appends()
             self._disconnect()
 
     def close(self) -> None:
+        self._settler.stop()
         with self._mutex:
             self._closed = True
             if not self._active:
                 try:
+                    self._settle_own_appends()
                     self._disconnect()
                 finally:
                     instance, self._instance = self._instance, None
@@ -223,77 +264,102 @@ class Connector:
 
     # -- the call --------------------------------------------------------------
     @contextmanager
-    def _call(self, mode: Mode, buffered: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _call(self, mode: Mode, buffered: bool = False,
+              settled: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A call under the workspace lock (`settled` False: a read that may find the
+        journal not yet applied, for lookups of rows that are never changed)."""
         with self._mutex:
             self._check_fork()
             self._closed = False
             outermost = self._active == 0
             if outermost:
+                if self.journal is False:
+                    # journal-only writes append without the workspace lock: "settled"
+                    # holds for one call (that holds the journal's lock too), not a burst
+                    self.journal = None
                 # a buffered write attaches the file only if it uses the connection
-                self._connect(mode, attach=not buffered)
+                self._connect(mode, attach=not buffered, settled=settled)
                 self._owner = threading.get_ident()
             elif mode == "exclusive" and self._mode == "shared":
                 raise RuntimeError("a write cannot start inside a read of the same workspace")
             self._active += 1
-            began = False
             try:
-                if not self._in_transaction:
-                    self._in_transaction = began = True
-                    self._db_transaction = False
-                    self.txn_cache = {}
-                if buffered:
-                    con = self._deferred
-                    if began and self._journal_is_long():
-                        self.settle_in_transaction(self.transaction())
-                else:
-                    # a statement of its own: the journal (once per transaction) and what
-                    # this transaction buffered go to their tables first, in that order
-                    con = self.transaction()
-                    self.txn_cache["direct"] = True
-                    if (self.journal is not False and self._mode == "exclusive"
-                            and self.settle is not None and not self.txn_cache.get("settled")):
-                        self.settle_in_transaction(con)
-                    elif self.pending:
-                        self._flush(con)
-                yield con
-                if began:
-                    if self.pending:
-                        self.pending = False
-                        if not self.txn_cache.get("direct") and self.to_journal():
-                            self.journal = True
-                        else:
-                            self.flush(self.transaction())
-                    if self._db_transaction:
-                        self._commit(self._con)
-                    self._in_transaction = False
-                    if self.txn_cache.get("settled"):
-                        self.journal = self.journal or False  # unless a journal write followed
-                    elif "journal_ops" in self.txn_cache:
-                        self._journaled(*self.txn_cache["journal_ops"])
-                    self._run_after_commit()
-            except BaseException:
-                if began:
-                    self._drop_pending()
-                    self.journal = None  # a settle or journal write may have been undone
-                    self.known_journal(None)
-                    self._after_commit = []
-                    # what this transaction taught the cache may be rolled back with it
-                    self.conn_cache = {k: v for k, v in self.conn_cache.items() if k == "appenders"}
-                if began and self._in_transaction:
-                    self._in_transaction = False
-                    if self._db_transaction:
-                        self._db_transaction = False
-                        _rollback(self._con)
-                raise
+                # A write holds the journal's lock as well, for the whole call: nobody
+                # appends while it settles, appends itself, or deletes rows that an
+                # append may have looked up.
+                with self.journal_held() if outermost and self._mode == "exclusive" else nullcontext():
+                    with self._transaction(buffered) as con:
+                        yield con
             finally:
                 self._active -= 1
                 if outermost:
                     self._owner = None
                     self._after_call()
 
+    @contextmanager
+    def _transaction(self, buffered: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The call's transaction (the one already open, inside a batch)."""
+        began = False
+        try:
+            if not self._in_transaction:
+                self._in_transaction = began = True
+                self._db_transaction = False
+                self.txn_cache = {}
+            if buffered:
+                con = self._deferred
+                if began and self._journal_is_long():
+                    self.settle_in_transaction(self.transaction())
+            else:
+                # a statement of its own: the journal (once per transaction) and what
+                # this transaction buffered go to their tables first, in that order
+                con = self.transaction()
+                self.txn_cache["direct"] = True
+                if (self._mode == "exclusive" and self.settle is not None and not self.txn_cache.get("settled")
+                        and self.journal_may_have_records()):
+                    self.settle_in_transaction(con)
+                elif self.pending:
+                    self._flush(con)
+            yield con
+            if began:
+                if self.pending:
+                    self.pending = False
+                    if not self.txn_cache.get("direct") and self.to_journal():
+                        self.journal = True
+                    else:
+                        self.flush(self.transaction())
+                if self._db_transaction:
+                    self._commit(self._con)
+                self._in_transaction = False
+                if self.txn_cache.get("settled"):
+                    self.journal = self.journal or False  # unless a journal write followed
+                elif "journal_ops" in self.txn_cache:
+                    self._journaled(*self.txn_cache["journal_ops"])
+                self._run_after_commit()
+        except BaseException:
+            if began:
+                self._drop_pending()
+                self.journal = None  # a settle or journal write may have been undone
+                self.known_journal(None)
+                self._after_commit = []
+                # what this transaction taught the caches may be rolled back with it
+                self.conn_cache = {k: v for k, v in self.conn_cache.items() if k == "appenders"}
+                self.rows.clear()
+            if began and self._in_transaction:
+                self._in_transaction = False
+                if self._db_transaction:
+                    self._db_transaction = False
+                    _rollback(self._con)
+            raise
+
+    def journal_may_have_records(self) -> bool:
+        """Whether the journal may hold records not yet in the tables (a stat)."""
+        return self.journal is not False and self.unsettled is not None and self.unsettled()
+
     def settle_in_transaction(self, con: duckdb.DuckDBPyConnection) -> None:
         """Apply the journal, then what this transaction buffered, inside the open write
         transaction (before a statement of its own, or after a lookup missed)."""
+        if self._tls.journal_only:
+            raise NeedsDatabase("settle")
         self.txn_cache["direct"] = self.txn_cache["settled"] = True
         self.journal = None  # until this transaction commits
         self.pending = False
@@ -303,25 +369,6 @@ class Connector:
         """Run `action` once the current transaction commits, still under the lock
         (database first, files after: gc's deletions use it)."""
         self._after_commit.append(action)
-
-    def known_journal(self, ops: list | None, tail: tuple[bytes, int] | None = None) -> None:
-        """What the journal holds, as far as this process knows: exactly `ops` (the
-        operations of its records), the file ending at `tail` (generation, offset); or
-        None, not known."""
-        self.journal_ops, self.journal_tail, self._journal_ops_bytes = ops, tail if ops is not None else None, 0
-
-    def _journaled(self, ops: list, size: int, generation: bytes, end: int) -> None:
-        """A journal record of `ops` (`size` bytes encoded) committed; the file now ends at
-        `end`."""
-        if self.journal_ops is None or self.journal_tail is None or self.journal_tail[0] != generation:
-            self.known_journal(None)
-            return
-        self._journal_ops_bytes += size
-        if self._journal_ops_bytes > JOURNAL_OPS_KEPT_BYTES:
-            self.known_journal(None)  # read back at the settle instead of held here
-        else:
-            self.journal_ops.append(ops)
-            self.journal_tail = (generation, end)
 
     def _run_after_commit(self) -> None:
         actions, self._after_commit = self._after_commit, []
@@ -361,7 +408,7 @@ class Connector:
         con.execute("COMMIT")
         self._in_transaction = self._db_transaction = False
 
-    def _connect(self, mode: Mode, attach: bool = True) -> None:
+    def _connect(self, mode: Mode, attach: bool = True, settled: bool = True) -> None:
         if self._mode is None or (self._mode != mode and self._mode != "exclusive"):
             self._disconnect()  # a shared holder that now needs to write starts over
             try:
@@ -376,17 +423,17 @@ class Connector:
             # next call would find the lock "already held" by nobody.
             self._mode = mode
             try:
-                epoch = self._read_epoch()
-                kept = self._kept_rows if epoch == self._rows_epoch and epoch >= 0 else None
-                self.conn_cache = {"rows": kept} if kept else {}
-                self._rows_epoch, self._kept_rows = epoch, None
+                self._sync_rows()
+                self.conn_cache = {}
                 self.journal = None
+                # what it knows of the journal holds while it holds the workspace: only
+                # a holder settles and replaces the file (appends are checked one by one)
                 self.known_journal(None)
             except BaseException:
                 self._let_go()
                 raise
         try:
-            if self._mode == "shared" and self.journal is None and self.unsettled is not None:
+            if settled and self._mode == "shared" and self.journal is None and self.unsettled is not None:
                 if self.unsettled():
                     # records a writer left in the journal (handed over short, or killed):
                     # a read must see them, and a read-only attachment cannot move them,
@@ -406,7 +453,8 @@ class Connector:
         """Detach (rolling back) and free the lock at once, settling nothing."""
         con, self._con, self._mode = self._con, None, None
         self._in_transaction = self._db_transaction = False
-        self._kept_rows, self.conn_cache = None, {}
+        self.conn_cache = {}
+        self.rows.clear()
         try:
             if con is not None:
                 self._drop_attachment(con)
@@ -472,6 +520,8 @@ class Connector:
         settle_error: Exception | None = None
         if self._mode == "exclusive" and not self._in_transaction:
             try:
+                # what this process journaled under the lock (what it appended alone is
+                # the settler's)
                 if self.journal and not (handing_over and self._journal_is_short()):
                     self._settle_now()
                 # the next process to attach would replay what the WAL holds
@@ -480,7 +530,8 @@ class Connector:
             except Exception as exc:  # noqa: BLE001 - raised below, once the file is free
                 settle_error = exc
         con, rollback = self._con, self._in_transaction and self._db_transaction
-        self._kept_rows = None if self._in_transaction else self.conn_cache.get("rows")
+        if self._in_transaction:
+            self.rows.clear()  # it may have taught them rows it rolls back
         self.conn_cache = {}  # appenders die with the attachment
         self._con, self._mode, self._in_transaction, self._db_transaction = None, None, False, False
         try:
@@ -492,16 +543,6 @@ class Connector:
             # nothing is lost: the records stay committed in the journal, and the next
             # write (of this process or another) settles them
             raise settle_error
-
-    def _journal_is_short(self) -> bool:
-        # the journal's length only (see HAND_OVER_JOURNAL_BYTES): a count of this
-        # process's own writes since it last settled, kept as a shortcut, had brought
-        # the runs of settles back
-        return self.journal_length is None or self.journal_length() < HAND_OVER_JOURNAL_BYTES
-
-    def _journal_is_long(self) -> bool:
-        return (self.journal is not False and self._mode == "exclusive" and self.settle is not None
-                and self.journal_length is not None and self.journal_length() > SETTLE_JOURNAL_BYTES)
 
     def _wal_size(self) -> int:
         try:
@@ -575,13 +616,21 @@ class Connector:
                     self._reaper = None
 
     def forget_rows(self) -> None:
-        """Rows were deleted in the current transaction: drop what this process remembers,
-        and make every other process drop its remembered rows at its next attach. (A
-        rollback after this only costs the others a few lookups.)"""
-        self.conn_cache.pop("rows", None)
+        """Rows were deleted in the current transaction (which holds both locks): drop
+        what this process remembers, and make every other process drop its remembered
+        rows as it next takes either lock. (A rollback after this only costs the others
+        a few lookups.)"""
+        self.rows.clear()
         self._rows_epoch = max(self._read_epoch(), 0) + 1
         self._epoch_path.parent.mkdir(parents=True, exist_ok=True)
         self._epoch_path.write_text(str(self._rows_epoch))
+
+    def _sync_rows(self) -> None:
+        """Forget the remembered rows if some process deleted rows since (a lock is held)."""
+        epoch = self._read_epoch()
+        if epoch != self._rows_epoch or epoch < 0:
+            self.rows.clear()
+        self._rows_epoch = epoch
 
     def _read_epoch(self) -> int:
         try:
@@ -601,9 +650,17 @@ class Connector:
         forget = getattr(self.lock, "forget_after_fork", None)
         if forget:
             forget()
+        forget = getattr(self.journal_lock, "forget_after_fork", None)
+        if forget:
+            forget()
         self._instance, self._con, self._mode, self._in_transaction, self._active = None, None, None, False, 0
         self._db_transaction = False
-        self._kept_rows, self._rows_epoch = None, -1
+        self.rows, self._rows_epoch = {}, -1
         self._mutex = threading.RLock()
+        self._jmutex = threading.RLock()
+        self._journal_depth = 0
+        self._tls = _CallState()
         self._wake = threading.Condition(self._mutex)
+        self._settler.after_fork()
+        self._appended = False
         self._reaper, self._pid = None, os.getpid()

@@ -100,13 +100,8 @@ class PredictionsMixin(WritesMixin):
                check_int("branch_id", branch_id), check_text("branch_name", branch_name, optional=True),
                check_text("refit_context", refit_context, optional=True), now(),
                check_text("task_run_id", task_run_id, optional=True)]
-        con = self._db.batch_connection()
-        if con is not None:
-            self._buffer_prediction(con, row, blobs, given_id)
-            return prediction_id
-        # on its own, the call commits one narrow journal row (storage/journal.py)
-        with self._db.writing(buffered=True) as con:
-            self._buffer_prediction(con, row, blobs, given_id)
+        # on its own, the call commits one journal record (storage/journal.py)
+        self._db.buffered(lambda con: self._buffer_prediction(con, row, blobs, given_id))
         return prediction_id
 
     def _buffer_prediction(self, con, row: list, blobs: list, given_id: bool) -> None:

@@ -29,7 +29,7 @@ class RecordsMixin(WritesMixin):
         with self._db.writing() as con:
             con.execute("INSERT INTO runs (run_id, name, status, config, datasets, created_at, "
                         "flow_run_id, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
-            self._db.conn_cache.setdefault("rows", {})[("runs", row[0])] = (row[0], row[1])
+            self._db.rows[("runs", row[0])] = (row[0], row[1])
         return row[0]
 
     def complete_run(self, run_id: str, summary: dict | None = None) -> None:
@@ -88,11 +88,13 @@ class RecordsMixin(WritesMixin):
                check_text("dataset_hash", dataset_hash, optional=True), now(),
                check_text("flow_run_id", flow_run_id, optional=True),
                check_text("task_run_id", task_run_id, optional=True)]
-        with self._db.writing(buffered=True) as con:
+        def write(con) -> None:
             self._require(con, "runs", "run_id", run_id)
             self._buffer(("insert", "pipelines", _PIPELINE_START, row))
-            self._db.conn_cache.setdefault("rows", {})[("pipelines", pipeline_id)] = (pipeline_id, run_id)
+            self._db.rows[("pipelines", pipeline_id)] = (pipeline_id, run_id)
             self._remember("pipelines", pipeline_id, "dataset_name", dataset_name)
+
+        self._db.buffered(write)
         return pipeline_id
 
     def complete_pipeline(self, pipeline_id: str, best_val: float | None = None,
@@ -102,9 +104,11 @@ class RecordsMixin(WritesMixin):
         values = ["completed", check_score("best_val", best_val), check_score("best_test", best_test),
                   check_text("metric", metric, optional=True), check_int("duration_ms", duration_ms),
                   now(), None]
-        with self._db.writing(buffered=True) as con:
+        def write(con) -> None:
             self._require(con, "pipelines", "pipeline_id", pipeline_id)
             self._buffer(("update", "pipelines", "pipeline_id", pipeline_id, _PIPELINE_END, values))
+
+        self._db.buffered(write)
 
     def fail_pipeline(self, pipeline_id: str, error: str) -> None:
         """Mark a pipeline failed with its error (also in the logs table) and drop its
@@ -157,16 +161,24 @@ class RecordsMixin(WritesMixin):
             raise InvalidInputError(f"log level must be one of {LOG_LEVELS}, got {level!r}")
         check_text("event", event)
         details_json = to_json("details", details)
-        with self._db.writing(buffered=True) as con:
+        step_idx, duration_ms = check_int("step_idx", step_idx), check_int("duration_ms", duration_ms)
+        operator_class = check_text("operator_class", operator_class, optional=True)
+        message = check_text("message", message, optional=True)
+        if pipeline_id is not None:
+            check_id("pipeline", pipeline_id)
+        else:
+            check_id("run", run_id)
+
+        def write(con) -> str:
+            owner = run_id
             if pipeline_id is not None:
-                row = self._require(con, "pipelines", "pipeline_id", check_id("pipeline", pipeline_id))
-                run_id = row[1]
+                owner = self._require(con, "pipelines", "pipeline_id", pipeline_id)[1]
             else:
-                self._require(con, "runs", "run_id", check_id("run", run_id))
-            return self._insert_log(con, run_id, pipeline_id, check_int("step_idx", step_idx),
-                                    check_text("operator_class", operator_class, optional=True),
-                                    event, check_int("duration_ms", duration_ms),
-                                    check_text("message", message, optional=True), details_json, level)
+                self._require(con, "runs", "run_id", run_id)
+            return self._insert_log(con, owner, pipeline_id, step_idx, operator_class, event, duration_ms,
+                                    message, details_json, level)
+
+        return self._db.buffered(write)
 
     def _insert_log(self, con, run_id, pipeline_id, step_idx, operator_class, event, duration_ms,
                     message, details_json, level) -> str:

@@ -235,6 +235,15 @@ def _journal_file(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("INSERT OR REPLACE INTO meta VALUES ('journal_settled', '')")
 
 
+def _journal_lock(con: duckdb.DuckDBPyConnection) -> None:
+    # Nothing in the tables changes. Small writes now append to the journal under a lock
+    # of their own (.nirsflow/journal/), without the workspace lock; an older nirsflow
+    # appends under the workspace lock alone, so running beside this one the two could
+    # write into the file at once. Versioned, so that an older nirsflow refuses the
+    # workspace instead.
+    pass
+
+
 # (name, function): append only; never edit one that has shipped.
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("0001_initial", _initial),
@@ -242,6 +251,7 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("0003_prediction_journal", _prediction_journal),
     ("0004_write_journal", _write_journal),
     ("0005_journal_file", _journal_file),
+    ("0006_journal_lock", _journal_lock),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ("runs", "pipelines", "chains", "chain_artifacts", "predictions", "prediction_arrays",

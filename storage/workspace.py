@@ -64,10 +64,13 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
         self.path.mkdir(parents=True, exist_ok=True)
         self.files = ArtifactFiles(self.path)
         self.lock = FileLock(self.path / ".nirsflow", timeout=lock_timeout, workspace=self.path)
-        self._db = Connector(self.db_path, self.lock, idle=idle)
+        # appends to the journal file take a lock of their own (storage/connection.py)
+        journal_lock = FileLock(self.path / ".nirsflow" / "journal", timeout=lock_timeout, workspace=self.path,
+                                what="journal")
+        self._db = Connector(self.db_path, self.lock, idle=idle, journal_lock=journal_lock)
         self._db.flush, self._db.to_journal = self._flush_pending, self._journal_pending
-        self._journal = JournalFile(self.db_path.with_name(DB_NAME + ".journal"))
-        self._ops: list = []
+        self._journal = JournalFile(self.db_path.with_name(DB_NAME + ".journal"),
+                                    applied_note=self.path / ".nirsflow" / "journal" / "applied")
         self._artifact_cache: OrderedDict = OrderedDict()
         self._chain_cache: OrderedDict = OrderedDict()
         try:
@@ -104,8 +107,8 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
                 # before it settled them): nothing writes there any more
                 self._apply(con, journal.take(con))
         # From here on every read first checks for journal records a writer left behind.
-        self._db.unsettled, self._db.settle = self._journal.has_records, self._settle
-        self._db.journal_length = self._journal.size
+        self._db.unsettled, self._db.settle = self._journal.has_unapplied, self._settle
+        self._db.journal_length = self._journal.unapplied_bytes
 
     # -- life ----------------------------------------------------------------------
     @contextmanager

@@ -22,13 +22,17 @@ import duckdb
 
 from .base import StoreBase
 from . import journal
-from .journal_file import HEADER_SIZE, JournalFile
+from .journal_file import HEADER_SIZE, RECORD_OVERHEAD, JournalFile
 
 # Past these, a transaction's buffered writes go straight to their tables: the journal
 # would write them twice for little gain (the per-column cost is per transaction, and
 # a transaction this large already amortizes it).
 JOURNAL_MAX_ROWS = 512
 JOURNAL_MAX_BYTES = 8 * 1024 * 1024
+# A settle replaces the journal file only if nobody is appending at that moment (it
+# would wait its turn for the journal's lock, holding the workspace all that time: ~13
+# ms of a settle with four processes appending), or once the file is this long.
+RESET_JOURNAL_BYTES = 2 * 1024 * 1024
 
 
 # Where a settle records how far the journal file has been applied ("<generation hex>:<offset>").
@@ -36,9 +40,11 @@ SETTLED_KEY = "journal_settled"
 
 
 class WritesMixin(StoreBase):
-    _ops: list
     _journal: JournalFile
     _apply_artifacts: "Callable"  # ChainsMixin's: artifacts deduplicate against the table
+
+    # The calling thread's buffered operations (the connector keeps them per thread).
+    _ops = property(lambda self: self._db.ops, lambda self, ops: setattr(self._db, "ops", ops))
 
     def _buffer(self, *ops) -> None:
         self._ops.extend(ops)
@@ -46,10 +52,11 @@ class WritesMixin(StoreBase):
 
     def _may_be_unsettled(self) -> bool:
         """Whether rows may sit in the buffer or the journal rather than in the tables."""
-        return bool(self._ops) or self._db.journal is not False
+        return bool(self._ops) or self._db.journal_may_have_records()
 
     def _settled_after_miss(self, con) -> bool:
-        if self._db.writable and self._may_be_unsettled():
+        # (a journal-only write cannot settle: it is made again, holding the workspace)
+        if (self._db.writable or self._db.journal_only) and self._may_be_unsettled():
             self._db.settle_in_transaction(con)
             return True
         return False
@@ -66,24 +73,27 @@ class WritesMixin(StoreBase):
         commits. From memory when this process wrote every record of it (the file ends
         where its last record did)."""
         db = self._db
-        kept, tail = db.journal_ops, db.journal_tail
-        if kept is not None and tail is not None and self._journal.size() == tail[1]:
+        kept, tail = db.known_journal_now()
+        if kept is not None and tail is not None and self._journal.end() == tail:
             generation, end = tail
             ops = [op for ops in kept for op in ops]
         else:
             generation, payloads, end = self._journal.read(self._settled_marker(con))
             ops = [op for payload in payloads for op in journal.decode(payload)]
-        # applied in this transaction: a second settle in it takes nothing (a rollback
-        # forgets this)
+        # applied in this transaction: a second settle in it takes only what came after
+        # (a rollback forgets this)
         db.known_journal([], (generation, end))
-        if end > HEADER_SIZE and not db.txn_cache.get("journal_marked"):
+        marked = db.txn_cache.get("journal_marked")
+        if end > HEADER_SIZE and marked != (generation, end):
             # records, applied now or by a settle that crashed before its reset
             # an UPDATE of the row migration 0005 made: ~0.9 ms, where an upsert was ~2.3
             mark = f"{generation.hex()}:{end}"
             if con.execute("UPDATE meta SET value = ? WHERE key = ?", [mark, SETTLED_KEY]).fetchall()[0][0] != 1:
                 con.execute("INSERT INTO meta VALUES (?, ?)", [SETTLED_KEY, mark])
-            db.txn_cache["journal_marked"] = True
-            db.after_commit(self._reset_journal)
+            txn_cache = db.txn_cache
+            if marked is None:  # reset once, after the commit, up to the last mark
+                db.after_commit(lambda: self._reset_journal(*txn_cache["journal_marked"]))
+            txn_cache["journal_marked"] = (generation, end)
         return ops
 
     @staticmethod
@@ -100,7 +110,8 @@ class WritesMixin(StoreBase):
         Returns what was done, or None if the journal was not damaged."""
         path = self._journal.path
         aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
-        with self._db.exclusive_file():  # the lock, no connection: nothing settles first
+        # both locks, no connection: nothing settles or appends meanwhile
+        with self._db.exclusive_file(), self._db.journal_held():
             if not self._journal.has_records():
                 return None
             with duckdb.connect(str(self.db_path), read_only=True) as con:
@@ -112,10 +123,19 @@ class WritesMixin(StoreBase):
         return (f"journal {path}: left out the damaged {'; '.join(damaged)}; kept its {kept} whole record(s) "
                 f"not yet applied; the damaged file is kept as {aside}")
 
-    def _reset_journal(self) -> None:
-        # after the settle committed: its records are applied, and the marker says so
-        self._db.known_journal(None)
-        self._db.known_journal([], (self._journal.reset(), HEADER_SIZE))
+    def _reset_journal(self, generation: bytes, end: int) -> None:
+        """After the settle committed (its records up to `end` are applied, and the
+        marker says so): a new journal with only the records appended since."""
+        db = self._db
+        with db.journal_held(wait=self._journal.size() > RESET_JOURNAL_BYTES) as held:
+            if not held:  # others are appending: the marker says what is applied
+                self._journal.note_applied(generation, end)
+                return
+            ops, tail = db.known_journal_now()  # what this process knows came after `end`
+            db.known_journal(None)
+            new_generation, new_end = self._journal.reset_after(generation, end)
+            if ops is not None and tail == (generation, end + new_end - HEADER_SIZE):
+                db.known_journal(ops, (new_generation, new_end))
 
     def _flush_pending(self, con) -> None:
         """Apply the buffered operations (``con`` None: the transaction is void, drop them)."""
@@ -134,7 +154,8 @@ class WritesMixin(StoreBase):
         if len(payload) > JOURNAL_MAX_BYTES:
             return False
         generation, end = self._journal.append(payload)
-        self._db.txn_cache["journal_ops"] = (self._ops, len(payload), generation, end)
+        start = end - len(payload) - RECORD_OVERHEAD
+        self._db.txn_cache["journal_ops"] = (self._ops, len(payload), generation, start, end)
         self._ops = []
         return True
 

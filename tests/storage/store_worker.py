@@ -325,6 +325,16 @@ def role_holder(store, args: dict) -> dict:
     return {"pid": os.getpid()}
 
 
+def role_lock_holder(store, args: dict) -> dict:
+    """Holds the workspace lock alone (no transaction, nothing attached), as a vacuum or
+    a settle does, for `hold` seconds."""
+    store.lock.acquire("exclusive")
+    print("held", flush=True)
+    time.sleep(args["hold"])
+    store.lock.release()
+    return {"pid": os.getpid()}
+
+
 def role_fair(store, args: dict) -> dict:
     """Single save_prediction calls in a tight loop; the latency of each call."""
     x = np.linspace(0.0, 1.0, 100)
@@ -378,7 +388,7 @@ def role_queuer(store, args: dict) -> dict:
 ROLES = {"journaler": role_journaler, "pipeline_journaler": role_pipeline_journaler, "queuer": role_queuer,
          "waiter": role_waiter, "writer": role_writer, "batcher": role_batcher, "reader": role_reader,
          "crasher": role_crasher,
-         "gc_saver": role_gc_saver, "gc_collector": role_gc_collector, "holder": role_holder,
+         "gc_saver": role_gc_saver, "gc_collector": role_gc_collector, "holder": role_holder, "lock_holder": role_lock_holder,
          "fair": role_fair}
 
 

@@ -16,7 +16,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from storage import InvalidInputError, NotFoundError, WorkspaceStore, arrays, writes
+from storage import InvalidInputError, NotFoundError, WorkspaceStore, arrays, schema, writes
 from storage.journal_file import JournalFile
 from tests.storage.store_worker import fitted, probe_input, save_fitted_chain, save_seeded_prediction, score_of
 from tests.storage.test_processes import assert_prediction_content, read_acks
@@ -174,18 +174,21 @@ def test_a_writer_killed_with_unsettled_rows_loses_none_and_the_next_reader_sett
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_a_hand_over_leaves_a_short_journal_and_the_reader_it_goes_to_settles_it(kept, workers):
-    """Processes taking turns call by call do not settle on every hand-over (a settle's
-    attach and checkpoint would be most of a turn); whoever reads next finds every row."""
+def test_appends_made_while_this_process_reads_are_settled_by_the_next_reader(kept, workers):
+    """Single calls append to the journal without the workspace lock: this process holds
+    it for reading (its idle window) all along. A reader in another process waits for
+    it, gets it handed over, and settles what it finds in the journal."""
     store, pipeline_id = kept
+    store.release()
+    store.list_runs()  # a read: the workspace lock held shared, for the idle window
+    assert store._db._mode == "shared"
     ids = [store.save_prediction(pipeline_id, val_score=float(k), y_true=[1.0], y_pred=[2.0]) for k in range(3)]
-    assert _raw_counts(store) == (3, 0, 0)
+    assert store._db._mode == "shared" and _raw_counts(store) == (3, 0, 0)
     reader = workers("waiter", workspace=str(store.path))
     reader.expect("ready")
     reader.go()
     assert reader.result(timeout=60)["runs"] == 1  # our idle connection was handed over at once
     assert not store._db.is_open
-    assert store._db.journal is True  # handed over unsettled: the reader settled them
     assert journal_records(store.path) == 0
     with duckdb.connect(str(store.db_path), read_only=True) as con:
         settled = {r[0] for r in con.execute("SELECT prediction_id FROM predictions").fetchall()}
@@ -319,9 +322,9 @@ def test_rows_another_process_deleted_are_not_remembered_across_attachments(tmp_
     mine.close(), other.close()
 
 
-def test_single_calls_between_settles_never_open_the_database_and_lose_nothing(tmp_path):
-    """A process taking its turn for one small write takes the lock and appends to the
-    journal: it attaches the database only to look up what it does not remember, and
+def test_single_calls_take_neither_the_workspace_nor_the_database_and_lose_nothing(tmp_path):
+    """A process taking its turn for one small write takes the journal's lock and
+    appends: it attaches the database only to look up what it does not remember, and
     leaves no WAL for the next process to replay."""
     ws = tmp_path / "ws"
     store = WorkspaceStore(ws, idle=60)
@@ -330,9 +333,8 @@ def test_single_calls_between_settles_never_open_the_database_and_lose_nothing(t
     wal = ws / "store.duckdb.wal"
     assert not wal.exists() or wal.stat().st_size == 0
     ids = [store.save_prediction(pipeline_id, val_score=float(k), y_true=[1.0], y_pred=[2.0]) for k in range(3)]
-    assert store._db.is_open and store._db._con is None  # the lock, not the file
-    with store._db._mutex:
-        store._db._disconnect(handing_over=True)  # as when another process is seen waiting
+    assert not store._db.is_open and store._db._con is None  # neither the lock nor the file
+    assert store._db.journal_lock._file is None  # the journal's lock: only during each append
     assert journal_records(ws) == 3 and (not wal.exists() or wal.stat().st_size == 0)
     with WorkspaceStore(ws) as other:  # settles the journal, checkpoints
         assert sorted(other.query_predictions()["prediction_id"].to_list()) == sorted(ids)
@@ -385,23 +387,26 @@ def test_a_workspace_with_rows_in_the_old_prediction_journal_keeps_them(tmp_path
         con.execute("CREATE TABLE prediction_journal (prediction_id VARCHAR NOT NULL, payload BLOB NOT NULL)")
         con.execute("INSERT INTO prediction_journal VALUES (?, ?)",
                     ["pred-old", struct.pack("<I", len(header)) + header + b"".join(blobs)])
-        con.execute("DELETE FROM migrations WHERE name IN ('0004_write_journal', '0005_journal_file')")
+        con.execute("DELETE FROM migrations WHERE name IN ('0004_write_journal', '0005_journal_file', "
+                    "'0006_journal_lock')")
         con.execute("DELETE FROM meta WHERE key = 'journal_settled'")
         con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     with WorkspaceStore(ws) as store:
-        assert store.schema_version == 5
+        assert store.schema_version == schema.SCHEMA_VERSION
         found = store.get_prediction("pred-old", load_arrays=True)
         assert found["val_score"] == 0.25 and found["y_pred"].tolist() == [1.5, 2.5]
         assert store.sql("SELECT count(*) AS n FROM journal")["n"][0] == 0
 
 
 def _turn(store, pipeline_id: str, calls: int) -> int:
-    """`calls` single predictions, then a hand-over as when a waiter is seen; the
-    journal's records after it."""
+    """`calls` single predictions, and the settle they asked for, if any; the journal's
+    records after it."""
     for _ in range(calls):
         store.save_prediction(pipeline_id, val_score=0.5, y_true=np.zeros(3), y_pred=np.ones(3))
-    with store._db._mutex:
-        store._db._disconnect(handing_over=True)
+    deadline = time.monotonic() + 10
+    while not store._db._settler.quiescent():
+        assert time.monotonic() < deadline, "the settle asked for never ended"
+        time.sleep(0.01)
     return journal_records(store.path)
 
 
@@ -430,21 +435,21 @@ def test_rows_an_older_nirsflow_left_in_the_journal_table_settle_when_the_worksp
     ops = [(kind, table, columns, ["pred-v4", *values[1:]]) for kind, table, columns, values in ops]
     with duckdb.connect(str(ws / "store.duckdb")) as con:  # back to schema 4, one row in its journal
         con.execute("INSERT INTO journal VALUES (?)", [journal.encode(ops)])
-        con.execute("DELETE FROM migrations WHERE name = '0005_journal_file'")
+        con.execute("DELETE FROM migrations WHERE name IN ('0005_journal_file', '0006_journal_lock')")
         con.execute("DELETE FROM meta WHERE key = 'journal_settled'")
         con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     with WorkspaceStore(ws) as store:
-        assert store.schema_version == 5
+        assert store.schema_version == schema.SCHEMA_VERSION
         assert store.get_prediction("pred-v4", load_arrays=True)["y_pred"].tolist() == [2.0]
         assert store.sql("SELECT count(*) AS n FROM journal")["n"][0] == 0
         assert store.query_predictions().height == 2
 
 
-def test_a_hand_over_settles_a_long_journal_whoever_wrote_it(tmp_path):
-    """Two writers (two stores: two lock holders, as two processes would be) take turns.
-    Each hands over with a short journal of its own; the one that finds the journal long
-    (its records and the other's) settles it, so writers taking turns do not each pay a
-    settle a few turns apart."""
+def test_a_long_journal_is_settled_whoever_wrote_it(tmp_path):
+    """Two writers (two stores, as two processes would be) take turns. Each leaves a
+    short journal of its own; the one that finds the journal long (its records and the
+    other's) has it settled, so writers taking turns do not each pay for a settle a few
+    turns apart."""
     from storage.connection import HAND_OVER_JOURNAL_BYTES
 
     ws = tmp_path / "ws"
@@ -466,7 +471,7 @@ def test_a_hand_over_settles_a_long_journal_whoever_wrote_it(tmp_path):
 def test_a_writer_does_not_settle_a_short_journal_because_it_wrote_much_since_its_last_settle(tmp_path):
     """Whoever settles empties the journal for everyone: a writer whose own records since
     its last settle reach the limit, while the journal holds a record or two because
-    another writer settled it, hands over without settling. (Counted per writer, every
+    another writer's settle emptied it, asks for no settle. (Counted per writer, every
     writer of the four-process interleave settled a near-empty journal within a few turns
     of each other, each with its checkpoint: 80-100 ms waits.)"""
     from storage.connection import HAND_OVER_JOURNAL_BYTES
@@ -490,11 +495,11 @@ def test_a_writer_that_never_goes_idle_settles_a_journal_that_grows_past_the_bou
     """No waiter, no idle moment: the journal would grow as long as the writer writes.
     Past SETTLE_JOURNAL_BYTES the next write settles it first, so the file (and what a
     settle must hold in memory) stays bounded."""
-    import storage.connection as connection
+    import storage.appends as appends
 
     store, pipeline_id = kept
     journal = JournalFile(store.path / "store.duckdb.journal")
-    monkeypatch.setattr(connection, "SETTLE_JOURNAL_BYTES", 16 * 1024)
+    monkeypatch.setattr(appends, "SETTLE_JOURNAL_BYTES", 16 * 1024)
     sizes, ids = [], []
     for k in range(60):
         ids.append(store.save_prediction(pipeline_id, val_score=float(k), y_true=np.zeros(100), y_pred=np.ones(100)))

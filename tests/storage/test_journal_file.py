@@ -74,7 +74,9 @@ def test_a_damaged_record_with_records_after_it_is_refused_and_nothing_is_change
                                                     r"is damaged \(its checksum does not match\)"):
         store.query_predictions()
     assert journal.path.read_bytes() == bytes(data)  # not cut back, not emptied
-    store.release()
+    with pytest.raises(WorkspaceCorruptError, match="the record at byte"):
+        store.release()  # it would settle what it appended: the same error, the lock let go
+    assert not store._db.is_open and journal.path.read_bytes() == bytes(data)
     with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM predictions").fetchall()[0][0] == 0
     with pytest.raises(WorkspaceCorruptError, match="the record at byte"):
@@ -89,7 +91,7 @@ def test_a_settle_whose_reset_failed_does_not_apply_its_records_twice(workspace,
     store = WorkspaceStore(ws, idle=60)
     ids = [_save(store, pipeline_id, k) for k in range(3)]
 
-    def refuse(self):
+    def refuse(self, records=b""):
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
@@ -125,7 +127,7 @@ def test_check_repair_sets_a_damaged_journal_aside_and_applies_its_whole_records
     store = WorkspaceStore(ws, idle=60)
     applied = [_save(store, pipeline_id, k) for k in range(2)]
     with monkeypatch.context() as patch:  # applied and marked, but still in the file
-        patch.setattr(JournalFile, "reset", lambda self: (_ for _ in ()).throw(OSError(28, "No space left")))
+        patch.setattr(JournalFile, "reset", lambda self, records=b"": (_ for _ in ()).throw(OSError(28, "No space left")))
         with pytest.raises(OSError):
             store.query_predictions()
     rest = [_save(store, pipeline_id, k) for k in range(10, 13)]
