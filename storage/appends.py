@@ -156,10 +156,11 @@ class AppendsMixin:
                 self._check_fork()
         state = self._tls
         with self.journal_held():
-            if self.journal_length() > SETTLE_JOURNAL_BYTES:
+            if self.journal_size() > SETTLE_JOURNAL_BYTES and self.journal_length() > SETTLE_JOURNAL_BYTES:
                 raise NeedsDatabase("the journal is long: settle it first")  # nobody could settle it
             self._sync_rows()
             state.journal_only, state.pending, state.ops, state.txn_cache = True, False, [], {}
+            unapplied = 0
             try:
                 result = body(con)
                 if state.pending:
@@ -167,6 +168,8 @@ class AppendsMixin:
                     if not self.to_journal():
                         raise NeedsDatabase("too many rows for one journal record")
                     self._journaled(*state.txn_cache["journal_ops"])
+                    generation, end = state.txn_cache["journal_ops"][2], state.txn_cache["journal_ops"][4]
+                    unapplied = self.journal_length(end=(generation, end))
             except BaseException:
                 state.ops, state.pending = [], False
                 self.rows.clear()  # what the write taught may not have landed
@@ -174,7 +177,7 @@ class AppendsMixin:
             finally:
                 state.journal_only, state.txn_cache = False, {}
         self._appended = True
-        self._settler.poke(urgent=self.journal_length() > HAND_OVER_JOURNAL_BYTES)
+        self._settler.poke(urgent=unapplied > HAND_OVER_JOURNAL_BYTES)
         return result
 
     def _settle_own_appends(self) -> None:

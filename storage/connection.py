@@ -168,7 +168,8 @@ class Connector(AppendsMixin):
         # None (unknown).
         self.unsettled: Callable[[], bool] | None = None
         self.settle: Callable[[duckdb.DuckDBPyConnection], None] | None = None
-        self.journal_length: Callable[[], int] | None = None
+        self.journal_length: Callable[..., int] | None = None
+        self.journal_size: Callable[[], int] | None = None  # the file's, applied records included
         self.journal: bool | None = None
         # The operations of the journal's records from some point on, in commit order,
         # while this process knows the journal holds nothing else after that point: it

@@ -64,6 +64,7 @@ class JournalFile:
         # reader a needless settle, and is never ahead of the marker in the database,
         # which alone decides what a settle applies. Missing or unreadable: not known.
         self.applied_note = Path(applied_note) if applied_note is not None else None
+        self._applied_seen: tuple[tuple, tuple[bytes, int] | None] | None = None  # (its stat, its mark)
 
     def size(self) -> int:
         try:
@@ -74,10 +75,10 @@ class JournalFile:
     def has_records(self) -> bool:
         return self.size() > HEADER_SIZE
 
-    def unapplied_bytes(self) -> int:
+    def unapplied_bytes(self, end: tuple[bytes, int] | None = None) -> int:
         """Bytes of records past what a settle noted as applied (all of them, if none did):
-        0 means there is nothing to settle."""
-        end = self.end()
+        0 means there is nothing to settle. `end`: the file's (generation, size), if known."""
+        end = end or self.end()
         if end is None or end[1] <= HEADER_SIZE:
             return 0
         applied = self._applied()
@@ -97,8 +98,14 @@ class JournalFile:
         if self.applied_note is None:
             return None
         try:
-            generation, offset = self.applied_note.read_text().split(":")
-            return bytes.fromhex(generation), int(offset)
+            # read again only when it changed: every append looks (a note read a moment
+            # too late, with an unchanged stat, is an older mark: at worst a needless settle)
+            st = os.stat(self.applied_note)
+            seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if self._applied_seen is None or self._applied_seen[0] != seen:
+                generation, offset = self.applied_note.read_text().split(":")
+                self._applied_seen = (seen, (bytes.fromhex(generation), int(offset)))
+            return self._applied_seen[1]
         except (OSError, ValueError):
             return None  # none yet, or being written: not known
 

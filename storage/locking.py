@@ -91,6 +91,15 @@ class MemoryLock:
         return False
 
 
+_NOTE_FIELDS: dict[int, tuple[str, str]] = {}  # pid: the JSON of a note's fixed fields
+
+
+def _note_fields() -> tuple[str, str]:
+    fields = (json.dumps(socket.gethostname()), json.dumps(" ".join(sys.argv[:3])[:200]))
+    _NOTE_FIELDS[os.getpid()] = fields
+    return fields
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -132,11 +141,16 @@ class FileLock:
         return f"{os.getpid()}-{id(self)}"
 
     def _write_note(self, folder: Path, mode: Mode) -> Path:
+        # os-level and mostly precomputed: a note is written at every acquire, and the
+        # journal's lock is taken by every single append (~0.1 ms with pathlib and json)
         note = folder / self._note_name()
-        note.write_text(json.dumps({
-            "pid": os.getpid(), "host": socket.gethostname(), "mode": mode,
-            "since": time.time(), "command": " ".join(sys.argv[:3])[:200],
-        }))
+        host, command = _NOTE_FIELDS.get(os.getpid()) or _note_fields()
+        fd = os.open(note, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, f'{{"pid": {os.getpid()}, "host": {host}, "mode": "{mode}", "since": {time.time()!r}, '
+                         f'"command": {command}}}'.encode())
+        finally:
+            os.close(fd)
         return note
 
     def _other_notes(self, folder: Path) -> set[str]:

@@ -108,7 +108,7 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
                 self._apply(con, journal.take(con))
         # From here on every read first checks for journal records a writer left behind.
         self._db.unsettled, self._db.settle = self._journal.has_unapplied, self._settle
-        self._db.journal_length = self._journal.unapplied_bytes
+        self._db.journal_length, self._db.journal_size = self._journal.unapplied_bytes, self._journal.size
 
     # -- life ----------------------------------------------------------------------
     @contextmanager
