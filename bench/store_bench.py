@@ -3,12 +3,14 @@
 Prints a markdown table of what is measured, with the issue's target beside it:
 
 1. ``save_prediction`` with 100-float arrays (y_true, y_pred), one call at a time from
-   one process holding the workspace (its lock kept across calls): calls/s over the first
+   one process (each an append under the journal's lock; the background settler moves
+   them into their tables as the journal grows): calls/s over the first
    1,000 rows, and over 1,000 calls made around the 10,000th row (and, with ``--full``,
    the 100,000th); the table is filled up to those points with ``batch()`` (the rows are
    the same, only faster to make).
 2. The same call inside one ``batch()``: predictions/s.
-3. 4 processes interleaving single calls: calls/s of each and the longest wait of a call.
+3. 4 processes interleaving single calls: calls/s of each and the longest wait of a call
+   (each process's first call included: it looks its pipeline up in the tables).
 4. ``top_predictions`` over 1,000,000 predictions, warm (connection open) and cold.
 5. The open/lock/close cost on its own (a read after the idle window closed the connection).
 
@@ -129,9 +131,10 @@ def _interleaver(workspace: str, pipeline_id: str, seconds: float, start_at: flo
 
 
 # The bound is "one idle window + one call"; the window does not change how the
-# processes take turns (a holder hands over as soon as it sees a waiter), so it is set to
-# the 50 ms the bound was written for rather than the 1 s default, which would make the
-# bound meaningless.
+# processes take turns (appends take the journal's lock for one call each; a holder of
+# the workspace hands it over as soon as it sees a waiter), so it is set to the 50 ms the
+# bound was written for rather than the 1 s default, which would make the bound
+# meaningless. It is also the quiet time after which a process's settler settles.
 INTERLEAVE_IDLE = 0.05
 
 
