@@ -120,8 +120,14 @@ class JournalFile:
         return self._generation(header), size
 
     # -- writing (under the exclusive workspace lock) -------------------------------------
-    def append(self, payload: bytes) -> tuple[bytes, int]:
-        """Append one record and fsync it; return (generation, the file's new end)."""
+    def append(self, payload: bytes, unsynced: list[int] | None = None) -> tuple[bytes, int]:
+        """Append one record and fsync it; return (generation, the file's new end).
+
+        With `unsynced`, the open descriptor is added to it instead of fsynced and closed:
+        the caller fsyncs it once it has let the journal's lock go, and only then reports
+        the write done. The next appender need not wait for that fsync (an fsync flushes
+        every record written before it, so appenders taking turns share one: a disk
+        slow to flush stalls each of them once, not one after another)."""
         if not self.path.exists():
             self.reset()
         fd = os.open(self.path, os.O_RDWR)
@@ -132,9 +138,15 @@ class JournalFile:
             if written != len(data):
                 os.ftruncate(fd, end)
                 raise OSError(f"{self.path}: wrote {written} of {len(data)} bytes of a journal record")
-            os.fsync(fd)
-        finally:
+            if unsynced is None:
+                os.fsync(fd)
+        except BaseException:
             os.close(fd)
+            raise
+        if unsynced is None:
+            os.close(fd)
+        else:
+            unsynced.append(fd)
         return generation, end + len(data)
 
     def _sound_end(self, fd: int) -> tuple[bytes, int]:
@@ -169,14 +181,17 @@ class JournalFile:
         the end, never acknowledged, is left out); return its (generation, size). Under
         the journal's lock. A journal of another generation is left as it is."""
         try:
-            data = self.path.read_bytes()
+            with open(self.path, "rb") as fh:
+                header = fh.read(HEADER_SIZE)
+                fh.seek(end)
+                after = fh.read()
         except FileNotFoundError:
-            data = b""
-        if not data or self._generation(data[:HEADER_SIZE]) != generation:
+            header = b""
+        if len(header) < HEADER_SIZE or self._generation(header) != generation:
             raise WorkspaceCorruptError(f"journal {self.path} was replaced while its records were being applied; "
                                         "it was left as it is")
-        _, whole_to = self._parse(data, end)
-        kept = data[end:whole_to]
+        _, whole_to = self._parse(after, 0, origin=end)
+        kept = after[:whole_to]
         return self.reset(kept), HEADER_SIZE + len(kept)
 
     # -- reading ------------------------------------------------------------------------

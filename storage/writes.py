@@ -29,10 +29,14 @@ from .journal_file import HEADER_SIZE, RECORD_OVERHEAD, JournalFile
 # a transaction this large already amortizes it).
 JOURNAL_MAX_ROWS = 512
 JOURNAL_MAX_BYTES = 8 * 1024 * 1024
-# A settle replaces the journal file only if nobody is appending at that moment (it
-# would wait its turn for the journal's lock, holding the workspace all that time: ~13
-# ms of a settle with four processes appending), or once the file is this long.
-RESET_JOURNAL_BYTES = 2 * 1024 * 1024
+# A settle replaces the journal file (two fsyncs and a rename, under the journal's lock)
+# only if nothing was appended since it read it and nobody holds or waits for that lock,
+# or once the file is this long. While processes append, replacing it would hold up
+# their appends for those fsyncs (on a busy disk, 40-80 ms) and the settle would wait
+# its turn for the lock, holding the workspace all that time (~13 ms with four
+# processes appending); the file is read from the marker's offset, so its length
+# costs nothing but disk space.
+RESET_JOURNAL_BYTES = 16 * 1024 * 1024
 
 
 # Where a settle records how far the journal file has been applied ("<generation hex>:<offset>").
@@ -127,8 +131,13 @@ class WritesMixin(StoreBase):
         """After the settle committed (its records up to `end` are applied, and the
         marker says so): a new journal with only the records appended since."""
         db = self._db
-        with db.journal_held(wait=self._journal.size() > RESET_JOURNAL_BYTES) as held:
-            if not held:  # others are appending: the marker says what is applied
+        size = self._journal.size()
+        forced = size > RESET_JOURNAL_BYTES
+        if not forced and size != end:  # others are appending: the marker says what is applied
+            self._journal.note_applied(generation, end)
+            return
+        with db.journal_held(wait=forced) as held:
+            if not held:
                 self._journal.note_applied(generation, end)
                 return
             ops, tail = db.known_journal_now()  # what this process knows came after `end`
@@ -153,7 +162,8 @@ class WritesMixin(StoreBase):
         payload = journal.encode(self._ops)
         if len(payload) > JOURNAL_MAX_BYTES:
             return False
-        generation, end = self._journal.append(payload)
+        # a journal-only write fsyncs after it lets the journal's lock go (storage/appends.py)
+        generation, end = self._journal.append(payload, self._db.txn_cache.get("unsynced"))
         start = end - len(payload) - RECORD_OVERHEAD
         self._db.txn_cache["journal_ops"] = (self._ops, len(payload), generation, start, end)
         self._ops = []
