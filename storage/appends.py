@@ -155,27 +155,35 @@ class AppendsMixin:
             with self._mutex:
                 self._check_fork()
         state = self._tls
-        with self.journal_held():
-            if self.journal_size() > SETTLE_JOURNAL_BYTES and self.journal_length() > SETTLE_JOURNAL_BYTES:
-                raise NeedsDatabase("the journal is long: settle it first")  # nobody could settle it
-            self._sync_rows()
-            state.journal_only, state.pending, state.ops, state.txn_cache = True, False, [], {}
-            unapplied = 0
-            try:
-                result = body(con)
-                if state.pending:
-                    state.pending = False
-                    if not self.to_journal():
-                        raise NeedsDatabase("too many rows for one journal record")
-                    self._journaled(*state.txn_cache["journal_ops"])
-                    generation, end = state.txn_cache["journal_ops"][2], state.txn_cache["journal_ops"][4]
-                    unapplied = self.journal_length(end=(generation, end))
-            except BaseException:
-                state.ops, state.pending = [], False
-                self.rows.clear()  # what the write taught may not have landed
-                raise
-            finally:
-                state.journal_only, state.txn_cache = False, {}
+        unsynced: list[int] = []  # the record's descriptor, fsynced once the lock is let go
+        try:
+            with self.journal_held():
+                if self.journal_size() > SETTLE_JOURNAL_BYTES and self.journal_length() > SETTLE_JOURNAL_BYTES:
+                    raise NeedsDatabase("the journal is long: settle it first")  # nobody could settle it
+                self._sync_rows()
+                state.journal_only, state.pending, state.ops = True, False, []
+                state.txn_cache = {"unsynced": unsynced}
+                unapplied = 0
+                try:
+                    result = body(con)
+                    if state.pending:
+                        state.pending = False
+                        if not self.to_journal():
+                            raise NeedsDatabase("too many rows for one journal record")
+                        self._journaled(*state.txn_cache["journal_ops"])
+                        generation, end = state.txn_cache["journal_ops"][2], state.txn_cache["journal_ops"][4]
+                        unapplied = self.journal_length(end=(generation, end))
+                except BaseException:
+                    state.ops, state.pending = [], False
+                    self.rows.clear()  # what the write taught may not have landed
+                    raise
+                finally:
+                    state.journal_only, state.txn_cache = False, {}
+            for fd in unsynced:
+                os.fsync(fd)  # durable before the call returns
+        finally:
+            for fd in unsynced:
+                os.close(fd)
         self._appended = True
         self._settler.poke(urgent=unapplied > HAND_OVER_JOURNAL_BYTES)
         return result

@@ -8,6 +8,7 @@ Real processes on a real workspace in a temporary folder."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections import Counter
 
 import duckdb
@@ -141,4 +142,34 @@ def test_settles_racing_appends_apply_every_record_once(tmp_path, workers):
     assert reads > 10 and len(acked) > 100
     assert set(counts) == set(acked)
     assert max(counts.values()) == 1, [p for p, n in counts.items() if n > 1][:5]
+    store.close()
+
+
+def test_an_append_is_fsynced_after_the_journal_lock_is_let_go_and_before_the_call_returns(tmp_path, monkeypatch):
+    """Appenders taking turns do not wait for each other's fsync (one flushes every
+    record written before it), but nobody is told a write is done before its record is
+    on disk. Watched, not replaced: the real fsync and the real lock run."""
+    import os
+
+    ws = tmp_path / "ws"
+    store, pipeline_id = _pipeline(ws, idle=60)
+    journal = (ws / "store.duckdb.journal").resolve()
+    events = []
+    real_fsync, real_release = os.fsync, store._db.journal_lock.release
+
+    def fsync(fd):
+        real_fsync(fd)
+        if Path(os.readlink(f"/proc/self/fd/{fd}")) == journal:
+            events.append("journal fsynced")
+
+    def release():
+        real_release()
+        events.append("journal lock let go")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(store._db.journal_lock, "release", release)
+    store.save_prediction(pipeline_id, val_score=1.0, y_true=[1.0], y_pred=[1.0])
+    events.append("returned")
+    assert events == ["journal lock let go", "journal fsynced", "returned"]
+    monkeypatch.undo()
     store.close()
