@@ -173,3 +173,23 @@ def test_an_append_is_fsynced_after_the_journal_lock_is_let_go_and_before_the_ca
     assert events == ["journal lock let go", "journal fsynced", "returned"]
     monkeypatch.undo()
     store.close()
+
+
+@pytest.mark.timeout(60)
+def test_an_append_that_waits_too_long_names_the_journal_and_its_holder(tmp_path, workers):
+    """A batch holds both locks; an append waits for the journal's, and past the lock
+    timeout says whose it is and who holds it. Nothing is appended."""
+    from storage import LockTimeoutError
+
+    ws = tmp_path / "ws"
+    store, pipeline_id = _pipeline(ws, idle=60, lock_timeout=1)
+    holder = workers("holder", workspace=str(ws), pipeline_id=pipeline_id, hold=20)
+    start_together([holder])
+    holder.expect("held")
+    with pytest.raises(LockTimeoutError, match=rf"the journal of workspace {ws} is locked.*pid {holder.pid}"):
+        store.save_prediction(pipeline_id, val_score=1.0, y_true=[1.0], y_pred=[1.0])
+    assert journal_records(ws) == 0
+    holder.kill()
+    store.save_prediction(pipeline_id, val_score=1.0, y_true=[1.0], y_pred=[1.0])
+    assert store.query_predictions().height == 1
+    store.close()
