@@ -163,9 +163,10 @@ class Connector(AppendsMixin):
         self._appended = False  # this process made journal-only writes (settled at close)
         self._settler = Settler(self._settle_if_free, lambda: self.idle)
         # Committed records waiting in the journal: `unsettled()` says whether there are
-        # any, `settle(con)` moves them into place, `journal_length()` is the journal's
-        # size in bytes. `journal` is what this process knows: False (settled), True, or
-        # None (unknown).
+        # any, `settle(con)` moves them into place, `journal_length()` is the bytes of
+        # records not yet applied (past the noted applied offset). `journal` is what this
+        # process knows, for one call: False (settled), True (it journaled under the
+        # workspace lock: settled when it lets go), or None (unknown).
         self.unsettled: Callable[[], bool] | None = None
         self.settle: Callable[[duckdb.DuckDBPyConnection], None] | None = None
         self.journal_length: Callable[..., int] | None = None
