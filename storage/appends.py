@@ -158,7 +158,7 @@ class AppendsMixin:
         unsynced: list[int] = []  # the record's descriptor, fsynced once the lock is let go
         try:
             with self.journal_held():
-                if self.journal_size() > SETTLE_JOURNAL_BYTES and self.journal_length() > SETTLE_JOURNAL_BYTES:
+                if self._journal_past(SETTLE_JOURNAL_BYTES):
                     raise NeedsDatabase("the journal is long: settle it first")  # nobody could settle it
                 self._sync_rows()
                 state.journal_only, state.pending, state.ops = True, False, []
@@ -171,7 +171,7 @@ class AppendsMixin:
                         if not self.to_journal():
                             raise NeedsDatabase("too many rows for one journal record")
                         self._journaled(*state.txn_cache["journal_ops"])
-                        generation, end = state.txn_cache["journal_ops"][2], state.txn_cache["journal_ops"][4]
+                        *_, generation, _, end = state.txn_cache["journal_ops"]
                         unapplied = self.journal_length(end=(generation, end))
                 except BaseException:
                     state.ops, state.pending = [], False
@@ -235,7 +235,12 @@ class AppendsMixin:
 
     def _journal_is_long(self) -> bool:
         return (self.journal is not False and self._mode == "exclusive" and self.settle is not None
-                and self.journal_length is not None and self.journal_length() > SETTLE_JOURNAL_BYTES)
+                and self._journal_past(SETTLE_JOURNAL_BYTES))
+
+    def _journal_past(self, bound: int) -> bool:
+        """Whether more than `bound` bytes of the journal are not yet applied: a stat of
+        the file first, which bounds them, and only past it the applied note."""
+        return self.journal_size() > bound and self.journal_length() > bound
 
     def _settle_if_free(self) -> bool:
         """The settler's turn (storage/settler.py): settle the journal if the workspace

@@ -649,12 +649,10 @@ class Connector(AppendsMixin):
             return
         if self._instance is not None:
             _LEAKED_CONNECTIONS.append(self._instance)
-        forget = getattr(self.lock, "forget_after_fork", None)
-        if forget:
-            forget()
-        forget = getattr(self.journal_lock, "forget_after_fork", None)
-        if forget:
-            forget()
+        for lock in (self.lock, self.journal_lock):
+            forget = getattr(lock, "forget_after_fork", None)
+            if forget:
+                forget()
         self._instance, self._con, self._mode, self._in_transaction, self._active = None, None, None, False, 0
         self._db_transaction = False
         self.rows, self._rows_epoch = {}, -1

@@ -26,8 +26,9 @@ log = logging.getLogger("nirsflow.storage")
 
 class Settler:
     def __init__(self, settle: Callable[[], bool], quiet: Callable[[], float]) -> None:
-        """`settle()` settles if it can (False: the workspace was busy, try later); `quiet()` is the seconds to wait after an append
-        before settling what is left (the connection's idle window)."""
+        """`settle()` settles if it can (False: the workspace was busy, try later);
+        `quiet()` is the seconds to wait after an append before settling what is left
+        (the connection's idle window)."""
         self._settle = settle
         self._quiet = quiet
         self._lock = threading.Lock()  # guards the fields below; never held while settling

@@ -5,7 +5,8 @@ Inserts of new rows and a pipeline's completion are buffered as journal operatio
 transaction ends having made nothing but buffered writes, and not too many, they commit
 as one record of the journal file (``storage/journal_file.py``); otherwise (a large
 batch, or any other statement ran in between) they are applied to their tables, one
-appender flush per table, before that statement and before the commit. So a read inside a batch still sees the batch's rows.
+appender flush per table, before that statement and before the commit. So a read
+inside a batch still sees the batch's rows.
 
 A lookup that misses (a pipeline a buffered or journaled write created, forgotten after
 a rollback) applies the journal and the buffer first and looks again: nothing is ever
