@@ -16,7 +16,8 @@ import yaml
 from flows.schedules import DeploymentConfigError, load_deployments_config
 from flows.train import train
 from storage import WorkspaceStore
-from tests.flows.conftest import GRID_2, OTHER_GRID, REPO, SPLIT, wait_for
+from tests.flows.conftest import GRID_2, OTHER_GRID, REPO, SPLIT
+from tests.waiting import wait_for
 
 HAS_SCORE_INBOX = importlib.util.find_spec("flows.score_inbox") is not None
 SLOW_GRID = [SPLIT, {"_or_": ["SNV", "MSC", None]},

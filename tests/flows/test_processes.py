@@ -12,7 +12,8 @@ import pytest
 from flows.maintenance import reconcile
 from flows.train import train
 from storage import WorkspaceStore
-from tests.flows.conftest import GRID_2, SPLIT, start_flow_process, train_code, wait_for
+from tests.flows.conftest import GRID_2, SPLIT, start_flow_process, train_code
+from tests.waiting import wait_for
 
 # Long enough to be interrupted half-way: 16 pipelines x 3 folds.
 LONG_GRID = [SPLIT, {"_or_": ["SNV", None]},

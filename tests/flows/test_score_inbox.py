@@ -24,7 +24,8 @@ from nirs.errors import SpectraFileError
 from tasks.scoring import (FileStat, InboxFile, LoadedChain, ScoreJob, ScoringLock, describe_problem, result_paths,
                            scan_inbox, score_file)
 from tests.conftest import copy_fitted_by
-from tests.flows.conftest import start_flow_process, wait_for
+from tests.flows.conftest import start_flow_process
+from tests.waiting import wait_for
 from tests.flows.scoring_fixtures import Inbox, inbox, scoring_chains, sha256_file  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(300)

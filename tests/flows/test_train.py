@@ -10,7 +10,8 @@ import pytest
 
 from flows.train import train
 from storage import PipelineLibrary, WorkspaceStore
-from tests.flows.conftest import GRID_2, GRID_WITH_FAILURE, SPLIT, wait_for
+from tests.flows.conftest import GRID_2, GRID_WITH_FAILURE, SPLIT
+from tests.waiting import wait_for
 
 
 def _flow_run_id(state) -> str:

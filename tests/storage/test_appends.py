@@ -18,6 +18,7 @@ import pytest
 from storage import WorkspaceStore
 from storage.connection import HAND_OVER_JOURNAL_BYTES
 from tests.storage.test_journal import journal_records
+from tests.waiting import wait_for
 from tests.storage.worker_pool import start_together
 
 
@@ -33,15 +34,6 @@ def _stored_ids(ws) -> list[str]:
     """Prediction ids in the tables, read with DuckDB alone (no settling)."""
     with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
         return [r[0] for r in con.execute("SELECT prediction_id FROM predictions").fetchall()]
-
-
-def _until(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 @pytest.mark.timeout(90)
@@ -96,7 +88,8 @@ def test_the_background_settler_empties_a_long_journal_without_a_call(tmp_path):
         ids.append(store.save_prediction(pipeline_id, val_score=0.5, y_true=x, y_pred=x))
     # the idle window is a minute: only the journal's length makes it settle now, and it
     # lets the workspace go again
-    assert _until(lambda: journal_records(ws) == 0 and not store._db.is_open, 10), "not settled"
+    wait_for(lambda: journal_records(ws) == 0 and not store._db.is_open, 10, "the long journal settled",
+             interval=0.02)
     assert sorted(_stored_ids(ws)) == sorted(ids)
     store.close()
 
@@ -111,7 +104,8 @@ def _three_appends(ws, idle: float) -> tuple[WorkspaceStore, list[str]]:
 def test_what_a_quiet_process_appended_is_settled_after_its_idle_window(tmp_path):
     ws = tmp_path / "ws"
     store, ids = _three_appends(ws, idle=0.2)
-    assert _until(lambda: journal_records(ws) == 0 and not store._db.is_open, 10)
+    wait_for(lambda: journal_records(ws) == 0 and not store._db.is_open, 10, "the quiet journal settled",
+             interval=0.02)
     assert sorted(_stored_ids(ws)) == sorted(ids)
     store.close()
 

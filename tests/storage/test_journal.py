@@ -20,6 +20,7 @@ from storage import InvalidInputError, NotFoundError, WorkspaceStore, arrays, sc
 from storage.journal_file import JournalFile
 from tests.storage.store_worker import fitted, probe_input, save_fitted_chain, save_seeded_prediction, score_of
 from tests.storage.test_processes import assert_prediction_content, read_acks
+from tests.waiting import wait_for
 
 
 def journal_records(ws: Path) -> int:
@@ -403,10 +404,7 @@ def _turn(store, pipeline_id: str, calls: int) -> int:
     records after it."""
     for _ in range(calls):
         store.save_prediction(pipeline_id, val_score=0.5, y_true=np.zeros(3), y_pred=np.ones(3))
-    deadline = time.monotonic() + 10
-    while not store._db._settler.quiescent():
-        assert time.monotonic() < deadline, "the settle asked for never ended"
-        time.sleep(0.01)
+    wait_for(store._db._settler.quiescent, 10, "the settle asked for to end", interval=0.01)
     return journal_records(store.path)
 
 
