@@ -30,7 +30,7 @@ from .maintenance import MaintenanceMixin
 from .predictions import PredictionsMixin
 from .records import RecordsMixin
 from .aliases import AliasesMixin
-from .scoring import ScoringMixin
+from .scored_files import ScoringMixin
 from .versions import unloadable_in_chain
 from .check import CheckMixin
 from . import journal, schema
