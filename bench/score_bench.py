@@ -103,25 +103,25 @@ def write_big(path: Path, gigabytes: float, seed: int = 1) -> int:
 
 
 def plain_loop(workspace: Path, chain_id: str, files: list[Path], out: Path) -> tuple[float, int]:
-    """Read, replay, write: no Prefect, no store (the chain is loaded once beforehand)."""
+    """Read, replay, write: no Prefect, no records (the chain and its artifacts are loaded
+    beforehand, by a first replay)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from nirs.readers import read_spectra
     from storage import WorkspaceStore
-    from tasks.scoring import LoadedChain
 
-    with WorkspaceStore(workspace) as store:
-        chain = LoadedChain.from_store(store, chain_id, "tablet", "production")
     out.mkdir(parents=True, exist_ok=True)
-    started, n = time.perf_counter(), 0
-    for p in files:
-        ds = read_spectra(p)
-        pred, _ = chain.predict(ds.X, ds.wavelengths)
-        pq.write_table(pa.table({"sample_id": ds.sample_ids.astype(str).tolist(), "prediction": pred,
-                                 "chain_id": [chain_id] * len(pred)}), out / f"{p.stem}.parquet")
-        n += len(pred)
-    return time.perf_counter() - started, n
+    with WorkspaceStore(workspace, idle=600) as store:
+        store.replay_chain(chain_id, read_spectra(files[0]).X[:1])
+        started, n = time.perf_counter(), 0
+        for p in files:
+            ds = read_spectra(p)
+            pred = store.replay_chain(chain_id, ds.X, ds.wavelengths)
+            pq.write_table(pa.table({"sample_id": ds.sample_ids.astype(str).tolist(), "prediction": pred,
+                                     "chain_id": [chain_id] * len(pred)}), out / f"{p.stem}.parquet")
+            n += len(pred)
+        return time.perf_counter() - started, n
 
 
 BIG_CODE = """

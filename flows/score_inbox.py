@@ -78,10 +78,10 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
-from storage import WorkspaceStore
+from storage import ReplayableChain, WorkspaceStore
 from storage.errors import InvalidInputError, NotFoundError
 from tasks.reporting import Progress
-from tasks.scoring import (FileChanged, InboxFile, LoadedChain, ScoreJob, ScoringLock,
+from tasks.scoring import (FileChanged, InboxFile, ScoreJob, ScoringLock,
                            discover, move_file, plan_destination, result_paths, same_bytes_exists,
                            score_file_task, sha256_of, sweep_partials, write_note)
 
@@ -138,7 +138,7 @@ class InboxRun:
         self.id_column, self.window = id_column, max(1, window)
         self.flow_run_id, self.log = flow_run_id, logger
         self.tally = Tally()
-        self.chains: dict[tuple[str, str], LoadedChain | None] = {}
+        self.chains: dict[tuple[str, str], ReplayableChain | None] = {}
         self.unloadable: dict[tuple[str, str], str] = {}  # why a chain above is None
         self.pending: deque = deque()
         self.followers: dict[str, list[InboxFile]] = {}  # same bytes as a file being scored
@@ -196,18 +196,18 @@ class InboxRun:
             return
         result, csv_path = result_paths(self.root, f, sha, self.csv)
         job = ScoreJob(f, sha, result, csv_path, chunk_rows=self.chunk_rows, chunk_bytes=self.chunk_bytes,
-                       id_column=self.id_column)
+                       id_column=self.id_column, alias=self.alias)
         future = score_file_task.submit(f.rel, quote(job), quote(chain))
         self.followers[sha] = []
         self.pending.append((job, future))
         if len(self.pending) >= self.window:
             self.finish_ready()
 
-    def loaded(self, chain_id: str, dataset: str) -> LoadedChain | None:
+    def loaded(self, chain_id: str, dataset: str) -> ReplayableChain | None:
         key = (chain_id, dataset)
         if key not in self.chains:
             try:
-                self.chains[key] = LoadedChain.from_store(self.store, chain_id, dataset, self.alias)
+                self.chains[key] = self.store.load_chain(chain_id)
             except Exception as exc:  # noqa: BLE001 - e.g. a corrupt artifact: reported, not loaded
                 self.unloadable[key] = f"{type(exc).__name__}: {exc}"
                 self.log.error("chain %s (%s/%s) cannot be loaded: %s", chain_id, dataset, self.alias,

@@ -7,7 +7,7 @@ Wavelength-aware operators: one protocol
 ----------------------------------------
 Some operators need the wavelength grid (cropping by a wavelength range, resampling onto a
 new grid). They follow one protocol, used identically when fitting (`nirs.training`) and when
-a stored chain is replayed (storage duck-types it, it never imports `nirs`):
+a stored chain is replayed (through `nirs.replay`, the one module of `nirs` storage imports):
 
 * the class attribute ``requires_wavelengths = True``;
 * ``fit(X, y=None, *, wavelengths)`` and ``transform(X, *, wavelengths)`` take the grid of
@@ -16,9 +16,9 @@ a stored chain is replayed (storage duck-types it, it never imports `nirs`):
   use fitted state).
 
 For every other transformer the grid passes through unchanged when the feature count is
-unchanged, and becomes None (unknown) otherwise. `transform_with_grid` and
-`fit_transform_with_grid` implement exactly this; anything that replays a chain must do the
-same. Any scikit-learn transformer works in a pipeline.
+unchanged, and becomes None (unknown) otherwise. `transform_with_grid` (the replay rule's,
+`nirs.replay`, re-exported here) and `fit_transform_with_grid` implement exactly this, for
+training and replay alike. Any scikit-learn transformer works in a pipeline.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from scipy.signal import savgol_filter
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from numbers import Integral, Real
+
+from nirs.replay import require_grid, transform_with_grid
 
 __all__ = [
     "SNV",
@@ -42,45 +44,7 @@ __all__ = [
 ]
 
 
-# -- the grid protocol ---------------------------------------------------------------------
-
-
-def _requires_grid(op) -> bool:
-    return bool(getattr(op, "requires_wavelengths", False))
-
-
-def _grid_after(op, X_in, X_out, wavelengths):
-    if _requires_grid(op):
-        grid = np.asarray(op.output_wavelengths(wavelengths), dtype=np.float64)
-        if grid.shape[0] != X_out.shape[1]:
-            raise ValueError(
-                f"{type(op).__name__}.output_wavelengths gave {grid.shape[0]} wavelengths "
-                f"for {X_out.shape[1]} output columns"
-            )
-        return grid
-    if wavelengths is not None and X_out.shape[1] == X_in.shape[1]:
-        return wavelengths
-    return None
-
-
-def _need_grid(op, wavelengths):
-    if wavelengths is None:
-        raise ValueError(
-            f"{type(op).__name__} works on wavelengths, but none are known here: the data has no "
-            "wavelength grid, or an earlier step changed the number of features"
-        )
-
-
-def transform_with_grid(op, X, wavelengths):
-    """Apply a fitted transformer; return (X_out, grid_out) following the module's protocol."""
-    X = np.asarray(X)
-    if _requires_grid(op):
-        _need_grid(op, wavelengths)
-        out = op.transform(X, wavelengths=wavelengths)
-    else:
-        out = op.transform(X)
-    out = np.asarray(out)
-    return out, _grid_after(op, X, out, wavelengths)
+# -- the grid protocol (applying a fitted step is the replay rule's: nirs/replay.py) ------------
 
 
 def fit_transform_with_grid(op, X, y, wavelengths):
@@ -90,8 +54,8 @@ def fit_transform_with_grid(op, X, y, wavelengths):
     another formula, and training predictions should come from the same arithmetic as replay.
     """
     X = np.asarray(X)
-    if _requires_grid(op):
-        _need_grid(op, wavelengths)
+    if getattr(op, "requires_wavelengths", False):
+        require_grid(op, wavelengths)
         op.fit(X, y, wavelengths=wavelengths)
     else:
         op.fit(X, y)

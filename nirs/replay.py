@@ -1,59 +1,212 @@
-"""Apply fitted steps to new spectra, by the replay rule written down in `nirs.trace`.
+"""The replay rule: how fitted steps turn spectra into predictions. One module, numpy only.
 
-Training uses these same functions for every prediction it records, so a chain that storage
-replays by the same rule reproduces the training-time predictions.
+Training (`nirs.training`) computes every prediction it records with these functions, and
+storage replays a stored chain with them (`storage.replay.ReplayableChain`), so a stored
+chain gives back its training-time predictions. Storage imports this module and
+`nirs.trace`, nothing else of `nirs`; so it imports numpy alone (tests/test_boundaries.py).
+
+The rule, for new spectra X:
+
+1. The input (`fit_to_grid`): a numeric, finite 2-D matrix. Given with its wavelength
+   grid, a grid other than the training grid is resampled onto it by linear interpolation
+   when it covers the trained range, and refused when it does not (no extrapolation).
+   Grids are the same when every wavelength agrees within GRID_RTOL of the largest one:
+   wavelengths read back from file headers carry their printing's rounding, and an
+   absolute 1e-9 resampled grids that were the same. Then the number of columns must be
+   the trained one.
+2. The folds (`replay_folds`): the "refit" model alone when there is one, otherwise every
+   cross-validation fold.
+3. Each fold: its transformer steps in order (`transform_with_grid`: wavelength-aware
+   operators, ``requires_wavelengths = True``, get the grid as ``wavelengths=`` and say
+   the grid after them through ``output_wavelengths``; other transformers keep the grid
+   when they keep the width, and drop it otherwise), then its model (`fold_output`):
+   * regression: ``predict`` as (n, k) columns, passed back through the target scaler's
+     ``inverse_transform`` when there is one; one column comes back as (n,), several stay
+     (n, k) (a multi-output model's columns are never flattened into one vector);
+   * classification: ``predict_proba`` aligned to the chain's classes through the model's
+     ``classes_`` (a class the fold never saw gets 0), or the one-hot of ``predict`` for a
+     model without ``predict_proba``.
+4. Combined (`combine`): sum(w_f * out_f) / sum(w_f), equal weights unless given; a
+   classifier's label is the class of highest mean probability, in its original type
+   (`labels_from_proba`).
 """
 
 from __future__ import annotations
 
+from typing import Any, Iterable, Sequence
+
 import numpy as np
 
-from nirs.operators import transform_with_grid
+__all__ = ["GRID_RTOL", "ReplayError", "same_grid", "covers", "grid_text", "as_spectra", "check_input",
+           "resample", "fit_to_grid", "require_grid", "transform_with_grid", "fold_output", "replay_folds",
+           "combine", "labels_from_proba", "predict_fold", "replay"]
+
+#: Two grids are the same when each wavelength agrees within this fraction of the largest.
+GRID_RTOL = 1e-6
 
 
-def _steps_of(steps, kind):
-    return [s for s in steps if s.kind == kind]
+class ReplayError(ValueError):
+    """Spectra that cannot be replayed through a chain. ``problem``, ``expected`` and
+    ``found`` say it as data (for notes and the UI); they survive pickling."""
+
+    def __init__(self, message: str, *, problem: str | None = None, expected: str | None = None,
+                 found: str | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem or message
+        self.expected, self.found = expected, found
 
 
-def transform(steps, fold_id: str, X, wavelengths=None):
-    """X after every "transformer" step fitted on `fold_id`; returns (X, grid)."""
-    Xf, grid = np.asarray(X, dtype=np.float64), wavelengths
-    for step in _steps_of(steps, "transformer"):
-        Xf, grid = transform_with_grid(step.fitted[fold_id], Xf, grid)
-    return Xf, grid
+# -- 1. the input -------------------------------------------------------------------------
+def _tolerance(grid: np.ndarray) -> float:
+    return GRID_RTOL * max(1.0, float(np.abs(grid).max()))
 
 
-def align_proba(proba, model_classes, classes) -> np.ndarray:
-    """Columns of `proba` (in the model's class order) moved into `classes` order; classes the
-    model never saw get zeros."""
-    index = {c: j for j, c in enumerate(classes)}
-    out = np.zeros((proba.shape[0], len(classes)), dtype=np.float64)
-    for k, c in enumerate(np.asarray(model_classes).tolist()):
-        out[:, index[c]] = proba[:, k]
-    return out
+def same_grid(a, b) -> bool:
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    return a.shape == b.shape and bool(np.all(np.abs(a - b) <= _tolerance(b)))
 
 
-def predict_fold(steps, fold_id: str, X, wavelengths, task_type: str, classes=None):
-    """One fold's output on X: regression predictions (n,) in target units, or
-    classification probabilities (n, len(classes)) in `classes` order."""
-    Xf, _ = transform(steps, fold_id, X, wavelengths)
-    (model_step,) = _steps_of(steps, "model")
-    model = model_step.fitted[fold_id]
-    if task_type == "regression":
-        p = np.asarray(model.predict(Xf), dtype=np.float64).ravel()
-        for yt in _steps_of(steps, "y_transformer"):
-            p = np.asarray(yt.fitted[fold_id].inverse_transform(p.reshape(-1, 1)), dtype=np.float64).ravel()
-        return p
-    if hasattr(model, "predict_proba"):
-        return align_proba(np.asarray(model.predict_proba(Xf), dtype=np.float64), model.classes_, classes)
-    labels = np.asarray(model.predict(Xf)).tolist()
-    index = {c: j for j, c in enumerate(classes)}
-    onehot = np.zeros((len(labels), len(classes)), dtype=np.float64)
-    onehot[np.arange(len(labels)), [index[c] for c in labels]] = 1.0
-    return onehot
+def covers(grid, target) -> bool:
+    """Whether `grid` spans `target`'s range, so `target` can be interpolated from it."""
+    grid, target = np.asarray(grid, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    tol = _tolerance(target)
+    return float(grid.min()) <= float(target.min()) + tol and float(grid.max()) >= float(target.max()) - tol
 
 
-def combine(outputs: list, weights: list | None = None) -> np.ndarray:
+def grid_text(grid) -> str:
+    grid = np.asarray(grid, dtype=np.float64)
+    return f"{grid.size} wavelengths, {float(grid.min()):g}-{float(grid.max()):g}"
+
+
+def _range(grid: np.ndarray) -> str:
+    return f"{float(grid.min()):g}-{float(grid.max()):g}"
+
+
+def as_spectra(X) -> np.ndarray:
+    """X as a float matrix (one spectrum: one row), or ReplayError naming what is wrong."""
+    try:
+        X = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ReplayError(f"X must be a numeric matrix: {exc}") from exc
+    if X.ndim == 1:
+        X = X.reshape(1, -1)
+    if X.ndim != 2:
+        raise ReplayError(f"X must be 2-D (samples x wavelengths), got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        rows, cols = np.nonzero(~np.isfinite(X))
+        raise ReplayError(f"X has {rows.size} NaN or infinite values (first at row {rows[0]}, column {cols[0]})")
+    return X
+
+
+def check_input(trained, n_features: int | None, wavelengths, n_columns: int,
+                name: str = "the chain") -> np.ndarray | None:
+    """Whether spectra of `n_columns` columns on grid `wavelengths` (None: not known) can
+    be replayed through a chain trained on grid `trained` with `n_features` columns (either
+    may be None: not recorded). Returns the grid to resample from, or None when the
+    spectra are used as they are; raises ReplayError with expected and found otherwise."""
+    if trained is not None and wavelengths is not None:
+        trained = np.asarray(trained, dtype=np.float64)
+        grid = np.asarray(wavelengths, dtype=np.float64).ravel()
+        if grid.size != n_columns:
+            raise ReplayError(f"wavelengths has {grid.size} values but X has {n_columns} columns",
+                              expected=f"{n_columns} wavelengths", found=f"{grid.size} wavelengths")
+        if same_grid(grid, trained):
+            return None
+        if covers(grid, trained):
+            return grid
+        ranges = (f"the new wavelength grid ({_range(grid)}) does not cover the trained range "
+                  f"({_range(trained)})")
+        if grid.size != trained.size:
+            problem = (f"wrong number of wavelengths: {grid.size} where {name} was trained on {trained.size}, "
+                       f"and {ranges}, so it cannot be resampled")
+        else:
+            problem = f"{ranges}; refusing to extrapolate"
+        raise ReplayError(problem, expected=f"{grid_text(trained)} (the grid {name} was trained on)",
+                          found=grid_text(grid))
+    if n_features is not None and n_columns != n_features:
+        problem = f"wrong number of wavelengths: X has {n_columns} features but {name} was trained on {n_features}"
+        raise ReplayError(f"{problem}; give its wavelength grid to resample it from another grid", problem=problem,
+                          expected=f"{n_features} wavelength columns", found=f"{n_columns} wavelength columns")
+    return None
+
+
+def resample(X: np.ndarray, grid, target) -> np.ndarray:
+    """Every spectrum linearly interpolated from `grid` onto `target` (never extrapolated)."""
+    grid, target = np.asarray(grid, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    if not covers(grid, target):
+        raise ReplayError(f"the new wavelength grid ({_range(grid)}) does not cover the trained range "
+                          f"({_range(target)}); refusing to extrapolate")
+    order = np.argsort(grid)
+    grid, X = grid[order], X[:, order]
+    return np.vstack([np.interp(target, grid, row) for row in X])
+
+
+def fit_to_grid(X, trained, n_features: int | None, wavelengths=None,
+                name: str = "the chain") -> np.ndarray:
+    """X checked (`as_spectra`, `check_input`) and on the training grid."""
+    X = as_spectra(X)
+    source = check_input(trained, n_features, wavelengths, X.shape[1], name)
+    return X if source is None else resample(X, source, trained)
+
+
+# -- 3. one fold ------------------------------------------------------------------------------
+def require_grid(op: Any, wavelengths) -> None:
+    if wavelengths is None:
+        raise ReplayError(f"{type(op).__name__} works on wavelengths, but none are known here: the data has no "
+                          "wavelength grid, or an earlier step changed the number of features")
+
+
+def transform_with_grid(op: Any, X, wavelengths):
+    """A fitted transformer applied; returns (X_out, the grid after it, or None)."""
+    X = np.asarray(X)
+    if getattr(op, "requires_wavelengths", False):
+        require_grid(op, wavelengths)
+        out = np.asarray(op.transform(X, wavelengths=wavelengths))
+        grid = np.asarray(op.output_wavelengths(wavelengths), dtype=np.float64)
+        if grid.shape[0] != out.shape[1]:
+            raise ValueError(f"{type(op).__name__}.output_wavelengths gave {grid.shape[0]} wavelengths "
+                             f"for {out.shape[1]} output columns")
+        return out, grid
+    out = np.asarray(op.transform(X))
+    return out, (wavelengths if wavelengths is not None and out.shape[1] == X.shape[1] else None)
+
+
+def _plain(label: Any) -> Any:
+    return label.item() if isinstance(label, np.generic) else label
+
+
+def fold_output(model: Any, X: np.ndarray, task_type: str, classes: Sequence | None = None,
+                y_transformers: Iterable[Any] = ()) -> np.ndarray:
+    """One fold model's output on transformed X: regression predictions in target units,
+    (n,) or (n, k); or class probabilities (n, len(classes)) in `classes` order."""
+    n = len(X)
+    if task_type == "classification":
+        index = {_plain(c): j for j, c in enumerate(classes)}
+        out = np.zeros((n, len(index)), dtype=np.float64)
+        if hasattr(model, "predict_proba"):
+            proba = np.asarray(model.predict_proba(X), dtype=np.float64)
+            for k, label in enumerate(np.asarray(getattr(model, "classes_", classes)).tolist()):
+                out[:, index[label]] = proba[:, k]
+        else:
+            out[np.arange(n), [index[label] for label in np.asarray(model.predict(X)).tolist()]] = 1.0
+        return out
+    pred = np.asarray(model.predict(X), dtype=np.float64).reshape(n, -1)
+    for scaler in y_transformers:
+        pred = np.asarray(scaler.inverse_transform(pred), dtype=np.float64).reshape(n, -1)
+    return pred[:, 0] if pred.shape[1] == 1 else pred
+
+
+# -- 2 and 4. which folds, and how they combine ------------------------------------------------
+def replay_folds(folds: Iterable[str], refit: bool, name: str = "the chain") -> list[str]:
+    folds = list(folds)
+    if refit:
+        if "refit" not in folds:
+            raise ReplayError(f"{name} says refit but has no 'refit' fold")
+        return ["refit"]
+    return [f for f in folds if f != "refit"] or folds
+
+
+def combine(outputs: list, weights: Sequence[float] | None = None) -> np.ndarray:
     """sum(w_f * out_f) / sum(w_f), equal weights when `weights` is None."""
     w = [1.0] * len(outputs) if weights is None else [float(x) for x in weights]
     acc = w[0] * outputs[0]
@@ -71,27 +224,26 @@ def labels_from_proba(proba: np.ndarray, classes, dtype=None) -> np.ndarray:
     return labels[np.argmax(proba, axis=1)]
 
 
-def replay(trace, X, wavelengths=None):
-    """Predict X with a trace's fitted steps, combined by the replay rule.
+# -- the rule on a training trace (nirs.trace.ExecutionTrace) ------------------------------------
+def predict_fold(steps, fold_id: str, X, wavelengths, task_type: str, classes=None) -> np.ndarray:
+    """One fold's output on X (`fold_output`), from a trace's steps (`FittedStep`s)."""
+    Xf, grid = np.asarray(X, dtype=np.float64), wavelengths
+    for step in steps:
+        if step.kind == "transformer":
+            Xf, grid = transform_with_grid(step.fitted[fold_id], Xf, grid)
+    (model,) = [s.fitted[fold_id] for s in steps if s.kind == "model"]
+    y_transformers = [s.fitted[fold_id] for s in steps if s.kind == "y_transformer"]
+    return fold_output(model, Xf, task_type, classes, y_transformers)
 
-    Returns (y_pred, y_proba); y_proba is None for regression. The grid must be the
-    training grid (storage resamples other grids first; this function does not).
-    """
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[1] != trace.n_features:
-        raise ValueError(f"X has {X.shape[-1]} features; the chain was trained on {trace.n_features}")
-    grid = trace.wavelengths
-    if wavelengths is not None and grid is not None:
-        given = np.asarray(wavelengths, dtype=np.float64).ravel()
-        if given.shape != grid.shape or not np.allclose(given, grid, rtol=0, atol=1e-9):
-            raise ValueError(
-                f"X is on grid {given[0]:g}-{given[-1]:g} ({given.size} points); the chain was trained on "
-                f"{grid[0]:g}-{grid[-1]:g} ({grid.size} points); resample X onto the training grid first"
-            )
-    folds = ["refit"] if trace.refit else list(trace.fold_ids)
-    weights = None if trace.fold_weights is None else [trace.fold_weights[f] for f in folds]
-    outputs = [predict_fold(trace.steps, f, X, grid, trace.task_type, trace.classes) for f in folds]
-    combined = combine(outputs, None if trace.refit else weights)
+
+def replay(trace, X, wavelengths=None):
+    """Predict X with a trace's fitted steps by the rule. Returns (y_pred, y_proba);
+    y_proba is None for regression."""
+    X = fit_to_grid(X, trace.wavelengths, trace.n_features, wavelengths, "the trace")
+    folds = replay_folds([*trace.fold_ids, *(["refit"] if trace.refit else [])], trace.refit)
+    weights = None if trace.fold_weights is None else [trace.fold_weights.get(f, 1.0) for f in folds]
+    outputs = [predict_fold(trace.steps, f, X, trace.wavelengths, trace.task_type, trace.classes) for f in folds]
+    combined = combine(outputs, weights)
     if trace.task_type == "regression":
         return combined, None
     return labels_from_proba(combined, trace.classes), combined

@@ -1,19 +1,9 @@
 """The execution trace: what training hands to storage (`storage.ChainBuilder` reads it by
 duck typing, so these attribute names are a contract; add fields, never rename them).
 
-Replay rule, which `nirs.replay` implements and storage implements again on its side: for
-each fold f in (["refit"] if refit else fold_ids), start from X on the training grid
-(`wavelengths`; spectra on another grid are resampled onto it first); apply
-every "transformer" step's `fitted[f]` in order (passing `wavelengths=` to those with
-`requires_wavelengths`, updating the grid per `nirs.operators`' protocol); then
-
-* regression: p_f = model.predict(X_f).ravel(), passed through the y_transformer's
-  inverse_transform (as a column) when there is one; the result is
-  sum(w_f * p_f) / sum(w_f), equal weights when `fold_weights` is None;
-* classification: the model's predict_proba aligned to `classes` through `model.classes_`
-  (a class the fold never saw gets a 0 column; a model without predict_proba gives the
-  one-hot of its predict); the weighted mean of those is the probability, and
-  classes[argmax] the label.
+How storage replays what it stores: by the replay rule of `nirs.replay`, the same functions
+training computes its predictions with. The vocabulary both sides share lives here:
+the step kinds and the partitions.
 """
 
 from __future__ import annotations

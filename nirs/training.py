@@ -6,8 +6,8 @@ The work splits in three so a flow can spread folds over tasks or processes:
 three in-process.
 
 Transformers and the target scaler are fitted on each fold's training part only. Every
-recorded prediction goes through `nirs.replay`, the replay rule storage also implements,
-so a stored chain replays to the recorded numbers.
+recorded prediction goes through `nirs.replay`, the replay rule storage replays stored
+chains by, so a stored chain replays to the recorded numbers.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _check_test(dataset: SpectraDataset, test: SpectraDataset | None) -> None:
             f"test set {test.name!r} has {test.n_features} features; training set {dataset.name!r} has {dataset.n_features}"
         )
     a, b = dataset.wavelengths, test.wavelengths
-    if (a is None) != (b is None) or (a is not None and not np.allclose(a, b, rtol=0, atol=1e-9)):
+    if (a is None) != (b is None) or (a is not None and not replay.same_grid(a, b)):
         raise ValueError(
             f"test set {test.name!r} has grid {_grid_text(b)}, training set {dataset.name!r} has "
             f"{_grid_text(a)}; resample one onto the other first"

@@ -15,11 +15,12 @@ from .bundles import Bundle, load_bundle
 from .chain_builder import ArtifactRegistry, ChainBuilder, record_trace
 from .library import PipelineLibrary
 from .maintenance import GcResult, VacuumResult, plan_gc
+from .replay import ReplayableChain
 from .workspace import WorkspaceStore
 
 __all__ = [
     "WorkspaceStore", "ChainBuilder", "ArtifactRegistry", "record_trace", "PipelineLibrary",
-    "GcResult", "VacuumResult", "plan_gc",
+    "GcResult", "VacuumResult", "plan_gc", "ReplayableChain",
     "StoreError", "InvalidInputError", "NotFoundError", "WorkspaceError", "WorkspaceCorruptError",
     "SchemaVersionError", "LockTimeoutError", "ArtifactIntegrityError", "ArtifactLoadError", "ReplayError",
     "load_bundle", "Bundle", "BundleError", "BundleIntegrityError", "BundleTrustError",

@@ -63,10 +63,10 @@ from typing import Any, Callable, Iterable
 import joblib
 import numpy as np
 
-from . import replay as replaying
 from .artifacts import FORMATS
 from .atomic import atomic_path, fsync_folder
 from .chains import FOLD_STRATEGIES, referenced_artifacts
+from .replay import ReplayableChain
 from .versions import major_minor, sklearn_mismatch
 from .errors import (BundleError, BundleIntegrityError, BundleTrustError, BundleVersionError,
                      BundleVersionWarning, ReplayError)
@@ -489,7 +489,7 @@ def _check_versions(path: Path, manifest: dict, strict: bool) -> list[str]:
 
 # -- loading ---------------------------------------------------------------------------
 class Bundle:
-    """A loaded bundle: predicts outside any workspace through ``storage.replay``, the
+    """A loaded bundle: predicts outside any workspace through ``ReplayableChain``, the
     code ``WorkspaceStore.replay_chain`` runs, so both give the same numbers."""
 
     def __init__(self, verified: VerifiedBundle) -> None:
@@ -510,6 +510,7 @@ class Bundle:
             except Exception as exc:
                 raise BundleError(f"member {member} of bundle {self.path} cannot be loaded here: "
                                   f"{type(exc).__name__}: {exc}") from exc
+        self._replayable = ReplayableChain(chain, self._objects.__getitem__)
 
     @property
     def task_type(self) -> str | None:
@@ -523,21 +524,14 @@ class Bundle:
     def versions(self) -> dict:
         return dict(self.manifest.get("versions") or {})
 
-    def _load(self, artifact_id: str) -> Any:
-        return self._objects[artifact_id]
-
     def predict(self, X, wavelengths=None) -> np.ndarray:
-        X = replaying.prepare_input(self.chain, X, wavelengths)
-        pred, _ = replaying.run_chain(self.chain, X, self._load)
-        return pred
+        return self._replayable.replay(X, wavelengths)[0]
 
     def predict_proba(self, X, wavelengths=None) -> np.ndarray:
         """Mean class probabilities; columns follow ``bundle.classes``."""
         if self.task_type != "classification":
             raise ReplayError(f"chain {self.chain.get('chain_id')} is a regression chain: it has no probabilities")
-        X = replaying.prepare_input(self.chain, X, wavelengths)
-        _, proba = replaying.run_chain(self.chain, X, self._load)
-        return proba
+        return self._replayable.replay(X, wavelengths)[1]
 
     def __repr__(self) -> str:
         return (f"Bundle({str(self.path)!r}, chain={self.chain.get('chain_id')!r}, "

@@ -6,6 +6,8 @@ expected vs found), so a caller never has to dig through a DuckDB traceback.
 
 from __future__ import annotations
 
+from nirs import replay as replay_rule
+
 
 class StoreError(Exception):
     """Base class of every error the workspace store raises on purpose."""
@@ -40,7 +42,8 @@ class SchemaVersionError(WorkspaceError):
 
 
 class LockTimeoutError(StoreError, TimeoutError):
-    """Waiting for the workspace lock took longer than the configured timeout."""
+    """Waiting for the workspace lock took longer than the configured timeout; the message
+    names the workspace and who holds it."""
 
 
 class ArtifactIntegrityError(StoreError):
@@ -52,8 +55,10 @@ class ArtifactLoadError(StoreError):
     here: a class or module its pickle names is missing or changed (e.g. after an upgrade)."""
 
 
-class ReplayError(StoreError, ValueError):
-    """New data cannot be replayed through a chain (feature count, wavelength grid)."""
+class ReplayError(StoreError, replay_rule.ReplayError):
+    """New data cannot be replayed through a chain (feature count, wavelength grid); the
+    replay rule's own error (``nirs.replay.ReplayError``, a ValueError), said by the store.
+    ``problem``, ``expected`` and ``found`` say it as data."""
 
 
 class BundleError(StoreError):

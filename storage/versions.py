@@ -82,7 +82,9 @@ def warn_on_version_mismatch(chain: dict) -> None:
     """Warn once for a chain about to be replayed under another scikit-learn."""
     message = version_mismatch(chain)
     if message is not None:
-        warnings.warn(message, ChainVersionWarning, stacklevel=4)
+        # the caller of the store's replay_chain: this, Chains._replayable, Chains.replay_chain,
+        # the store's public method
+        warnings.warn(message, ChainVersionWarning, stacklevel=5)
 
 
 def unloadable_in_chain(exc: ArtifactLoadError, chain: dict, context: str = "") -> ArtifactLoadError:

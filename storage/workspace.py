@@ -18,17 +18,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import replay as replaying
 from .artifacts import ArtifactFiles
 from .chains import ChainsMixin
 from .connection import Connector
-from .errors import ArtifactLoadError, WorkspaceCorruptError, WorkspaceError
+from .chains import referenced_artifacts
+from .errors import ArtifactLoadError, ReplayError, WorkspaceCorruptError, WorkspaceError
 from .exports import ExportsMixin
 from .journal_file import JournalFile
 from .locking import FileLock
 from .maintenance import MaintenanceMixin
 from .predictions import PredictionsMixin
 from .records import RecordsMixin
+from .replay import ReplayableChain
 from .aliases import AliasesMixin
 from .scored_files import ScoringMixin
 from .versions import unloadable_in_chain
@@ -144,35 +145,48 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
 
     # -- replay --------------------------------------------------------------------
     def replay_chain(self, chain_id: str, X, wavelengths=None, *, return_proba: bool = False):
-        """Predict new spectra with a stored chain (see ``storage.replay`` for the rule).
+        """Predict new spectra with a stored chain (the rule: ``nirs.replay``).
 
         Returns predictions; for a classifier with ``return_proba=True``, a
         ``(labels, probabilities)`` pair whose columns follow ``get_chain(...)["classes"]``."""
-        chain = self._cached_chain(chain_id)
-        X = replaying.prepare_input(chain, X, wavelengths)
-        pred, proba = replaying.run_chain(chain, X, self._chain_loader(chain))
+        pred, proba = self._replayable(chain_id).replay(X, wavelengths)
         if return_proba:
             if proba is None:
-                raise replaying.ReplayError(f"chain {chain_id} is a regression chain: it has no probabilities")
+                raise ReplayError(f"chain {chain_id} is a regression chain: it has no probabilities")
             return pred, proba
         return pred
 
     def preprocess_chain(self, chain_id: str, X, wavelengths=None, *, fold: str | None = None):
         """``(X, grid)`` after the chain's preprocessing (one fold's), e.g. to plot it."""
-        chain = self._cached_chain(chain_id)
-        X = replaying.prepare_input(chain, X, wavelengths)
-        return replaying.preprocess(chain, X, self._chain_loader(chain), fold)
+        return self._replayable(chain_id).preprocess(X, wavelengths, fold)
 
-    def _chain_loader(self, chain: dict):
-        """artifact id -> the loaded object, cached; an artifact that cannot be loaded here
-        is reported with the chain it belongs to and what fitted it."""
+    def load_chain(self, chain_id: str) -> ReplayableChain:
+        """A stored chain with every fitted artifact it references loaded (and hash-checked)
+        now: it replays without the store, and pickles, so a Prefect task (in this process
+        or another) can score with it while only the flow-run process opens the store."""
+        chain = self.get_chain(chain_id)
+        load = self._chain_loader(chain, cached=False, context="")
+        objects = {a: load(a) for a in sorted(referenced_artifacts(chain["steps"], chain["fold_artifacts"],
+                                                                   chain["shared_artifacts"]))}
+        return ReplayableChain(chain, objects.__getitem__)
+
+    def _replayable(self, chain_id: str) -> ReplayableChain:
+        chain = self._cached_chain(chain_id)
+        return ReplayableChain(chain, self._chain_loader(chain, cached=True,
+                                                         context=f"chain {chain_id} cannot be replayed: "))
+
+    def _chain_loader(self, chain: dict, *, cached: bool, context: str):
+        """artifact id -> the loaded object; an artifact that cannot be loaded here is
+        reported (after `context`) with what fitted the chain."""
         formats = self._chain_formats(chain)
 
         def load(artifact_id: str):
             try:
-                return self._cached_artifact(artifact_id, formats.get(artifact_id))
+                if cached:
+                    return self._cached_artifact(artifact_id, formats.get(artifact_id))
+                return self.files.load(artifact_id, formats.get(artifact_id) or self._artifact_format(artifact_id))
             except ArtifactLoadError as exc:
-                said = unloadable_in_chain(exc, chain, f"chain {chain['chain_id']} cannot be replayed: ")
+                said = unloadable_in_chain(exc, chain, context)
                 raise said from exc.__cause__
 
         return load

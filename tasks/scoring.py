@@ -7,12 +7,13 @@ Who does what:
 * ``discover`` takes two looks at the inbox, ``settle_seconds`` apart, and keeps the
   files whose size, mtime and inode did not change between them.
 * ``sha256_of`` hashes a file and checks it did not change while being hashed.
-* ``LoadedChain`` is a stored chain with its fitted artifacts already loaded (by the flow,
-  from the store, hash-checked). It is what a task gets: tasks never open the store, so
-  they could run in another process; only the flow-run process reads and writes it.
+* ``storage.ReplayableChain`` (``WorkspaceStore.load_chain``) is a stored chain with its
+  fitted artifacts already loaded (by the flow, from the store, hash-checked). It is what
+  a task gets: tasks never open the store, so they could run in another process; only the
+  flow-run process reads and writes it.
 * ``score_file`` (wrapped by the ``score_file_task`` Prefect task) reads a file in
-  chunks, checks its grid against the chain, replays every chunk by the store's replay
-  rule (``storage.replay``, the same functions ``WorkspaceStore.replay_chain`` uses) and
+  chunks, checks its grid against the chain, replays every chunk through it (the class
+  ``WorkspaceStore.replay_chain`` uses, by the one replay rule of ``nirs.replay``) and
   writes the result to a temporary file beside its final name; only a whole, scored file
   whose input did not change meanwhile is renamed into place. It returns an outcome dict:
   ``scored``, ``rejected`` (with a problem that names stage, row, column, expected and
@@ -54,14 +55,12 @@ from prefect.cache_policies import NO_CACHE
 
 from nirs.errors import SpectraFileError, unreadable
 from nirs.readers import JCAMP_SUFFIXES, PARQUET_SUFFIXES, TEXT_SUFFIXES, iter_spectra_chunks
-from storage import replay as replaying
+from storage import ReplayableChain
 from storage.atomic import atomic_path, fsync_folder, write_bytes
-from storage.chains import referenced_artifacts
-from storage.errors import ArtifactLoadError, ReplayError
-from storage.versions import unloadable_in_chain, version_mismatch
+from storage.errors import ReplayError
 
 __all__ = [
-    "InboxFile", "FileStat", "LoadedChain", "ScoreJob", "CheckError", "FileChanged", "ScoringLock",
+    "InboxFile", "FileStat", "ScoreJob", "FileChanged", "ScoringLock",
     "scan_inbox", "discover", "sha256_of", "score_file", "score_file_task", "plan_destination",
     "move_file", "write_note", "sweep_partials", "describe_problem", "result_paths", "SUPPORTED_SUFFIXES",
 ]
@@ -172,91 +171,6 @@ def sha256_of(path: Path, expected: FileStat | None = None) -> str:
     return digest.hexdigest()
 
 
-# -- the chain a task scores with -------------------------------------------------------------
-
-
-class CheckError(ValueError):
-    """The file's spectra do not fit the chain (feature count, wavelength grid)."""
-
-    def __init__(self, problem: str, *, expected: str | None = None, found: str | None = None,
-                 column: str | None = None, row: int | None = None):
-        self.problem, self.expected, self.found, self.column, self.row = problem, expected, found, column, row
-        super().__init__(problem + (f" (expected {expected}; found {found})" if expected or found else ""))
-
-    def __reduce__(self):
-        return (_rebuild_check_error, (self.problem, self.expected, self.found, self.column, self.row))
-
-
-def _rebuild_check_error(problem, expected, found, column, row):
-    return CheckError(problem, expected=expected, found=found, column=column, row=row)
-
-
-def _grid_text(grid: np.ndarray) -> str:
-    return f"{grid.size} wavelengths, {float(grid.min()):g}-{float(grid.max()):g}"
-
-
-@dataclass
-class LoadedChain:
-    """A stored chain with every fitted artifact it references, loaded and hash-checked by
-    the flow-run process. Picklable; replays by ``storage.replay``'s rule."""
-
-    chain: dict
-    artifacts: dict
-    dataset: str
-    alias: str
-
-    @classmethod
-    def from_store(cls, store, chain_id: str, dataset: str, alias: str) -> "LoadedChain":
-        chain = store.get_chain(chain_id)
-        ids = referenced_artifacts(chain["steps"], chain["fold_artifacts"], chain["shared_artifacts"])
-        try:
-            artifacts = {a: store.load_artifact(a) for a in sorted(ids)}
-        except ArtifactLoadError as exc:  # what fitted the chain is the first thing to know
-            raise unloadable_in_chain(exc, chain) from exc.__cause__
-        return cls(chain, artifacts, dataset, alias)
-
-    chain_id = property(lambda self: self.chain["chain_id"])
-
-    @property
-    def version_mismatch(self) -> str | None:
-        """What to tell the user when another scikit-learn fitted this chain."""
-        return version_mismatch(self.chain)
-
-    model_class = property(lambda self: self.chain["model_class"])
-    task_type = property(lambda self: self.chain.get("task_type"))
-    classes = property(lambda self: self.chain.get("classes"))
-
-    def check(self, wavelengths, n_columns: int) -> dict:
-        """Refuse what cannot be replayed, with expected vs found; say what will be resampled."""
-        trained, n_trained = self.chain.get("wavelengths"), self.chain.get("n_features")
-        if trained is not None and wavelengths is not None:
-            grid = np.asarray(wavelengths, dtype=float)
-            if grid.shape == trained.shape and np.allclose(grid, trained, rtol=0,
-                                                           atol=1e-6 * max(1.0, float(np.abs(trained).max()))):
-                return {}
-            tol = 1e-9 * max(1.0, float(np.abs(trained).max()))
-            covers = grid.min() <= trained.min() + tol and grid.max() >= trained.max() - tol
-            if covers:
-                return {"resampled_from": _grid_text(grid)}
-            expected = f"{_grid_text(trained)} (the grid chain {self.chain_id} was trained on)"
-            found = _grid_text(grid)
-            if grid.size != trained.size:
-                raise CheckError(f"wrong number of wavelengths: {grid.size} columns where the chain was trained "
-                                 f"on {trained.size}, and the file's grid does not cover the trained range, so "
-                                 "it cannot be resampled", expected=expected, found=found)
-            raise CheckError("the wavelength grid lies outside the trained range; refusing to extrapolate",
-                             expected=expected, found=found)
-        if n_trained is not None and n_columns != n_trained:
-            raise CheckError(f"wrong number of wavelengths: {n_columns} columns where chain {self.chain_id} "
-                             f"was trained on {n_trained}", expected=f"{n_trained} wavelength columns",
-                             found=f"{n_columns} wavelength columns")
-        return {}
-
-    def predict(self, X, wavelengths=None):
-        X = replaying.prepare_input(self.chain, X, wavelengths)
-        return replaying.run_chain(self.chain, X, self.artifacts.__getitem__)
-
-
 # -- one file ---------------------------------------------------------------------------
 
 
@@ -269,6 +183,7 @@ class ScoreJob:
     chunk_rows: int = 500
     chunk_bytes: int | None = None  # see nirs.readers.iter_spectra_chunks
     id_column: str | None = "sample_id"
+    alias: str = "production"  # the dataset's alias the chain was found by
 
 
 def result_paths(root: Path, file: InboxFile, sha256: str, csv: bool) -> tuple[Path, Path | None]:
@@ -314,7 +229,7 @@ class _ResultWriter:
                 writer.close()
 
 
-def _result_table(chain: LoadedChain, ids, pred, proba, constants: dict) -> pa.Table:
+def _result_table(chain: ReplayableChain, ids, pred, proba, constants: dict) -> pa.Table:
     n = len(ids)
     columns: dict[str, pa.Array] = {"sample_id": pa.array(np.asarray(ids).astype(str).tolist(), pa.string())}
     pred = np.asarray(pred)
@@ -333,16 +248,16 @@ def _result_table(chain: LoadedChain, ids, pred, proba, constants: dict) -> pa.T
     return pa.table(columns)
 
 
-def score_file(job: ScoreJob, chain: LoadedChain) -> dict:
+def score_file(job: ScoreJob, chain: ReplayableChain) -> dict:
     """Score one inbox file (see the module docstring for the outcomes)."""
     f = job.file
     started = time.perf_counter()
     scored_at = datetime.now(timezone.utc)
-    constants = {"dataset": (chain.dataset, pa.string()), "alias": (chain.alias, pa.string()),
+    constants = {"dataset": (f.dataset, pa.string()), "alias": (job.alias, pa.string()),
                  "chain_id": (chain.chain_id, pa.string()), "model_class": (chain.model_class, pa.string()),
                  "input_file": (f.rel, pa.string()), "input_sha256": (job.sha256, pa.string()),
                  "scored_at": (scored_at, pa.timestamp("us", tz="UTC"))}
-    base = {"rel": f.rel, "sha256": job.sha256, "chain_id": chain.chain_id, "alias": chain.alias}
+    base = {"rel": f.rel, "sha256": job.sha256, "chain_id": chain.chain_id, "alias": job.alias}
     stage, n, notes = "read", 0, {}
     try:
         with ExitStack() as stack:
@@ -354,7 +269,7 @@ def score_file(job: ScoreJob, chain: LoadedChain) -> dict:
                     stage = "check"
                     notes = chain.check(ds.wavelengths, ds.X.shape[1])
                 stage = "replay"
-                pred, proba = chain.predict(ds.X, ds.wavelengths)
+                pred, proba = chain.replay(ds.X, ds.wavelengths)
                 stage = "write"
                 try:
                     writer.write(_result_table(chain, ds.sample_ids, pred, proba, constants))
@@ -389,7 +304,7 @@ def score_file(job: ScoreJob, chain: LoadedChain) -> dict:
                 return {**base, "status": "changed", "reason": f"{f.rel} changed while it was being scored"}
         except FileNotFoundError:
             return {**base, "status": "gone", "reason": f"{f.rel} disappeared while it was being scored"}
-        return {**base, "status": "rejected", "problem": describe_problem(exc, stage, f, chain)}
+        return {**base, "status": "rejected", "problem": describe_problem(exc, stage, f, chain, job.alias)}
     seconds = time.perf_counter() - started
     return {**base, "status": "scored", "n_spectra": n, "seconds": seconds,
             "result_path": str(job.result_path), "csv_path": None if job.csv_path is None else str(job.csv_path),
@@ -397,12 +312,12 @@ def score_file(job: ScoreJob, chain: LoadedChain) -> dict:
 
 
 @task(name="score-file", task_run_name="score · {rel}", cache_policy=NO_CACHE, persist_result=False)
-def score_file_task(rel: str, job: ScoreJob, chain: LoadedChain) -> dict:
+def score_file_task(rel: str, job: ScoreJob, chain: ReplayableChain) -> dict:
     outcome = score_file(job, chain)
     logger = get_run_logger()
     if outcome["status"] == "scored":
         logger.info("scored %s: %d spectra in %.2f s with chain %s (%s)", rel, outcome["n_spectra"],
-                    outcome["seconds"], chain.chain_id, chain.alias)
+                    outcome["seconds"], chain.chain_id, job.alias)
     elif outcome["status"] == "rejected":
         logger.warning("rejected %s: %s", rel, outcome["problem"]["message"])
     else:
@@ -412,10 +327,11 @@ def score_file_task(rel: str, job: ScoreJob, chain: LoadedChain) -> dict:
 
 # -- what is wrong with a file ------------------------------------------------------------
 
-def describe_problem(exc: BaseException, stage: str, file: InboxFile, chain: LoadedChain | None = None) -> dict:
+def describe_problem(exc: BaseException, stage: str, file: InboxFile, chain: ReplayableChain | None = None,
+                     alias: str | None = None) -> dict:
     """The ``.error.json`` body: file, stage, row, column, expected vs found, message."""
     problem = getattr(exc, "problem", None) or str(exc)
-    # SpectraFileError and CheckError say expected/found where they are raised. A bare
+    # SpectraFileError and ReplayError say expected/found where they are raised. A bare
     # PermissionError can still get here: the readers open the file again after their first
     # check (chunked reads), and the file's mode may change in between.
     expected, found = getattr(exc, "expected", None), getattr(exc, "found", None)
@@ -424,13 +340,13 @@ def describe_problem(exc: BaseException, stage: str, file: InboxFile, chain: Loa
         expected, found = denied.expected, denied.found
     if isinstance(exc, SpectraFileError):
         stage = "read"
-    elif isinstance(exc, (CheckError, ReplayError)) and stage == "replay":
+    elif isinstance(exc, ReplayError) and stage == "replay":
         stage = "check"  # storage's own input checks (feature count, grid) are checks too
     out = {"file": file.rel, "dataset": file.dataset, "stage": stage, "error": type(exc).__name__,
            "problem": problem, "row": getattr(exc, "row", None), "column": getattr(exc, "column", None),
            "expected": expected, "found": found, "message": str(exc)}
     if chain is not None:
-        out.update(chain_id=chain.chain_id, alias=chain.alias)
+        out.update(chain_id=chain.chain_id, alias=alias)
     return out
 
 

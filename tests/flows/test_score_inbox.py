@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 
 from nirs.errors import SpectraFileError
-from tasks.scoring import (FileStat, InboxFile, LoadedChain, ScoreJob, ScoringLock, describe_problem, result_paths,
+from tasks.scoring import (FileStat, InboxFile, ScoreJob, ScoringLock, describe_problem, result_paths,
                            scan_inbox, score_file)
 from tests.conftest import copy_fitted_by
 from tests.flows.conftest import start_flow_process
@@ -205,7 +205,7 @@ def test_grid_outside_the_trained_range_is_refused_and_a_covering_grid_resampled
     X_fine = np.vstack([np.interp(fine, wl, row) for row in X])
     inbox.drop_csv("tablet/good.csv", X_fine, ids, fine)
     summary = inbox.run()
-    _assert_rejected(inbox, summary, "tablet/narrow.csv", stage="check", problem="outside the trained range",
+    _assert_rejected(inbox, summary, "tablet/narrow.csv", stage="check", problem="does not cover the trained range",
                      expected="597 wavelengths, 600-1792", found="597 wavelengths, 700-1700")
     _assert_good_scored(inbox, summary)
     (good,) = summary["scored"]
@@ -317,7 +317,7 @@ def test_a_file_changed_after_the_stable_look_is_not_scored_or_moved(inbox):
     with open(p, "a") as fh:  # the writer resumes after the look
         fh.write(inbox.csv_text(slice(20, 21)).splitlines()[1] + "\n")
     with inbox.store() as store:
-        chain = LoadedChain.from_store(store, inbox.chains.tablet_chain, "tablet", "production")
+        chain = store.load_chain(inbox.chains.tablet_chain)
     result, _ = result_paths(inbox.root, f, "0" * 64, csv=False)
     outcome = score_file(ScoreJob(f, "0" * 64, result, None, chunk_rows=5), chain)
     assert outcome["status"] == "changed" and "changed while it was being scored" in outcome["reason"]
@@ -545,7 +545,7 @@ elif point == "after-record":  # the store has the record, the input is not yet 
     import flows.score_inbox as si
     si.move_file = counted(si.move_file, before=True)
 elif point == "mid-write":     # chunks are being written to a temporary result
-    scoring.LoadedChain.predict = counted(scoring.LoadedChain.predict, before=True)
+    scoring.ReplayableChain.replay = counted(scoring.ReplayableChain.replay, before=True)
 elif point == "external":      # slow files; the test kills this process from outside
     slow = scoring.score_file
     def score_file(*a, **kw):

@@ -137,8 +137,13 @@ def test_kennard_stone_holdout_and_wavelength_aware_steps(tablet):
     y_pred, _ = replay.replay(t, test.X)
     np.testing.assert_allclose(y_pred, t.record("avg", "test").y_pred, rtol=0, atol=1e-9)
     assert t.record("avg", "test").scores["rmse"] < 6
-    with pytest.raises(ValueError, match=r"X is on grid 601-1793 \(597 points\); the chain was trained on 600-1792"):
+    # another grid is resampled onto the training grid when it covers it, refused otherwise
+    with pytest.raises(ValueError, match=r"new wavelength grid \(601-1793\) does not cover the trained range "
+                                         r"\(600-1792\)"):
         replay.replay(t, test.X, wavelengths=cal.wavelengths + 1)
+    wider = np.linspace(590.0, 1800.0, 1211)
+    X_wider = np.vstack([np.interp(wider, cal.wavelengths, row) for row in test.X])
+    np.testing.assert_allclose(replay.replay(t, X_wider, wavelengths=wider)[0], y_pred, atol=0.05)
 
 
 def test_coffee_classification_with_string_labels(coffee):

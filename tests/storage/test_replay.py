@@ -188,3 +188,72 @@ def test_a_generator_grid_lands_whole(store, tablet_sets):
         assert store.get_chains_for_pipeline(pipeline_id).height == 1
         folds = store.query_predictions(pipeline_id=pipeline_id, partition="val")["fold_id"].to_list()
         assert sorted(folds) == ["avg", "fold_0", "fold_1", "fold_2"]
+
+
+# -- one rule, one ReplayableChain -------------------------------------------------------------
+def test_the_store_a_loaded_chain_and_a_bundle_replay_to_the_same_numbers(store, tablet_sets, snv_pls_trace,
+                                                                          tmp_path, monkeypatch):
+    """replay_chain, load_chain (what the inbox scores with, pickled into its tasks) and a
+    bundle's predict are one ReplayableChain by one rule: the same numbers, to the bit."""
+    import pickle
+
+    from storage import load_bundle
+
+    monkeypatch.setenv("NIRSFLOW_BUNDLE_KEY", "k" * 32)
+    _, test = tablet_sets
+    chain_id = record_trace(store, store.begin_run("r"), snv_pls_trace)["chain_id"]
+    replayed = store.replay_chain(chain_id, test.X)
+    loaded = pickle.loads(pickle.dumps(store.load_chain(chain_id)))
+    np.testing.assert_array_equal(loaded.replay(test.X)[0], replayed)
+    np.testing.assert_array_equal(load_bundle(store.export_chain(chain_id, tmp_path / "c.n4a")).predict(test.X),
+                                  replayed)
+    np.testing.assert_array_equal(replayed, _avg(snv_pls_trace, "test").y_pred)  # training's own "avg"
+
+
+def test_a_multi_output_chain_replays_each_output_as_a_column(store, tablet_sets):
+    """One output comes back as (n,); several stay (n, k), each column the folds' mean of
+    that output (never flattened into one long vector)."""
+    from sklearn.cross_decomposition import PLSRegression
+    from sklearn.preprocessing import StandardScaler
+
+    train, test = tablet_sets
+    Y = np.column_stack([train.y, 2.0 * train.y + 1.0])
+    run_id = store.begin_run("two outputs")
+    pipeline_id = store.begin_pipeline(run_id, "p", None, [], "tablet")
+    folds, expected = {}, []
+    for k in range(3):
+        part = np.arange(len(train.y)) % 3 != k
+        scaler = StandardScaler().fit(train.X[part])
+        model = PLSRegression(6).fit(scaler.transform(train.X[part]), Y[part])
+        folds[f"fold_{k}"] = {"0": store.save_artifact(scaler, "sklearn.preprocessing.StandardScaler", "transformer"),
+                              "1": store.save_artifact(model, "sklearn.cross_decomposition.PLSRegression")}
+        expected.append(model.predict(scaler.transform(test.X)))
+    steps = [{"step_idx": 0, "kind": "transformer"}, {"step_idx": 1, "kind": "model"}]
+    chain_id = store.save_chain(pipeline_id, steps, 1, "PLSRegression", "", "per_fold", folds, {},
+                                task_type="regression", n_features=train.X.shape[1])
+    replayed = store.replay_chain(chain_id, test.X)
+    assert replayed.shape == (len(test.y), 2)
+    np.testing.assert_allclose(replayed, np.mean(expected, axis=0), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(replayed[:, 1], 2.0 * replayed[:, 0] + 1.0, atol=1e-6)
+
+
+def test_a_grid_within_the_tolerance_is_the_trained_grid_and_another_is_resampled_or_refused(store, tablet_sets,
+                                                                                           snv_pls_trace):
+    """Grids agree when every wavelength is within 1e-6 of the largest (nirs.replay.GRID_RTOL):
+    wavelengths read back from headers carry their printing's rounding, and are not resampled
+    for it. Beyond it a covering grid is resampled, a narrower one refused."""
+    from nirs.replay import GRID_RTOL
+
+    train, test = tablet_sets
+    chain_id = record_trace(store, store.begin_run("r"), snv_pls_trace)["chain_id"]
+    exact = store.replay_chain(chain_id, test.X, wavelengths=train.wavelengths)
+    tolerance = GRID_RTOL * train.wavelengths.max()
+    within = train.wavelengths + 0.5 * tolerance
+    np.testing.assert_array_equal(store.replay_chain(chain_id, test.X, wavelengths=within), exact)  # not resampled
+    wl = train.wavelengths  # a grid a little wider: it covers the trained range, so it is resampled
+    beyond = np.linspace(wl.min() - 5 * tolerance, wl.max() + 5 * tolerance, wl.size)
+    resampled = store.replay_chain(chain_id, test.X, wavelengths=beyond)
+    assert not np.array_equal(resampled, exact)
+    np.testing.assert_allclose(resampled, exact, atol=0.05)
+    with pytest.raises(ReplayError, match="does not cover the trained range"):
+        store.replay_chain(chain_id, test.X, wavelengths=train.wavelengths + 5 * tolerance)
