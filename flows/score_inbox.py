@@ -7,7 +7,7 @@ Layout (the dataset is named by the folder a file is dropped in)::
         tablet/batch-0007.csv        one folder per dataset, named as in the store
         tablet/run-12.parquet        (CSV/TSV/TXT, Parquet, JCAMP-DX; see nirs.readers)
         wheat/sample-3.jdx
-        .score_inbox.lock            held while a run works on this inbox
+        .score_inbox/                held while a run works on this inbox (a lock, its holder)
     <root>/                          the ``outbox`` parameter, or the workspace
         outbox/tablet/batch-0007.<sha256[:12]>.parquet   the result (and .csv on request)
         processed/tablet/batch-0007.csv                  inputs, once scored and recorded

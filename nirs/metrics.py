@@ -12,23 +12,11 @@ import warnings
 import numpy as np
 from sklearn import metrics as skm
 
+# Which way each metric points: one table, in the trace contract, that storage ranks by too
+from nirs.trace import METRIC_DIRECTION  # noqa: F401 - re-exported
+
 REGRESSION_METRICS = ("rmse", "r2", "mae", "bias", "sep", "rpd")
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "f1", "log_loss")
-
-# "min": lower is better; "max": higher is better; "min_abs": closest to zero is better
-# (a bias of -3 is as bad as +3, so neither "min" nor "max" ranks it correctly).
-METRIC_DIRECTION = {
-    "rmse": "min",
-    "r2": "max",
-    "mae": "min",
-    "bias": "min_abs",
-    "sep": "min",
-    "rpd": "max",
-    "accuracy": "max",
-    "balanced_accuracy": "max",
-    "f1": "max",
-    "log_loss": "min",
-}
 
 DEFAULT_METRIC = {"regression": "rmse", "classification": "accuracy"}
 

@@ -3,7 +3,8 @@ duck typing, so these attribute names are a contract; add fields, never rename t
 
 How storage replays what it stores: by the replay rule of `nirs.replay`, the same functions
 training computes its predictions with. The vocabulary both sides share lives here:
-the step kinds and the partitions.
+the step kinds, the partitions, and which way each metric points. Storage imports this
+module and `nirs.replay` (numpy only), nothing else of `nirs`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,18 @@ import numpy as np
 
 STEP_KINDS = ("transformer", "y_transformer", "model")
 PARTITIONS = ("train", "val", "test")
+
+# Which way each metric points, for whoever ranks by it (training's leaderboard, promotion,
+# the store's top_predictions): "min", lower is better; "max", higher is better; "min_abs",
+# closest to zero is better (a bias of -3 is as bad as +3).
+METRIC_DIRECTION = {
+    "rmse": "min", "mse": "min", "mae": "min", "sep": "min", "rmsecv": "min", "rmsep": "min",
+    "bias": "min_abs",
+    "r2": "max", "rpd": "max",
+    "accuracy": "max", "balanced_accuracy": "max", "f1": "max", "precision": "max", "recall": "max",
+    "roc_auc": "max",
+    "log_loss": "min", "logloss": "min",
+}
 
 
 @dataclass

@@ -14,13 +14,16 @@ from .errors import (BundleError, BundleIntegrityError, BundleTrustError, Bundle
 from .bundles import Bundle, load_bundle
 from .chain_builder import ArtifactRegistry, ChainBuilder, record_trace
 from .library import PipelineLibrary
+from .locking import FileLock, MemoryLock, WorkspaceLock
 from .maintenance import GcResult, VacuumResult, plan_gc
+from .processes import process_identity, process_is_gone
 from .replay import ReplayableChain
 from .workspace import WorkspaceStore
 
 __all__ = [
     "WorkspaceStore", "ChainBuilder", "ArtifactRegistry", "record_trace", "PipelineLibrary",
     "GcResult", "VacuumResult", "plan_gc", "ReplayableChain",
+    "FileLock", "MemoryLock", "WorkspaceLock", "process_identity", "process_is_gone",
     "StoreError", "InvalidInputError", "NotFoundError", "WorkspaceError", "WorkspaceCorruptError",
     "SchemaVersionError", "LockTimeoutError", "ArtifactIntegrityError", "ArtifactLoadError", "ReplayError",
     "load_bundle", "Bundle", "BundleError", "BundleIntegrityError", "BundleTrustError",

@@ -13,18 +13,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from nirs.trace import PARTITIONS  # noqa: F401 - the trace contract's partitions are the store's
+
 from .artifacts import ArtifactFiles
 from .connection import Connector
 from .errors import InvalidInputError, NotFoundError
 
-#: Which way each known metric points: True when lower is better.
-LOWER_IS_BETTER = {
-    "rmse": True, "mse": True, "mae": True, "bias": True, "sep": True, "rmsecv": True,
-    "rmsep": True, "log_loss": True, "logloss": True,
-    "r2": False, "accuracy": False, "balanced_accuracy": False, "f1": False, "rpd": False,
-    "precision": False, "recall": False, "roc_auc": False,
-}
-PARTITIONS = ("train", "val", "test")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 

@@ -15,7 +15,13 @@ portalocker's flock/LockFileEx; on top of it sit the three things a plain flock 
   each process ahead of it. A plain flock is a race that the fastest poller wins.
 
 A ``MemoryLock`` with the same protocol serves single-process use and tests, after
-Prefect's own ``locking/`` (a Protocol with memory and file implementations).
+Prefect's own ``locking/`` (a Protocol with memory and file implementations; one test
+class runs against both, tests/storage/test_locking.py).
+
+A note is trusted while its process lives: a process killed while it held or waited
+leaves its note behind, so a note names its process (host, pid, start time:
+storage/processes.py) and one whose process is gone, or whose pid now belongs to another
+process, is left out (and removed, if it was written on this host).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Literal, Protocol
 import portalocker
 
 from .errors import LockTimeoutError
+from .processes import process_is_gone, process_start_ticks
 
 Mode = Literal["shared", "exclusive"]
 _FLAGS = {"shared": portalocker.LockFlags.SHARED, "exclusive": portalocker.LockFlags.EXCLUSIVE}
@@ -39,10 +46,23 @@ _NOTE_TTL = 5.0  # seconds: a waiter refreshes its note well within this while i
 
 
 class WorkspaceLock(Protocol):
-    def acquire(self, mode: Mode) -> None: ...
-    def try_acquire(self, mode: Mode) -> bool: ...
-    def release(self) -> None: ...
-    def others_waiting(self) -> bool: ...
+    """What the store needs of an inter-process readers-writer lock."""
+
+    def acquire(self, mode: Mode) -> None:
+        """Wait for the lock (first come, first served), or raise LockTimeoutError naming
+        the holder."""
+
+    def try_acquire(self, mode: Mode) -> bool:
+        """Take the lock if it is free and nobody waits for it; never wait."""
+
+    def release(self) -> None:
+        """Free what the calling thread holds (nothing after an acquire that failed)."""
+
+    def others_waiting(self) -> bool:
+        """Whether another holder-to-be waits: the holder should hand over soon."""
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's hold without freeing it."""
 
 
 class MemoryLock:
@@ -90,24 +110,21 @@ class MemoryLock:
     def others_waiting(self) -> bool:
         return False
 
+    def forget_after_fork(self) -> None:
+        self._cond = threading.Condition()
+        self._readers, self._writer, self._held = 0, False, {}
 
-_NOTE_FIELDS: dict[int, tuple[str, str]] = {}  # pid: the JSON of a note's fixed fields
+
+_NOTE_FIELDS: dict[int, str] = {}  # pid: the JSON of a note's fixed fields
 
 
-def _note_fields() -> tuple[str, str]:
-    fields = (json.dumps(socket.gethostname()), json.dumps(" ".join(sys.argv[:3])[:200]))
-    _NOTE_FIELDS[os.getpid()] = fields
+def _note_fields() -> str:
+    pid = os.getpid()
+    fields = (f'"pid": {pid}, "host": {json.dumps(socket.gethostname())}, '
+              f'"start_ticks": {json.dumps(process_start_ticks(pid))}, '
+              f'"command": {json.dumps(" ".join(sys.argv[:3])[:200])}')
+    _NOTE_FIELDS[pid] = fields
     return fields
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class FileLock:
@@ -123,10 +140,15 @@ class FileLock:
         self.timeout = timeout
         self.workspace = workspace if workspace is not None else self.folder.parent
         self.what = what  # which of the workspace's locks, for messages ("" for the workspace's own)
+        self._genuine: set[str] = set()  # waiter notes whose process was checked against pid reuse
         self._holders = self.folder / "holders"
         self._waiters = self.folder / "waiters"
         self._file = None
         self._mode: Mode | None = None
+        # This object's waiter note, named before it is written and forgotten only once
+        # removed: a note an interrupted acquire left behind is removed at the next
+        # release or acquire, rather than keep everyone queued behind nobody.
+        self._waiting: Path | None = None
         self._pid = os.getpid()
 
     # -- notes ---------------------------------------------------------------
@@ -141,14 +163,13 @@ class FileLock:
         return f"{os.getpid()}-{id(self)}"
 
     def _write_note(self, folder: Path, mode: Mode) -> Path:
-        # os-level and mostly precomputed: a note is written at every acquire, and the
-        # journal's lock is taken by every single append (~0.1 ms with pathlib and json)
+        # os-level and mostly precomputed: a note is written at every acquire (~0.1 ms
+        # with pathlib and json)
         note = folder / self._note_name()
-        host, command = _NOTE_FIELDS.get(os.getpid()) or _note_fields()
+        fields = _NOTE_FIELDS.get(os.getpid()) or _note_fields()
         fd = os.open(note, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.write(fd, f'{{"pid": {os.getpid()}, "host": {host}, "mode": "{mode}", "since": {time.time()!r}, '
-                         f'"command": {command}}}'.encode())
+            os.write(fd, f'{{{fields}, "mode": "{mode}", "since": {time.time()!r}}}'.encode())
         finally:
             os.close(fd)
         return note
@@ -168,9 +189,19 @@ class FileLock:
                 note = json.loads((self._holders / name).read_text())
             except (OSError, ValueError):
                 continue  # a note being written or removed right now
-            if _pid_alive(int(note.get("pid", -1))) or note.get("host") != socket.gethostname():
+            if not process_is_gone(note):
                 found.append(note)
         return found
+
+    def describe_holders(self) -> str:
+        """Who holds the lock, for a message: pid, host, mode, for how long, command."""
+        holders = self.holders()
+        if not holders:
+            return "an unknown process (no holder note)"
+        return "; ".join(
+            f"pid {h.get('pid')} on {h.get('host')} ({h.get('mode')}, "
+            f"for {time.time() - float(h.get('since', time.time())):.1f} s: {h.get('command')})"
+            for h in holders)
 
     def _live_waiters(self, mine: str = "") -> dict[str, tuple[int, str]]:
         """Other waiters' notes, as name -> (ticket, mode), without those of processes
@@ -178,20 +209,25 @@ class FileLock:
 
         A waiter killed (SIGKILL, OOM) while it waits leaves its note behind; trusting
         it would make every holder hand over after every call to nobody, and everyone
-        queue behind it, for good. A note whose pid is gone on this host is removed;
-        a note nobody refreshed for ``_NOTE_TTL`` seconds (its waiter is frozen, or
-        on another host and gone) is ignored."""
+        queue behind it, for good. A note whose process is gone on this host (or whose
+        pid now belongs to another process) is removed; a note nobody refreshed for
+        ``_NOTE_TTL`` seconds (its waiter is frozen, or on another host and gone) is
+        ignored."""
         names = {n for n in self._other_notes(self._waiters) if n != mine}
+        self._genuine &= names
         live: dict[str, tuple[int, str]] = {}
         for name in names:
             try:
                 pid, _, ticket, mode = name.split("-")
-                pid_number, ticket_number = int(pid), int(ticket)
+                int(pid)
+                ticket_number = int(ticket)
             except ValueError:
                 continue  # not a waiter note of this version
             note = self._waiters / name
-            if not _pid_alive(pid_number) and self._stale_note(note):
-                continue
+            if name not in self._genuine:
+                if self._stale_note(note):
+                    continue
+                self._genuine.add(name)  # checked once: a live waiter stays itself while it waits
             try:
                 fresh = time.time() - note.stat().st_mtime < _NOTE_TTL
             except FileNotFoundError:
@@ -202,24 +238,34 @@ class FileLock:
 
     @staticmethod
     def _stale_note(note: Path) -> bool:
-        """For a note whose pid is not alive here: drop it if it was written on this
-        host (or is an unreadable leftover of a writer killed mid-write)."""
+        """Whether a waiter note is a dead process's (then it is removed, when it was
+        written on this host), or an unreadable leftover of a writer killed mid-write."""
         try:
-            host = json.loads(note.read_text()).get("host")
+            identity = json.loads(note.read_text())
         except FileNotFoundError:
-            return True
+            return True  # its waiter just got the lock
         except (OSError, ValueError):
+            # being written right now, or the leftover of a waiter killed as it wrote it
             try:
-                host = socket.gethostname() if time.time() - note.stat().st_mtime > 1.0 else None
+                leftover = time.time() - note.stat().st_mtime > 1.0
             except OSError:
                 return True
-        if host != socket.gethostname():
-            return False  # another machine's process: its pid means nothing here
-        note.unlink(missing_ok=True)
-        return True
+            if leftover:
+                note.unlink(missing_ok=True)
+            return leftover
+        if process_is_gone(identity):
+            note.unlink(missing_ok=True)
+            return True
+        return False
 
     def others_waiting(self) -> bool:
         return bool(self._live_waiters())
+
+    def waiters(self) -> list[dict]:
+        """Who waits for the lock, first come first: ``{"pid", "mode"}`` of each waiter
+        whose process lives (this lock object's own wait left out)."""
+        live = sorted(self._live_waiters().items(), key=lambda item: (item[1][0], item[0]))
+        return [{"pid": int(name.split("-")[0]), "mode": mode} for name, (_, mode) in live]
 
     def _ahead_of_me(self, mode: Mode, ticket: int | None, mine: str) -> bool:
         """Whether a waiter that came before us (any waiter, while we have no ticket
@@ -232,9 +278,9 @@ class FileLock:
 
     # -- acquire / release ---------------------------------------------------
     def acquire(self, mode: Mode) -> None:
-        if self._file is not None:
-            # Only a release cut short can leave it held here (an exception, a signal
-            # handler's, landing as `release` began): its owner (one store's connector)
+        if self._file is not None or self._waiting is not None:
+            # Only a release (or acquire) cut short can leave it held here (an exception,
+            # a signal handler's, landing as it ran): its owner (one store's connector)
             # has let the lock go, so finish that release.
             self.release()
         self._ensure_folders()
@@ -271,7 +317,8 @@ class FileLock:
                         break
                 if note is None:
                     ticket = time.time_ns()
-                    note = self._write_waiter_note(ticket, mode)
+                    note = self._waiting = self._waiters / f"{self._note_name()}-{ticket}-{mode}"
+                    self._write_waiter_note(note, mode)
                 elif time.monotonic() - refreshed > _NOTE_TTL / 4:
                     os.utime(note)  # still waiting: keep the note fresh
                     refreshed = time.monotonic()
@@ -289,18 +336,18 @@ class FileLock:
                 fh.close()
             raise
         finally:
-            if note is not None:
-                try:
-                    note.unlink(missing_ok=True)
-                except BaseException:
-                    if self._file is fh:
-                        self.release()
-                    raise
+            try:
+                self._remove_waiter_note()
+            except BaseException:
+                if self._file is fh:
+                    self.release()
+                raise
         self._note_holder(mode)
 
     def try_acquire(self, mode: Mode) -> bool:
         """Take the lock if it is free and nobody is waiting for it; never wait. For work
-        that anyone may do and nobody must wait for (settling the journal)."""
+        that anyone may do and nobody must wait for (settling the journal), and for a second
+        run over an inbox that one is scoring, which does nothing (tasks/scoring.py)."""
         if self._file is not None:
             self.release()  # as in `acquire`: a release cut short
         self._ensure_folders()
@@ -326,13 +373,17 @@ class FileLock:
             self.release()
             raise
 
-    def _write_waiter_note(self, ticket: int, mode: Mode) -> Path:
+    def _write_waiter_note(self, named: Path, mode: Mode) -> None:
         note = self._write_note(self._waiters, mode)
-        named = note.with_name(f"{note.name}-{ticket}-{mode}")
         os.replace(note, named)  # the name is what others read: it appears whole
-        return named
+
+    def _remove_waiter_note(self) -> None:
+        if self._waiting is not None:
+            self._waiting.unlink(missing_ok=True)
+            self._waiting = None
 
     def release(self) -> None:
+        self._remove_waiter_note()
         fh = self._file
         if fh is None:
             return
@@ -353,18 +404,9 @@ class FileLock:
         self._file, self._mode = None, None
 
     def _timeout_message(self, mode: Mode) -> str:
-        holders = self.holders()
-        if holders:
-            who = "; ".join(
-                f"pid {h.get('pid')} on {h.get('host')} ({h.get('mode')}, "
-                f"for {time.time() - float(h.get('since', time.time())):.1f} s: {h.get('command')})"
-                for h in holders
-            )
-        else:
-            who = "an unknown process (no holder note)"
         whose = f"the {self.what} of workspace" if self.what else "workspace"
-        return (f"{whose} {self.workspace} is locked: waited {self.timeout:.1f} s for a "
-                f"{mode} lock; held by {who}")
+        return (f"{whose} {self.workspace} is locked: waited {self.timeout:.1f} s for a {mode} lock; "
+                f"held by {self.describe_holders()}")
 
 
 # File objects inherited from a parent process: kept referenced so that garbage

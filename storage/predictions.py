@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from nirs.trace import METRIC_DIRECTION
+
 from . import arrays
-from .base import (LOWER_IS_BETTER, PARTITIONS, check_id, check_int, check_score, first,
+from .base import (PARTITIONS, check_id, check_int, check_score, first,
                    check_text, from_json, new_id, now, to_json)
 from .errors import InvalidInputError
 from .writes import WritesMixin
@@ -204,7 +206,7 @@ class PredictionsMixin(WritesMixin):
                                                  run_id=run_id, fold_id=fold_id)
         if metric in _SCORE_COLUMNS:
             score, metric_name = f"p.{metric}", None
-        elif metric.lower() in LOWER_IS_BETTER or metric.isidentifier():
+        elif metric.lower() in METRIC_DIRECTION or metric.isidentifier():
             score, metric_name = f"TRY_CAST(json_extract_string(p.scores, '$.{metric}') AS DOUBLE)", metric.lower()
         else:
             raise InvalidInputError(f"metric must be one of {_SCORE_COLUMNS} or a metric name, got {metric!r}")
@@ -215,7 +217,7 @@ class PredictionsMixin(WritesMixin):
         with self._db.reading() as con:
             if ascending is None:
                 ascending, metric_name = self._direction(con, where, params, metric_name)
-            key = f"abs({score})" if metric_name == "bias" else score
+            key = f"abs({score})" if METRIC_DIRECTION.get(metric_name) == "min_abs" else score
             # ties broken by insertion order (rowid): sorting on the text id doubled the
             # cost over a million rows
             order = f"{key} {'ASC' if ascending else 'DESC'} NULLS LAST, p.rowid"
@@ -252,6 +254,6 @@ class PredictionsMixin(WritesMixin):
             if not names:
                 return True, ""
             metric_name = names[0].lower()
-        if metric_name not in LOWER_IS_BETTER:
+        if metric_name not in METRIC_DIRECTION:
             raise InvalidInputError(f"which way metric {metric_name!r} points is unknown: pass ascending=")
-        return LOWER_IS_BETTER[metric_name], metric_name
+        return METRIC_DIRECTION[metric_name] != "max", metric_name

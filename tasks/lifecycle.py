@@ -30,8 +30,6 @@ flow-run id in the store.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 import traceback
@@ -39,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from storage import WorkspaceStore
+from storage import WorkspaceStore, process_identity
 from storage.chain_builder import ChainBuilder, best_scores, save_trace_predictions
 from tasks.signals import raise_swallowed
 
@@ -70,41 +68,6 @@ def describe_exception(exc: BaseException | None, fallback: str | None = None) -
     if notes:
         text += " (" + "; ".join(str(n) for n in notes) + ")"
     return text[:MAX_ERROR_CHARS]
-
-
-def _process_start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a live pid from
-    a reused one; None where /proc is not available."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read().decode(errors="replace")
-        return int(stat.rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def process_identity() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start_ticks": _process_start_ticks(os.getpid())}
-
-
-def process_is_gone(identity: dict) -> bool | None:
-    """True when the recorded process is certainly dead, False when it is alive, None when
-    this machine cannot tell (another host)."""
-    if not identity or identity.get("host") != socket.gethostname():
-        return None
-    pid = identity.get("pid")
-    if not isinstance(pid, int):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    recorded, current = identity.get("start_ticks"), _process_start_ticks(pid)
-    if recorded is not None and current is not None and recorded != current:
-        return True  # the pid was reused by another process
-    return False
 
 
 # -- the run book ------------------------------------------------------------------------

@@ -26,8 +26,7 @@ from uuid import UUID
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from storage import WorkspaceStore
-from tasks.lifecycle import process_is_gone
+from storage import WorkspaceStore, process_is_gone
 
 
 def _store(workspace: str, lock_timeout: float) -> WorkspaceStore:

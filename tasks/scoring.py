@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -49,13 +48,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-import portalocker
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from nirs.errors import SpectraFileError, unreadable
 from nirs.readers import JCAMP_SUFFIXES, PARQUET_SUFFIXES, TEXT_SUFFIXES, iter_spectra_chunks
-from storage import ReplayableChain
+from storage import FileLock, ReplayableChain
 from storage.atomic import atomic_path, fsync_folder, write_bytes
 from storage.errors import ReplayError
 
@@ -68,7 +66,7 @@ __all__ = [
 SUPPORTED_SUFFIXES = frozenset(TEXT_SUFFIXES) | PARQUET_SUFFIXES | JCAMP_SUFFIXES
 #: Names that say "still being written, will be renamed": never touched.
 IN_PROGRESS_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".filepart", ".crdownload", ".download", "~")
-LOCK_NAME = ".score_inbox.lock"
+LOCK_NAME = ".score_inbox"  # a folder: the lock and its holder note (storage.FileLock)
 _HASH_BLOCK = 1 << 20
 
 
@@ -431,26 +429,16 @@ class ScoringLock:
 
     folders: list[Path]
     held_by: str | None = None
-    _handles: list = field(default_factory=list)
+    _locks: list = field(default_factory=list)
 
     def __enter__(self) -> "ScoringLock":
         for folder in self.folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / LOCK_NAME
-            fh = open(path, "a+")
-            try:
-                portalocker.lock(fh, portalocker.LOCK_EX | portalocker.LOCK_NB)
-            except (portalocker.exceptions.LockException, OSError):
-                fh.seek(0)
-                self.held_by = f"{path} ({fh.read().strip() or 'holder unknown'})"
-                fh.close()
+            lock = FileLock(folder / LOCK_NAME, timeout=0, workspace=folder)
+            if not lock.try_acquire("exclusive"):
+                self.held_by = f"{lock.folder} (held by {lock.describe_holders()})"
                 self.__exit__()
                 return self
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(timezone.utc).isoformat()}")
-            fh.flush()
-            self._handles.append(fh)
+            self._locks.append(lock)
         return self
 
     @property
@@ -458,9 +446,5 @@ class ScoringLock:
         return self.held_by is None
 
     def __exit__(self, *exc: Any) -> None:
-        while self._handles:
-            fh = self._handles.pop()
-            try:
-                portalocker.unlock(fh)
-            finally:
-                fh.close()
+        while self._locks:
+            self._locks.pop().release()

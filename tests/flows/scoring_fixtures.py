@@ -139,7 +139,7 @@ class Inbox:
 
     def inbox_files(self) -> list[str]:
         return sorted(p.relative_to(self.inbox).as_posix() for p in self.inbox.rglob("*")
-                      if p.is_file() and not p.name.startswith("."))
+                      if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.inbox).parts))
 
     def scored_records(self) -> pl.DataFrame:
         with self.store() as store:

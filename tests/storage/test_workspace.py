@@ -9,7 +9,7 @@ import uuid
 import duckdb
 import pytest
 
-from storage import (InvalidInputError, LockTimeoutError, NotFoundError, SchemaVersionError,
+from storage import (InvalidInputError, NotFoundError, SchemaVersionError,
                      WorkspaceCorruptError, WorkspaceError, WorkspaceStore)
 from storage import schema
 
@@ -94,19 +94,6 @@ def test_a_truncated_duckdb_file_is_reported_as_corrupt(tmp_path):
     db.write_bytes(db.read_bytes()[:5000])
     with pytest.raises((WorkspaceCorruptError, duckdb.Error)):
         WorkspaceStore(tmp_path / "ws")
-
-
-def test_lock_timeout_names_workspace_and_holder(tmp_path):
-    holder = WorkspaceStore(tmp_path / "ws", idle=5)
-    waiter = WorkspaceStore(tmp_path / "ws", lock_timeout=0.3)
-    with holder.batch():
-        holder.begin_run("holding")
-        # the holder's own process: the note names this pid (other processes are tested
-        # in test_processes.py); the waiter is another FileLock, as another process is
-        with pytest.raises(LockTimeoutError, match=rf"workspace {tmp_path / 'ws'} is locked.*pid {os.getpid()}"):
-            waiter.list_runs()
-    assert waiter.list_runs().height == 1
-    holder.close(), waiter.close()
 
 
 def test_connection_is_released_after_the_idle_window(tmp_path):
