@@ -336,7 +336,7 @@ def replay(chain: str = typer.Argument(..., help="Chain id, or DATASET:ALIAS suc
             columns["prediction"] = store.replay_chain(chain_id, data.X, wavelengths=data.wavelengths)
     frame = pl.DataFrame(columns)
     if out is not None:
-        from storage.atomic import atomic_path
+        from storage import atomic_path
 
         with atomic_path(out) as temp:
             frame.write_parquet(temp) if out.suffix == ".parquet" else frame.write_csv(temp)

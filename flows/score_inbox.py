@@ -78,8 +78,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
-from storage import ReplayableChain, WorkspaceStore
-from storage.errors import InvalidInputError, NotFoundError
+from storage import InvalidInputError, NotFoundError, ReplayableChain, WorkspaceStore
 from tasks.reporting import Progress
 from tasks.scoring import (FileChanged, InboxFile, ScoreJob, ScoringLock,
                            discover, move_file, plan_destination, result_paths, same_bytes_exists,

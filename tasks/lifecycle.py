@@ -37,8 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from storage import WorkspaceStore, process_identity
-from storage.chain_builder import ChainBuilder, best_scores, save_trace_predictions
+from storage import ChainBuilder, WorkspaceStore, best_scores, process_identity, save_trace_predictions
 from tasks.signals import raise_swallowed
 
 log = logging.getLogger("nirsflow.lifecycle")

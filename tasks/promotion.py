@@ -10,8 +10,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from nirs.metrics import METRIC_DIRECTION, score_all
-from storage import ChainVersionWarning, WorkspaceStore
-from storage.versions import version_mismatch
+from storage import ChainVersionWarning, WorkspaceStore, version_mismatch
 
 
 @task(name="score-chain", task_run_name="score {role} chain on {dataset_label}", cache_policy=NO_CACHE,

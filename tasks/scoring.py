@@ -53,9 +53,7 @@ from prefect.cache_policies import NO_CACHE
 
 from nirs.errors import SpectraFileError, unreadable
 from nirs.readers import JCAMP_SUFFIXES, PARQUET_SUFFIXES, TEXT_SUFFIXES, iter_spectra_chunks
-from storage import FileLock, ReplayableChain
-from storage.atomic import atomic_path, fsync_folder, write_bytes
-from storage.errors import ReplayError
+from storage import FileLock, ReplayableChain, ReplayError, atomic_path, fsync_folder, write_bytes
 
 __all__ = [
     "InboxFile", "FileStat", "ScoreJob", "FileChanged", "ScoringLock",
