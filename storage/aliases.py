@@ -5,18 +5,24 @@ per file, so a promotion never splits one file between two chains."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 
-from .base import StoreBase, first, check_id, check_text, now
+from .base import first, check_id, check_text, frame, now
+from .connection import Connector
 from .errors import NotFoundError
 
 
-class AliasesMixin(StoreBase):
+class Aliases:
+    def __init__(self, db: Connector, path: Path) -> None:
+        self._db, self.path = db, path
+
     def set_alias(self, dataset_name: str, alias: str, chain_id: str, *,
                   changed_by: str | None = None, reason: str | None = None) -> None:
         check_text("dataset_name", dataset_name), check_text("alias", alias), check_id("chain", chain_id)
         with self._db.writing() as con:
-            self._require(con, "chains", "chain_id", chain_id)
+            con.require("chains", "chain_id", chain_id)
             old = first(con.execute("SELECT chain_id FROM aliases WHERE dataset_name = ? AND alias = ?",
                               [dataset_name, alias]))
             stamp = now()
@@ -50,10 +56,10 @@ class AliasesMixin(StoreBase):
                         [dataset_name, alias, old[0], now(), changed_by, reason])
 
     def list_aliases(self) -> pl.DataFrame:
-        return self._frame("SELECT * FROM aliases ORDER BY dataset_name, alias")
+        return frame(self._db, "SELECT * FROM aliases ORDER BY dataset_name, alias")
 
     def alias_history(self, dataset_name: str | None = None) -> pl.DataFrame:
         if dataset_name is None:
-            return self._frame("SELECT * FROM alias_history ORDER BY changed_at")
-        return self._frame("SELECT * FROM alias_history WHERE dataset_name = ? ORDER BY changed_at",
+            return frame(self._db, "SELECT * FROM alias_history ORDER BY changed_at")
+        return frame(self._db, "SELECT * FROM alias_history WHERE dataset_name = ? ORDER BY changed_at",
                            [check_text("dataset_name", dataset_name)])

@@ -1,5 +1,5 @@
-"""What every part of the store shares: the workspace folder, the connector, the clock,
-JSON and argument checks. The ``WorkspaceStore`` facade is assembled from the parts."""
+"""What the parts of the store share: the clock, ids, JSON, argument checks, and the two
+ways a part reads (one row as a dict, a query as a polars DataFrame)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,17 @@ import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
 from nirs.trace import PARTITIONS  # noqa: F401 - the trace contract's partitions are the store's
 
-from .artifacts import ArtifactFiles
-from .connection import Connector
 from .errors import InvalidInputError, NotFoundError
+
+if TYPE_CHECKING:
+    from .connection import Connector
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -110,68 +111,16 @@ def where_equal(**filters: Any) -> tuple[str, list]:
     return sql, list(given.values())
 
 
-class StoreBase:
-    """State shared by the parts of the facade."""
+def one_dict(con, sql: str, params: list, kind: str, key: str, workspace: Path) -> dict:
+    """The one row of `sql` as {column: value}, or NotFoundError naming the id."""
+    cur = con.execute(sql, params)
+    row = first(cur)
+    if row is None:
+        raise NotFoundError(kind, key, workspace)
+    return dict(zip([d[0] for d in cur.description], row))
 
-    path: Path
-    db_path: Path
-    files: ArtifactFiles
-    _db: Connector
 
-    def _require(self, con, table: str, key: str, value: str) -> tuple:
-        """The row with this id, or NotFoundError. Rows seen while this connection is
-        open are remembered: the lock is held all that time, so no one else can delete
-        them, and our own deletes forget them."""
-        known = self._db.rows
-        row = known.get((table, value))
-        if row is None:
-            row = self._first_settled(con, f"SELECT * FROM {table} WHERE {key} = ?", [value])
-            if row is None:
-                raise NotFoundError(table.rstrip("s"), value, self.path)
-            if table in ("runs", "pipelines"):
-                known[(table, value)] = row[:2]  # ids only: statuses change
-        return row
-
-    def _column_of(self, con, table: str, key: str, value: str, column: str):
-        """One never-changing column of the row with this id (NotFoundError if none),
-        remembered like ``_require``'s rows for as long as the connection is open."""
-        known = self._db.rows
-        if (table, value, column) not in known:
-            row = self._first_settled(con, f"SELECT {column} FROM {table} WHERE {key} = ?", [value])
-            if row is None:
-                raise NotFoundError(table.rstrip("s"), value, self.path)
-            known[(table, value, column)] = row[0]
-        return known[(table, value, column)]
-
-    def _first_settled(self, con, sql: str, params: list):
-        """The first row of `sql`, looked for again after settling if the first look
-        missed and rows may still wait in the buffer or the journal."""
-        row = first(con.execute(sql, params))
-        if row is None and self._settled_after_miss(con):
-            row = first(con.execute(sql, params))
-        return row
-
-    def _salvage_journal(self) -> str | None:
-        """Set a damaged journal aside, keeping its whole records (``storage/writes.py``)."""
-        return None
-
-    def _settled_after_miss(self, con) -> bool:
-        """A lookup found nothing: apply what may still wait in the write buffer or the
-        journal (see ``storage/writes.py``), and say whether to look again."""
-        return False
-
-    def _remember(self, table: str, value: str, column: str, found) -> None:
-        """Seed ``_column_of``'s memory with a row this connection has just written."""
-        self._db.rows[(table, value, column)] = found
-
-    def _one_dict(self, con, sql: str, params: list, kind: str, key: str) -> dict:
-        cur = con.execute(sql, params)
-        row = first(cur)
-        if row is None:
-            raise NotFoundError(kind, key, self.path)
-        return dict(zip([d[0] for d in cur.description], row))
-
-    def _frame(self, sql: str, params: list | None = None) -> pl.DataFrame:
-        # Columns come from the query's schema, so an empty result has the same columns.
-        with self._db.reading() as con:
-            return con.sql(sql, params=params or None).pl()
+def frame(db: "Connector", sql: str, params: list | None = None) -> pl.DataFrame:
+    # Columns come from the query's schema, so an empty result has the same columns.
+    with db.reading() as con:
+        return con.sql(sql, params).pl()

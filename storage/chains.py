@@ -1,4 +1,5 @@
-"""Artifacts (content-addressed fitted objects) and the chains that reference them.
+"""Artifacts (content-addressed fitted objects), the chains that reference them, and their
+replay.
 
 Liveness is derived, never counted by hand: an artifact is alive while a row of
 ``chain_artifacts`` points at it, or while its last save is younger than the gc grace
@@ -10,20 +11,24 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import polars as pl
 
 from . import artifacts as art
-from .base import first, check_id, check_int, check_text, from_json, new_id, now, to_json
-from .errors import InvalidInputError, NotFoundError
-from .versions import FITTED_VERSIONS, library_versions, warn_on_version_mismatch
-from .writes import WritesMixin
+from .base import first, check_id, check_int, check_text, frame, from_json, new_id, now, one_dict, to_json
+from .connection import Connector
+from .errors import ArtifactLoadError, InvalidInputError, NotFoundError, ReplayError
+from .operations import Insert, SaveArtifact, stored_artifacts
+from .replay import ReplayableChain
+from .versions import FITTED_VERSIONS, library_versions, unloadable_in_chain, warn_on_version_mismatch
 
 _CHAIN_JSON = ("steps", "fold_artifacts", "shared_artifacts", "fold_weights", "classes",
                "branch_path", "metadata")
 FOLD_STRATEGIES = ("per_fold", "refit")
+
+
 def referenced_artifacts(steps: list, fold_artifacts: dict, shared_artifacts: dict) -> set[str]:
     """Every artifact id a chain points at, whatever the nesting the caller used."""
     found: set[str] = set()
@@ -47,10 +52,28 @@ def referenced_artifacts(steps: list, fold_artifacts: dict, shared_artifacts: di
     return found
 
 
-class ChainsMixin(WritesMixin):
-    _artifact_cache: OrderedDict
-    _chain_cache: OrderedDict
-    artifact_cache_size: int = 256
+class LoadedChains:
+    """What replay keeps loaded: chains (they never change once saved) and fitted objects
+    (keyed by hash: an id's content never changes). Shared by the parts that drop chains
+    or artifacts (a failed pipeline, delete_run, gc), which forget them here."""
+
+    def __init__(self, artifacts: int = 256, chains: int = 64) -> None:
+        self.artifacts: OrderedDict[str, Any] = OrderedDict()
+        self.chains: OrderedDict[str, dict] = OrderedDict()
+        self.max_artifacts, self.max_chains = artifacts, chains
+
+    def forget_chains(self, chain_ids) -> None:
+        for chain_id in chain_ids:
+            self.chains.pop(chain_id, None)
+
+    def forget_artifacts(self, artifact_ids) -> None:
+        for artifact_id in artifact_ids:
+            self.artifacts.pop(artifact_id, None)
+
+
+class Chains:
+    def __init__(self, db: Connector, files: art.ArtifactFiles, loaded: LoadedChains, path: Path) -> None:
+        self._db, self.files, self._loaded, self.path = db, files, loaded, path
 
     # -- artifacts ---------------------------------------------------------------
     def save_artifact(self, obj: Any, operator_class: str | None = None,
@@ -82,8 +105,8 @@ class ChainsMixin(WritesMixin):
             distinct.setdefault(artifact_id, (data, operator_class, artifact_type))
         # buffered: the rows join the transaction's other buffered writes, after their
         # files are in place. Inside this thread's batch the lock is already held.
-        if self._db.batch_connection() is not None:
-            self._place_artifacts(distinct, {}, format)
+        if self._db.in_batch():
+            self._db.buffered(lambda con: self._place_artifacts(con, distinct, {}, format))
             return ids
         # Otherwise the slow part (writing and fsyncing the bytes) happens before the lock;
         # under it only the check, the rename and the row, so gc sees both file and row or
@@ -91,13 +114,13 @@ class ChainsMixin(WritesMixin):
         staged = self.files.stage_many({a: v[0] for a, v in distinct.items()
                                         if not self.files.path(a, format).exists()}, format)
         try:
-            self._db.buffered(lambda con: self._place_artifacts(distinct, staged, format))
+            self._db.buffered(lambda con: self._place_artifacts(con, distinct, staged, format))
         finally:
             for one in staged.values():
                 one.temp.unlink(missing_ok=True)  # published ones are gone already
         return ids
 
-    def _place_artifacts(self, distinct: dict[str, tuple[bytes, str | None, str]],
+    def _place_artifacts(self, con, distinct: dict[str, tuple[bytes, str | None, str]],
                          staged: dict[str, art.StagedFile], format: str) -> None:
         """Under the lock: the files in place (but for sound copies already there), and
         their rows buffered."""
@@ -109,37 +132,10 @@ class ChainsMixin(WritesMixin):
                               {a: distinct[a][0] for a in missing if a not in ready}, format)
         stamp = now()
         for artifact_id, (data, operator_class, artifact_type) in distinct.items():
-            self._buffer(("insert", "artifacts", None, [
-                artifact_id, art.relative_path(artifact_id, format), artifact_id, operator_class,
-                artifact_type, format, len(data), stamp, stamp]))
+            con.buffer(SaveArtifact([artifact_id, art.relative_path(artifact_id, format), artifact_id, operator_class,
+                                     artifact_type, format, len(data), stamp, stamp]))
             # a chain of this transaction may reference it without looking it up
-            self._remember("artifacts", artifact_id, "artifact_id", artifact_id)
-
-    def _apply_artifacts(self, con, rows: list, chained: set) -> None:
-        """Artifact rows of buffered or journaled saves: new ids are appended, ids already
-        in the table only have their grace period renewed (see below)."""
-        by_id: dict[str, list] = {}
-        for row in rows:
-            if row[0] in by_id:
-                by_id[row[0]][-1] = max(by_id[row[0]][-1], row[-1])  # saved again: last save
-            else:
-                by_id[row[0]] = list(row)
-        # An appender (no SQL per row, and no pyarrow, which imports pandas (0.5-1 s) the
-        # first time it converts Python objects, here under the exclusive lock) and two
-        # cheap statements: an upsert through a staging table cost 5-6 ms a flush.
-        ids = list(by_id)
-        existing = self._stored_artifacts(con, ids)
-        self._append_rows(con, "artifacts", None,
-                          [row for artifact_id, row in by_id.items() if artifact_id not in existing])
-        renew = sorted(existing - chained)
-        if renew:
-            # A save that found its artifact already stored renews its grace period,
-            # unless a chain of the same writes references it: the chain keeps it alive
-            # (the usual case: a pipeline re-saves stateless steps earlier ones saved).
-            con.execute("UPDATE artifacts SET last_saved_at = ? WHERE list_contains(?, artifact_id)",
-                        [max(by_id[i][-1] for i in renew), renew])
-        for artifact_id in ids:
-            self._remember("artifacts", artifact_id, "artifact_id", artifact_id)
+            con.remember("artifacts", artifact_id, "artifact_id", artifact_id)
 
     def _artifact_format(self, artifact_id: str) -> str:
         check_id("artifact", artifact_id)
@@ -154,14 +150,14 @@ class ChainsMixin(WritesMixin):
         return self.files.load(artifact_id, self._artifact_format(artifact_id))
 
     def _cached_artifact(self, artifact_id: str, format: str | None = None) -> Any:
-        # Replay's cache, keyed by hash: the content of an id can never change.
-        if artifact_id in self._artifact_cache:
-            self._artifact_cache.move_to_end(artifact_id)
-            return self._artifact_cache[artifact_id]
+        cache = self._loaded.artifacts
+        if artifact_id in cache:
+            cache.move_to_end(artifact_id)
+            return cache[artifact_id]
         obj = self.files.load(artifact_id, format or self._artifact_format(artifact_id))
-        self._artifact_cache[artifact_id] = obj
-        while len(self._artifact_cache) > self.artifact_cache_size:
-            self._artifact_cache.popitem(last=False)
+        cache[artifact_id] = obj
+        while len(cache) > self._loaded.max_artifacts:
+            cache.popitem(last=False)
         return obj
 
     def get_artifact_path(self, artifact_id: str) -> Path:
@@ -169,8 +165,8 @@ class ChainsMixin(WritesMixin):
 
     def list_artifacts(self) -> pl.DataFrame:
         """Every artifact with ``ref_count`` = the number of chains that reference it."""
-        return self._frame(
-            "SELECT a.*, count(ca.chain_id)::INTEGER AS ref_count FROM artifacts a "
+        return frame(
+            self._db, "SELECT a.*, count(ca.chain_id)::INTEGER AS ref_count FROM artifacts a "
             "LEFT JOIN chain_artifacts ca USING (artifact_id) GROUP BY ALL ORDER BY a.created_at, a.artifact_id")
 
     # -- chains ------------------------------------------------------------------
@@ -221,39 +217,34 @@ class ChainsMixin(WritesMixin):
                to_json("branch_path", branch_path), check_int("source_index", source_index),
                to_json("metadata", metadata), now(), check_text("task_run_id", task_run_id, optional=True)]
         def write(con) -> None:
-            self._require(con, "pipelines", "pipeline_id", pipeline_id)
+            con.require("pipelines", "pipeline_id", pipeline_id)
             missing = self._unknown_artifacts(con, referenced)
-            if missing and self._settled_after_miss(con):
+            if missing and con.may_lag():
+                con.catch_up()
                 missing = self._unknown_artifacts(con, missing)
             if missing:
                 raise NotFoundError("artifact", ", ".join(missing), self.path)
-            self._buffer(("insert", "chains", None, row),
-                         *(("insert", "chain_artifacts", None, [chain_id, a]) for a in sorted(referenced)))
-            self._remember("chains", chain_id, "model_class", model_class)
+            con.buffer(Insert("chains", None, row),
+                       *(Insert("chain_artifacts", None, [chain_id, a]) for a in sorted(referenced)))
+            con.remember("chains", chain_id, "model_class", model_class)
 
         self._db.buffered(write)
         return chain_id
 
-    def _unknown_artifacts(self, con, ids) -> list[str]:
-        remembered = self._db.rows
-        unchecked = sorted(a for a in ids if ("artifacts", a, "artifact_id") not in remembered)
+    @staticmethod
+    def _unknown_artifacts(con, ids) -> list[str]:
+        unchecked = sorted(a for a in ids if not con.is_remembered("artifacts", a, "artifact_id"))
         if not unchecked:
             return []
-        known = self._stored_artifacts(con, unchecked)
+        known = stored_artifacts(con, unchecked)
         for artifact_id in known:
-            self._remember("artifacts", artifact_id, "artifact_id", artifact_id)
+            con.remember("artifacts", artifact_id, "artifact_id", artifact_id)
         return sorted(set(unchecked) - known)
-
-    @staticmethod
-    def _stored_artifacts(con, ids: list[str]) -> set[str]:
-        """Which of `ids` have a row in ``artifacts``."""
-        return {r[0] for r in con.execute("SELECT artifact_id FROM artifacts WHERE list_contains(?, artifact_id)",
-                                          [ids]).fetchall()}
 
     def get_chain(self, chain_id: str) -> dict:
         check_id("chain", chain_id)
         with self._db.reading() as con:
-            row = self._one_dict(con, "SELECT * FROM chains WHERE chain_id = ?", [chain_id], "chain", chain_id)
+            row = one_dict(con, "SELECT * FROM chains WHERE chain_id = ?", [chain_id], "chain", chain_id, self.path)
         for field in _CHAIN_JSON:
             row[field] = from_json(row[field])
         if row["wavelengths"] is not None:
@@ -261,18 +252,69 @@ class ChainsMixin(WritesMixin):
         return row
 
     def get_chains_for_pipeline(self, pipeline_id: str) -> pl.DataFrame:
-        return self._frame("SELECT * FROM chains WHERE pipeline_id = ? ORDER BY created_at, chain_id",
-                           [check_id("pipeline", pipeline_id)])
+        return frame(self._db, "SELECT * FROM chains WHERE pipeline_id = ? ORDER BY created_at, chain_id",
+                     [check_id("pipeline", pipeline_id)])
 
-    def _cached_chain(self, chain_id: str) -> dict:
-        # Chains never change once saved; a chain deleted here is dropped from the cache.
-        if chain_id not in self._chain_cache:
-            chain = self._chain_cache[chain_id] = self.get_chain(chain_id)
+    # -- replay --------------------------------------------------------------------
+    def replay_chain(self, chain_id: str, X, wavelengths=None, *, return_proba: bool = False):
+        """Predict new spectra with a stored chain (the rule: ``nirs.replay``).
+
+        Returns predictions; for a classifier with ``return_proba=True``, a
+        ``(labels, probabilities)`` pair whose columns follow ``get_chain(...)["classes"]``."""
+        pred, proba = self._replayable(chain_id).replay(X, wavelengths)
+        if return_proba:
+            if proba is None:
+                raise ReplayError(f"chain {chain_id} is a regression chain: it has no probabilities")
+            return pred, proba
+        return pred
+
+    def preprocess_chain(self, chain_id: str, X, wavelengths=None, *, fold: str | None = None):
+        """``(X, grid)`` after the chain's preprocessing (one fold's), e.g. to plot it."""
+        return self._replayable(chain_id).preprocess(X, wavelengths, fold)
+
+    def load_chain(self, chain_id: str) -> ReplayableChain:
+        """A stored chain with every fitted artifact it references loaded (and hash-checked)
+        now: it replays without the store, and pickles, so a Prefect task (in this process
+        or another) can score with it while only the flow-run process opens the store."""
+        chain = self.get_chain(check_id("chain", chain_id))
+        load = self._loader(chain, cached=False, context="")
+        objects = {a: load(a) for a in sorted(referenced_artifacts(chain["steps"], chain["fold_artifacts"],
+                                                                   chain["shared_artifacts"]))}
+        return ReplayableChain(chain, objects.__getitem__)
+
+    def _replayable(self, chain_id: str) -> ReplayableChain:
+        # Chains never change once saved; a chain deleted here is forgotten by LoadedChains.
+        cache = self._loaded.chains
+        if chain_id not in cache:
+            chain = cache[chain_id] = self.get_chain(chain_id)
             warn_on_version_mismatch(chain)  # once per chain and store, as it is first replayed
-            while len(self._chain_cache) > 64:
-                self._chain_cache.popitem(last=False)
-        return self._chain_cache[chain_id]
+            while len(cache) > self._loaded.max_chains:
+                cache.popitem(last=False)
+        chain = cache[chain_id]
+        return ReplayableChain(chain, self._loader(chain, cached=True,
+                                                   context=f"chain {chain_id} cannot be replayed: "))
 
-    def _forget_chains(self, chain_ids) -> None:
-        for chain_id in chain_ids:
-            self._chain_cache.pop(chain_id, None)
+    def _loader(self, chain: dict, *, cached: bool, context: str) -> Callable[[str], Any]:
+        """artifact id -> the loaded object; an artifact that cannot be loaded here is
+        reported (after `context`) with what fitted the chain."""
+        formats = self._chain_formats(chain)
+
+        def load(artifact_id: str):
+            try:
+                if cached:
+                    return self._cached_artifact(artifact_id, formats.get(artifact_id))
+                return self.files.load(artifact_id, formats.get(artifact_id) or self._artifact_format(artifact_id))
+            except ArtifactLoadError as exc:
+                said = unloadable_in_chain(exc, chain, context)
+                raise said from exc.__cause__
+
+        return load
+
+    def _chain_formats(self, chain: dict) -> dict[str, str]:
+        if "_formats" not in chain:
+            with self._db.reading() as con:
+                rows = con.execute("SELECT artifact_id, format FROM artifacts WHERE artifact_id IN "
+                                   "(SELECT artifact_id FROM chain_artifacts WHERE chain_id = ?)",
+                                   [chain["chain_id"]]).fetchall()
+            chain["_formats"] = dict(rows)
+        return chain["_formats"]

@@ -14,11 +14,19 @@ person to restore.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
-from .base import StoreBase, now
+from pathlib import Path
+
+from .artifacts import ArtifactFiles
+from .base import now
+from .connection import Connector
 from .errors import ArtifactLoadError
+from .journal import salvage_message
+from .maintenance import Maintenance
+from .records import Records
 from .versions import sklearn_mismatch
 
 
@@ -45,7 +53,15 @@ class CheckReport:
                 "unloadable": self.unloadable, "other_versions": self.other_versions}
 
 
-class CheckMixin(StoreBase):
+class Check:
+    """Built with what it repairs through: records (a stale run marked crashed) and
+    maintenance (gc of orphans)."""
+
+    def __init__(self, db: Connector, files: ArtifactFiles, records: Records, maintenance: Maintenance,
+                 path: Path) -> None:
+        self._db, self.files, self.path = db, files, path
+        self._records, self._maintenance = records, maintenance
+
     def check_workspace(self, *, repair: bool = False, stale_after: float = 24 * 3600,
                         grace: float = 3600.0, load: bool = False) -> CheckReport:
         report = CheckReport()
@@ -82,13 +98,21 @@ class CheckMixin(StoreBase):
         report.stale_runs = [{"run_id": r[0], "name": r[1], "created_at": str(r[2])} for r in runs if r[3] < cutoff]
         if repair:
             for run in report.stale_runs:
-                self.fail_run(run["run_id"], f"marked crashed by check at {now().isoformat()}Z: still "
+                self._records.fail_run(run["run_id"], f"marked crashed by check at {now().isoformat()}Z: still "
                                              f"'running' after {stale_after / 3600:.0f} h", status="crashed")
                 report.repaired.append(f"run {run['run_id']} marked crashed")
-            removed = self.gc_artifacts(grace=grace)
+            removed = self._maintenance.gc_artifacts(grace=grace)
             report.repaired += [f"removed orphan {p}" for p in removed.orphan_files]
             report.repaired += [f"removed dead artifact {a}" for a in removed.artifact_ids]
         return report
+
+    def _salvage_journal(self) -> str | None:
+        """A journal with a damaged record among whole ones (which every settle refuses):
+        keep the file aside, and go on with its whole records not yet applied."""
+        path = self._db.journal.path
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        with self._db.exclusive_file(journal=True):  # both locks, nothing attached: nothing settles or appends
+            return salvage_message(self._db.journal, self._db.db_path, aside)
 
     def _chains_fitted_elsewhere(self) -> list[dict]:
         with self._db.reading() as con:

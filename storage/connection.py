@@ -1,72 +1,111 @@
-"""One DuckDB connection per process, holding the workspace only across a burst of calls.
+"""The one way a store call reaches the database: lock, attach, one transaction, hand over.
 
-Every store call runs inside ``reading()`` or ``writing()``: take the workspace lock
-(shared or exclusive), attach the database file if it is not attached yet, run one
-transaction. The lock (and the file) are then kept for ``idle`` seconds in case another
-call follows, and released when the window passes, or at once when another process is
-waiting. ``batch()`` holds one write transaction for many calls.
+How a write goes (the parts of the store, records.py, predictions.py, chains.py..., only
+say what to write):
 
-A write made only of buffered rows (``buffered()``: a single prediction, a pipeline's
-start, a log line) takes neither: under the journal's own lock it appends one record to
-the journal file (``storage/journal_file.py``) and returns, if everything it looks up is
-remembered by this process; otherwise it looks it up in the tables under the shared
-lock, or, not found there, holds the workspace like any write. So processes taking
-turns call by call wait only for each other's appends (~0.3 ms), never for a settle,
-a reader, or another process's idle window.
+1. A single write made of lookups and new rows or completions (a prediction, a pipeline's
+   start, a log line: ``Connector.buffered``) is tried first on the journal alone: under
+   the journal's lock, with the lookups answered from what this process remembers, its
+   operations (``storage/operations.py``) are appended to the journal file as one record
+   (``storage/journal.py``, ~0.2 ms) without waiting for the workspace. If it needs the
+   database (a lookup it does not remember), it is made again as a call that holds it.
+2. Any other call (``reading``, ``writing``, ``batch``) takes the process's mutex (its
+   threads take turns: DuckDB 2 refuses concurrent calls on one connection), then the
+   workspace lock (``storage/locking.py``: shared to read, exclusive to write, first come
+   first served; a write takes the journal's lock too), and attaches ``store.duckdb`` to
+   an in-memory DuckDB this process keeps (~1.5 ms with its detach, where creating a
+   DuckDB costs ~17 ms). It begins one ``Transaction`` (``storage/transaction.py``) and
+   hands it to the part. At the end, operations that are all the transaction made, and not
+   too many, are appended to the journal as one record; any others are applied to their
+   tables in bulk. Then COMMIT.
+3. The file stays attached for ``idle`` seconds, for the next call of a burst, and is
+   handed over as soon as another process waits (a thread of this process looks every
+   few milliseconds).
 
-Two locks, always taken in this order: the workspace's, then the journal's. A write
-holds both for its whole call (nobody appends while it settles the journal, appends
-itself, or deletes rows that an append may have looked up); a settle holds the
-workspace's, and the journal's only for the moment it replaces the file, if nobody is
-appending then; an append holds the journal's alone and waits for nothing else.
+Invariants, enforced in this module:
 
-Why ATTACH/DETACH on a kept in-memory DuckDB rather than connect/close: creating a DuckDB
-instance costs 17-25 ms here (building its catalog of built-in functions), and every
-hand-over between processes paid it twice. Attaching the file to an instance that stays
-alive costs ~2.5 ms and detaching ~1 ms; DETACH closes the file and frees DuckDB's own
-file lock, so the next process can open it.
-
-Work may be left for later: ``pending`` rows buffered in memory for the current
-transaction (flushed before any other statement and before commit), and committed
-records waiting in the journal (``settle``d into their final tables before any call that
-is not itself a journal write, before a reader reads, by a background thread once the
-journal is long or the process has been quiet for its idle window (``storage/settler.py``),
-and when the store is released or closed).
-
-Threads of one process are serialised by a re-entrant mutex, because DuckDB 2 refuses
-concurrent calls on one connection; a ``batch()`` holds that mutex for its whole body.
-A journal-only write needs no DuckDB: it runs beside them, under the journal mutex.
+* Lock order: the process mutex, the workspace lock, the journal mutex, the journal lock.
+  A write to the journal alone takes the last two only, and waits for nothing else.
+* The workspace lock guards the database file: the file is attached only while this
+  process holds the lock, read-only under the shared lock, read-write under the exclusive.
+  The journal lock guards the journal file: whoever appends, settles or resets it holds
+  it; a call holding the workspace exclusively holds it for the whole call, so nobody
+  appends while it settles, or deletes rows an append may have looked up.
+* The journal's records are applied before anything reads the tables and before any other
+  operation is applied: a write call settles the journal in its transaction before its
+  first statement (``Transaction.catch_up``); a reader that finds records takes the
+  exclusive lock to settle them. A settle applies the records and moves the settled marker
+  in one transaction, and resets the file only once that committed: records are applied
+  once, never twice, whatever is killed when.
+* The journal is settled when a holder lets the workspace go for good (idle, release,
+  close), when it hands it over with a long journal, and when a writer holding it has
+  been quiet for a moment (a reader coming then finds nothing to settle); a process that
+  appended alone settles what is left when it is released or closed. A short journal
+  handed over is left to the next writer, who appends to it.
+* What may run twice: the body of a buffered write, when its try on the journal alone
+  needed the database. Bodies only look rows up and buffer operations, so running one
+  again is harmless; the first try's operations are dropped. Nothing else runs twice, and
+  a failed transaction is rolled back whole.
+* What a process remembers: looked-up rows across attachments (``RememberedRows``, until
+  any deletion); appenders and metric directions while it holds the lock (``Holding``).
+  A rollback forgets what the transaction may have taught.
+* An exception anywhere (a signal handler's included: Prefect raises on SIGTERM wherever
+  the main thread is, inside DuckDB too) leaves the connector usable: the transaction
+  rolled back, and each lock either held (the file attached) or free.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
-import weakref
 import time
+import weakref
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import duckdb
 
-from .appends import HAND_OVER_JOURNAL_BYTES, SETTLE_JOURNAL_BYTES, AppendsMixin, NeedsDatabase
+from . import journal
 from .errors import WorkspaceCorruptError
+from .journal import JournalFile
 from .locking import Mode, WorkspaceLock
-from .settler import Settler
+from .transaction import Holding, NeedsDatabase, RememberedRows, Transaction
 
-__all__ = ["Connector", "NeedsDatabase", "HAND_OVER_JOURNAL_BYTES", "SETTLE_JOURNAL_BYTES"]
+__all__ = ["Connector", "JOURNAL_MAX_OPS", "JOURNAL_MAX_BYTES", "SETTLE_BYTES", "HAND_OVER_BYTES"]
 
+log = logging.getLogger("nirsflow.storage")
+T = TypeVar("T")
+
+# A transaction of more operations, or a larger payload, is applied to its tables
+# directly: the journal would write it twice for little gain (the per-column cost is per
+# transaction, and a transaction this large already amortizes it).
+JOURNAL_MAX_OPS = 512
+JOURNAL_MAX_BYTES = 8 * 1024 * 1024
+# A journal this long is settled by the next writer instead of appending to it, so it,
+# and what a settle holds in memory, stay bounded (~2,000 single predictions).
+SETTLE_BYTES = 4 * 1024 * 1024
+# A journal this long is settled before the workspace is handed over; a shorter one is
+# left for the next writer (~60 single predictions of 100-float arrays).
+HAND_OVER_BYTES = 128 * 1024
+# How often a holder that is idle looks for processes waiting for the workspace.
+_WAITER_POLL = 0.005
+# A writer holding the workspace, quiet this long, settles the journal: a reader coming
+# later then finds nothing to settle (it would queue again for the exclusive lock, and
+# settle in its own turn, which every writer then waits for).
+_SETTLE_QUIET = 0.02
+
+_ALIAS = "workspace"  # the attached database's name; every statement runs with USE on it
 _LEAKED_CONNECTIONS: list = []  # inherited across fork: never closed by the child
 _OPEN: "weakref.WeakSet[Connector]" = weakref.WeakSet()
-_ALIAS = "workspace"  # the attached database's name; every statement runs with USE on it
 
 
 @atexit.register
 def _close_all() -> None:
-    # Close (and so checkpoint) what is still open when the interpreter exits, rather
-    # than leave the next opener a WAL to replay.
+    # Close (settle, checkpoint) what is still open when the interpreter exits, rather
+    # than leave the next opener a journal to settle and a WAL to replay.
     for connector in list(_OPEN):
         if connector._pid == os.getpid():
             try:
@@ -79,394 +118,226 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
     try:
         con.execute("ROLLBACK")
     except duckdb.Error:
-        pass  # the failed statement already aborted the transaction
+        pass  # the failed statement already aborted the transaction, or none began
 
 
-class _CallState(threading.local):
-    """What belongs to one thread's call: its transaction's buffered operations and
-    caches. A journal-only write (under the journal's lock) and a call holding the
-    database (under the connector's mutex) may run at once in two threads."""
+class Connector:
+    """One DuckDB connection per store object, holding the workspace only across a burst
+    of calls. Threads of a process are served one at a time; a ``batch()`` holds the
+    mutex for its whole block.
 
-    def __init__(self) -> None:
-        self.pending = False  # operations are buffered in `ops`
-        self.ops: list = []
-        self.txn_cache: dict = {}  # facts valid for the current transaction only
-        self.after_commit: list[Callable[[], None]] = []
-        self.journal_only = False
+    Built with its collaborators: the workspace lock and the journal lock (two
+    ``WorkspaceLock``s), the journal file, and the rows this process remembers."""
 
-
-def _per_thread(name: str) -> property:
-    """An attribute of the calling thread's call (`Connector._tls`)."""
-    return property(lambda self: getattr(self._tls, name), lambda self, value: setattr(self._tls, name, value))
-
-
-class _Deferred:
-    """The connection a buffered write is handed: the file is attached and the write
-    transaction begun only when the write first uses it (a lookup the process has not
-    remembered, a settle). Used only under the connector's mutex, inside the call."""
-
-    __slots__ = ("_connector",)
-
-    def __init__(self, connector: "Connector") -> None:
-        self._connector = connector
-
-    def __getattr__(self, name: str):
-        return getattr(self._connector.transaction(), name)
-
-
-class Connector(AppendsMixin):
-    def __init__(self, db_path: Path, lock: WorkspaceLock, *, idle: float,
-                 journal_lock: WorkspaceLock) -> None:
+    def __init__(self, db_path: Path, lock: WorkspaceLock, journal_lock: WorkspaceLock, journal_file: JournalFile,
+                 rows: RememberedRows, *, idle: float) -> None:
         self.db_path = Path(db_path)
-        self.lock = lock  # the workspace: the database file and its attachment
-        self.journal_lock = journal_lock  # appending to (and replacing) the journal file
+        self.workspace = self.db_path.parent
+        self.lock, self.journal_lock, self.journal, self.rows = lock, journal_lock, journal_file, rows
         self.idle = idle
-        # Lock order, always: the mutex before the journal mutex, the workspace lock
-        # before the journal's. A journal-only write holds the journal's side alone and
-        # waits for nothing else while it does.
         self._mutex = threading.RLock()
         self._jmutex = threading.RLock()
-        self._journal_depth = 0  # calls of the thread holding `_jmutex` that hold the journal lock
-        self._tls = _CallState()
+        self._journal_depth = 0  # how deep the thread holding the journal mutex holds the journal lock
         self._wake = threading.Condition(self._mutex)
-        self._instance: duckdb.DuckDBPyConnection | None = None  # in-memory, kept
-        self._con: duckdb.DuckDBPyConnection | None = None  # the instance, file attached
-        self._mode: Mode | None = None  # the lock held; the file may not be attached yet
-        # A call's transaction is open (the thread that owns the call holds the mutex) ...
-        self._in_transaction = False
-        self._db_transaction = False  # ... and began in DuckDB (it may still not have)
-        self._deferred = _Deferred(self)
-        self._active = 0  # calls under way (nested calls of a batch count too)
-        self._owner: int | None = None  # the thread whose call or batch is under way
+        self._instance: duckdb.DuckDBPyConnection | None = None  # in-memory, kept across attachments
+        self._holding: Holding | None = None
+        self._txn: Transaction | None = None  # the open transaction; its thread holds the mutex
+        self._owner: int | None = None  # that thread
+        self._appended = False  # this process appended to the journal alone (settled at release, close)
         self._last_used = 0.0
-        self._reaper: threading.Thread | None = None
-        _OPEN.add(self)
-        self._pid = os.getpid()
+        self._idler: threading.Thread | None = None
         self._closed = False
-        # Writes that callers buffer (storage/writes.py): applied before any other
-        # statement of the same transaction runs (`flush`; None discards them), or at
-        # commit, when nothing else ran, journaled as one record (`to_journal`, False if
-        # they are too many for it).
-        self.flush: Callable[[duckdb.DuckDBPyConnection | None], None] | None = None
-        self.to_journal: Callable[[], bool] = lambda: False
-        # Facts valid while the workspace lock is held (the attachment's appenders; the
-        # direction of metrics): no other process can change the database meanwhile.
-        self.conn_cache: dict = {}
-        # The remembered rows (existence and never-changing columns), shared by both
-        # kinds of call. Rows are only ever added, but for deletions: each bumps a
-        # counter in `.nirsflow/rows-epoch` (holding both locks), read as either lock is
-        # taken (~20 us); a new count forgets them all. Looking a pipeline up again cost
-        # ~1.4 ms of each turn of processes taking turns.
-        self.rows: dict = {}
-        self._epoch_path = self.db_path.parent / ".nirsflow" / "rows-epoch"
-        self._rows_epoch = -1
-        self._appended = False  # this process made journal-only writes (settled at close)
-        self._settler = Settler(self._settle_if_free, lambda: self.idle)
-        # Committed records waiting in the journal: `unsettled()` says whether there are
-        # any, `settle(con)` moves them into place, `journal_length()` is the bytes of
-        # records not yet applied (past the noted applied offset). `journal` is what this
-        # process knows, for one call: False (settled), True (it journaled under the
-        # workspace lock: settled when it lets go), or None (unknown).
-        self.unsettled: Callable[[], bool] | None = None
-        self.settle: Callable[[duckdb.DuckDBPyConnection], None] | None = None
-        self.journal_length: Callable[..., int] | None = None
-        self.journal_size: Callable[[], int] | None = None  # the file's, applied records included
-        self.journal: bool | None = None
-        # The operations of the journal's records from some point on, in commit order,
-        # while this process knows the journal holds nothing else after that point: it
-        # wrote every record since (each appended where the last one ended). A settle
-        # then needs no read-back: reading and decoding a grid's journal was ~0.5 ms a
-        # pipeline. `journal_tail` is (generation, end) of the file after the last of
-        # them. None: not known. Guarded by the journal mutex.
-        self.journal_ops: list | None = None
-        self.journal_tail: tuple[bytes, int] | None = None
-        self._journal_ops_bytes = 0
+        self._pid = os.getpid()
+        _OPEN.add(self)
 
-    # The calling thread's call (see _CallState)
-    pending = _per_thread("pending")
-    ops = _per_thread("ops")
-    txn_cache = _per_thread("txn_cache")
-    _after_commit = _per_thread("after_commit")
-
-    # -- public --------------------------------------------------------------
+    # -- the calls -----------------------------------------------------------------------
     @contextmanager
-    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with self._call("shared") as con:
-            yield con
+    def reading(self) -> Iterator[Transaction]:
+        with self._call("shared") as txn:
+            yield txn
 
     @contextmanager
-    def writing(self, *, buffered: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A write; ``buffered`` calls may leave rows for ``flush`` instead of executing."""
-        with self._call("exclusive", buffered=buffered) as con:
-            yield con
+    def writing(self) -> Iterator[Transaction]:
+        """A write that runs statements of its own (the journal is settled first)."""
+        with self._call("exclusive") as txn:
+            yield txn
 
-    def batch_connection(self):
-        """The open write transaction's connection (attached when first used) if the
-        calling thread is inside a ``batch()`` of this store, else None. A buffered write
-        made there needs none of a call's machinery (lock, transaction, settling), and
-        skipping it is a fifth of the cost of a prediction saved in a batch."""
-        if self._active and self._owner == threading.get_ident() and self._mode == "exclusive":
-            return self._deferred
-        return None
-
-    def transaction(self) -> duckdb.DuckDBPyConnection:
-        """The file attached and the call's transaction begun in DuckDB (inside a call)."""
-        con = self._attached()
-        if self._in_transaction and not self._db_transaction:
-            # marked before BEGIN runs: an exception that lands right after it (a signal
-            # handler's) must still roll the transaction back
-            self._db_transaction = True
-            con.execute("BEGIN TRANSACTION")
-        return con
-
-    def _attached(self) -> duckdb.DuckDBPyConnection:
-        """The file attached, in the mode of the lock held."""
-        if self._con is None:
-            self._con = self._attach(self._mode)
-        return self._con
-
-    @contextmanager
-    def batch(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One write transaction for every call made inside the block (re-entrant)."""
-        with self._call("exclusive", buffered=True) as con:
-            yield con
-
-    @property
-    def is_open(self) -> bool:
-        """Whether this process holds the workspace (its lock; the file may be attached)."""
-        return self._mode is not None
-
-    @property
-    def writable(self) -> bool:
-        """Whether a write transaction is open (on the calling thread's call)."""
-        return (self._mode == "exclusive" and self._in_transaction and self._owner == threading.get_ident()
-                and not self._tls.journal_only)
-
-    def release(self) -> None:
-        """Close the connection and free the lock now (no call may be under way)."""
-        with self._mutex:
-            if self._active:
-                raise RuntimeError("cannot release the workspace inside a call or batch")
-            self._settle_own_appends()
-            self._disconnect()
-
-    def close(self) -> None:
-        self._settler.stop()
-        with self._mutex:
-            self._closed = True
-            if not self._active:
-                try:
-                    self._settle_own_appends()
-                    self._disconnect()
-                finally:
-                    instance, self._instance = self._instance, None
-                    if instance is not None and os.getpid() == self._pid:
-                        instance.close()
-            self._wake.notify_all()
-
-    # -- the call --------------------------------------------------------------
-    @contextmanager
-    def _call(self, mode: Mode, buffered: bool = False,
-              settled: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A call under the workspace lock (`settled` False: a read that may find the
-        journal not yet applied, for lookups of rows that are never changed)."""
-        with self._mutex:
-            self._check_fork()
-            self._closed = False
-            outermost = self._active == 0
-            if outermost:
-                if self.journal is False:
-                    # journal-only writes append without the workspace lock: "settled"
-                    # holds for one call (that holds the journal's lock too), not a burst
-                    self.journal = None
-                # a buffered write attaches the file only if it uses the connection
-                self._connect(mode, attach=not buffered, settled=settled)
-                self._owner = threading.get_ident()
-            elif mode == "exclusive" and self._mode == "shared":
-                raise RuntimeError("a write cannot start inside a read of the same workspace")
-            self._active += 1
+    def buffered(self, body: Callable[[Transaction], T]) -> T:
+        """`body(txn)`, a write made of lookups and buffered operations: inside this
+        thread's batch it joins the batch; otherwise it is tried on the journal alone,
+        then (if it needs the database) made again as a call of its own."""
+        if self.in_batch():
+            return body(self._txn)  # the batch's transaction: none of a call's machinery (a fifth of a prediction's cost)
+        if self._owner != threading.get_ident():  # (inside this thread's read: a call says why it cannot write)
             try:
-                # A write holds the journal's lock as well, for the whole call: nobody
-                # appends while it settles, appends itself, or deletes rows that an
-                # append may have looked up.
-                with self.journal_held() if outermost and self._mode == "exclusive" else nullcontext():
-                    with self._transaction(buffered) as con:
-                        yield con
-            finally:
-                self._active -= 1
-                if outermost:
-                    self._owner = None
-                    self._after_call()
+                return self._append_alone(body)
+            except NeedsDatabase:
+                pass  # made again below, holding the workspace: bodies only look up and buffer
+        with self._call("exclusive", buffered=True) as txn:
+            return body(txn)
+
+    def in_batch(self) -> bool:
+        """Whether the calling thread is inside a write call or batch of this connector."""
+        txn = self._txn
+        return txn is not None and self._owner == threading.get_ident() and txn.writable
 
     @contextmanager
-    def _transaction(self, buffered: bool) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The call's transaction (the one already open, inside a batch)."""
-        began = False
-        try:
-            if not self._in_transaction:
-                self._in_transaction = began = True
-                self._db_transaction = False
-                self.txn_cache = {}
-            if buffered:
-                con = self._deferred
-                if began and self._journal_is_long():
-                    self.settle_in_transaction(self.transaction())
-            else:
-                # a statement of its own: the journal (once per transaction) and what
-                # this transaction buffered go to their tables first, in that order
-                con = self.transaction()
-                self.txn_cache["direct"] = True
-                if (self._mode == "exclusive" and self.settle is not None and not self.txn_cache.get("settled")
-                        and self.journal_may_have_records()):
-                    self.settle_in_transaction(con)
-                elif self.pending:
-                    self._flush(con)
-            yield con
-            if began:
-                if self.pending:
-                    self.pending = False
-                    if not self.txn_cache.get("direct") and self.to_journal():
-                        self.journal = True
-                    else:
-                        self.flush(self.transaction())
-                if self._db_transaction:
-                    self._commit(self._con)
-                self._in_transaction = False
-                if self.txn_cache.get("settled"):
-                    self.journal = self.journal or False  # unless a journal write followed
-                elif "journal_ops" in self.txn_cache:
-                    self._journaled(*self.txn_cache["journal_ops"])
-                self._run_after_commit()
-        except BaseException:
-            if began:
-                self._drop_pending()
-                self.journal = None  # a settle or journal write may have been undone
-                self.known_journal(None)
-                self._after_commit = []
-                # what this transaction taught the caches may be rolled back with it
-                self.conn_cache = {k: v for k, v in self.conn_cache.items() if k == "appenders"}
-                self.rows.clear()
-            if began and self._in_transaction:
-                self._in_transaction = False
-                if self._db_transaction:
-                    self._db_transaction = False
-                    _rollback(self._con)
-            raise
-
-    def journal_may_have_records(self) -> bool:
-        """Whether the journal may hold records not yet in the tables (a stat)."""
-        return self.journal is not False and self.unsettled is not None and self.unsettled()
-
-    def settle_in_transaction(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Apply the journal, then what this transaction buffered, inside the open write
-        transaction (before a statement of its own, or after a lookup missed)."""
-        if self._tls.journal_only:
-            raise NeedsDatabase("settle")
-        self.txn_cache["direct"] = self.txn_cache["settled"] = True
-        self.journal = None  # until this transaction commits
-        self.pending = False
-        self.settle(con)
-
-    def after_commit(self, action: Callable[[], None]) -> None:
-        """Run `action` once the current transaction commits, still under the lock
-        (database first, files after: gc's deletions use it)."""
-        self._after_commit.append(action)
-
-    def _run_after_commit(self) -> None:
-        actions, self._after_commit = self._after_commit, []
-        for action in actions:
-            action()
+    def batch(self) -> Iterator[Transaction]:
+        """One write transaction for every call made inside the block (re-entrant)."""
+        with self._call("exclusive", buffered=True) as txn:
+            yield txn
 
     @contextmanager
-    def exclusive_file(self) -> Iterator[None]:
-        """The exclusive lock with no connection open, for work that replaces the
-        database file itself (vacuum)."""
-        with self._mutex:
-            self._check_fork()
-            if self._active:
-                raise RuntimeError("cannot replace the database inside a call or batch")
-            self._disconnect()
-            self.lock.acquire("exclusive")
+    def opening(self, mode: Mode) -> Iterator[Transaction]:
+        """A call for the schema alone (storage/schema.py): the settled marker may not
+        exist yet, so the journal is neither looked at nor settled."""
+        with self._call(mode, buffered=True, journal_ready=False) as txn:
+            yield txn
+
+    def _append_alone(self, body: Callable[[Transaction], T]) -> T:
+        """`body` on the journal alone: its operations appended as one record under the
+        journal's lock, never waiting for the workspace (NeedsDatabase if it must)."""
+        if os.getpid() != self._pid:
+            with self._mutex:
+                self._check_fork()
+        if self.journal.size() > SETTLE_BYTES:
+            raise NeedsDatabase("the journal is long: settle it first")
+        with self._journal_held():
+            txn = Transaction(None, self.rows, self.journal, self.workspace)
+            try:
+                result = body(txn)
+                if txn.ops:
+                    payload = journal.encode(txn.ops)
+                    if len(txn.ops) > JOURNAL_MAX_OPS or len(payload) > JOURNAL_MAX_BYTES:
+                        raise NeedsDatabase("too many operations for one journal record")
+                    self.journal.append(payload)
+            except NeedsDatabase:
+                raise
+            except BaseException:
+                self.rows.known.clear()  # what the body remembered may not have landed
+                raise
+        self._appended = True
+        self._last_used = time.monotonic()  # not quiet: no background settle while appends go on
+        return result
+
+    @contextmanager
+    def _journal_held(self) -> Iterator[None]:
+        """The journal's lock for this thread (re-entrant), the remembered rows synced."""
+        with self._jmutex:
+            if self._journal_depth == 0:
+                try:
+                    self.journal_lock.acquire("exclusive")
+                    self.rows.sync()
+                except BaseException:
+                    self.journal_lock.release()  # taken, then interrupted: never held by nobody
+                    raise
+            self._journal_depth += 1
             try:
                 yield
             finally:
-                self.lock.release()
+                self._journal_depth -= 1
+                if self._journal_depth == 0:
+                    self.journal_lock.release()
 
-    def _flush(self, con: duckdb.DuckDBPyConnection) -> None:
-        self.pending = False
-        self.flush(con)
+    @contextmanager
+    def _call(self, mode: Mode, buffered: bool = False, journal_ready: bool = True) -> Iterator[Transaction]:
+        with self._mutex:
+            self._check_fork()
+            self._closed = False
+            txn = self._txn
+            if txn is not None:  # a call inside this thread's call or batch
+                if mode == "exclusive" and not txn.writable:
+                    raise RuntimeError("a write cannot start inside a read of the same workspace")
+                if not buffered and txn.writable and txn.may_lag():
+                    txn.catch_up()
+                yield txn
+                return
+            try:
+                holding = self._hold(mode, journal_ready)
+                writes = holding.mode == "exclusive" and journal_ready
+                with self._journal_held() if writes else nullcontext():
+                    txn = self._txn = Transaction(holding, self.rows, self.journal, self.workspace)
+                    self._owner = threading.get_ident()
+                    txn.begun = True  # marked first: an exception right after BEGIN must still roll it back
+                    holding.con.execute("BEGIN TRANSACTION")
+                    if not buffered and writes:
+                        txn.catch_up()
+                    yield txn
+                    self._commit(txn, journal_ready)
+            except BaseException:
+                if txn is not None:
+                    self._abort(txn)
+                raise
+            finally:
+                self._txn = self._owner = None
+                self._after_call()
 
-    def _drop_pending(self) -> None:
-        self.pending = False
-        if self.flush is not None:
-            self.flush(None)  # None: discard what was buffered, the transaction is void
-
-    def _commit(self, con: duckdb.DuckDBPyConnection) -> None:
+    def _commit(self, txn: Transaction, journal_ready: bool) -> None:
+        holding, payload = txn.holding, None
+        if txn.ops:
+            if (journal_ready and not txn.direct and len(txn.ops) <= JOURNAL_MAX_OPS
+                    and self.journal.size() < SETTLE_BYTES):
+                payload = journal.encode(txn.ops)
+            if payload is None or len(payload) > JOURNAL_MAX_BYTES:
+                payload = None
+                txn.catch_up()
         # Still in the transaction until COMMIT returns: a COMMIT interrupted by a signal
-        # (SIGTERM: Prefect's handler raises while DuckDB runs) leaves it aborted, and
-        # only the rollback of the failure path frees the connection for the crash hook's
-        # own write. Marked done first, that rollback was skipped and the hook's BEGIN
-        # failed ("Current transaction is aborted"): a run left `running`, not `crashed`.
-        con.execute("COMMIT")
-        self._in_transaction = self._db_transaction = False
+        # leaves it aborted, and only the failure path's rollback frees the connection for
+        # the next call (a crashed flow's hook among them).
+        holding.con.execute("COMMIT")
+        txn.begun = False
+        if payload is not None:
+            # the transaction wrote nothing of its own: its operations are its commit
+            self.journal.append(payload)
+        if txn.settled:
+            self.journal.reset()  # applied, and the marker says so: a new, empty generation
+        actions, txn.after = txn.after, []
+        for action in actions:
+            action()
 
-    def _connect(self, mode: Mode, attach: bool = True, settled: bool = True) -> None:
-        if self._mode is None or (self._mode != mode and self._mode != "exclusive"):
-            self._disconnect()  # a shared holder that now needs to write starts over
-            try:
-                self.lock.acquire(mode)
-            except BaseException:
-                # an exception that lands once the flock is taken (a signal handler's)
-                # must not leave it held by nobody
-                self.lock.release()
-                raise
-            # From here until the call is under way, any exception (a signal handler's
-            # included, wherever it lands) lets the file and the lock go again, or the
-            # next call would find the lock "already held" by nobody.
-            self._mode = mode
-            try:
-                self._sync_rows()
-                self.conn_cache = {}
-                self.journal = None
-                # what it knows of the journal holds while it holds the workspace: only
-                # a holder settles and replaces the file (appends are checked one by one)
-                self.known_journal(None)
-            except BaseException:
-                self._let_go()
-                raise
+    def _abort(self, txn: Transaction, *, taught: bool = True) -> None:
+        if taught:
+            self.rows.known.clear()  # what the transaction taught may be rolled back with it
+        txn.holding.directions.clear()
+        txn.after = []
         try:
-            if settled and self._mode == "shared" and self.journal is None and self.unsettled is not None:
-                if self.unsettled():
-                    # records a writer left in the journal (handed over short, or killed):
-                    # a read must see them, and a read-only attachment cannot move them,
-                    # so this burst writes
-                    self._disconnect()
-                    self._connect("exclusive", attach)
-                    return
-                self.journal = False
-            if attach:
-                self._attached()
-        except BaseException:
-            if self._mode is not None and not self._active:
-                self._let_go()
-            raise
-
-    def _let_go(self) -> None:
-        """Detach (rolling back) and free the lock at once, settling nothing."""
-        con, self._con, self._mode = self._con, None, None
-        self._in_transaction = self._db_transaction = False
-        self.conn_cache = {}
-        self.rows.clear()
-        try:
-            if con is not None:
-                self._drop_attachment(con)
+            txn.holding.appenders.clear()
         finally:
-            self.lock.release()
+            if txn.begun:
+                txn.begun = False
+                _rollback(txn.holding.con)
+
+    # -- holding the workspace -------------------------------------------------------------
+    def _hold(self, mode: Mode, journal_ready: bool) -> Holding:
+        """The workspace held in `mode` (or exclusively) with the file attached; a reader
+        that finds records in the journal holds it exclusively, to settle them."""
+        holding = self._holding
+        if holding is None or (holding.mode == "shared" and mode == "exclusive"):
+            if holding is not None:
+                self._let_go()  # a reader that now writes starts over, in the queue for the exclusive lock
+            holding = self._take(mode)
+        if journal_ready and holding.mode == "shared" and self.journal.has_records():
+            self._let_go()
+            holding = self._take("exclusive")
+        return holding
+
+    def _take(self, mode: Mode) -> Holding:
+        try:
+            self.lock.acquire(mode)
+            holding = self._holding = Holding(mode)
+            self.rows.sync()
+            holding.con = self._attach(mode)
+        except BaseException:
+            # taken, then interrupted (a signal handler's exception, an attach that
+            # failed): never left held by nobody
+            self._let_go()
+            raise
+        return holding
 
     def _attach(self, mode: Mode) -> duckdb.DuckDBPyConnection:
         """Attach the file and make it the default database; on any failure, nothing
         stays attached."""
-        con = self._attach_instance()
+        con = self._kept_instance()
         options = " (READ_ONLY)" if mode == "shared" else ""
         path = str(self.db_path).replace("'", "''")
         try:
@@ -477,9 +348,9 @@ class Connector(AppendsMixin):
             except duckdb.Error as exc:
                 if "already attached" not in str(exc):
                     raise
-                # An exception raised between two statements of an earlier attach or
-                # detach of this process (a signal handler's, say) left the file
-                # attached with nobody holding it: let it go, and attach again.
+                # An exception between two statements of an earlier attach or detach (a
+                # signal handler's) left the file attached with nobody holding it: let it
+                # go, and attach again.
                 con = self._drop_attachment(con)
                 con.execute(f"ATTACH '{path}' AS {_ALIAS}{options}")
             con.execute(f"USE {_ALIAS}")
@@ -492,16 +363,16 @@ class Connector(AppendsMixin):
             raise
         return con
 
-    def _attach_instance(self) -> duckdb.DuckDBPyConnection:
+    def _kept_instance(self) -> duckdb.DuckDBPyConnection:
         if self._instance is None:
             self._instance = duckdb.connect(":memory:")
-            # The store checkpoints itself before a detach, when the WAL holds anything
+            # the store checkpoints before it detaches, when the WAL holds anything
             self._instance.execute("PRAGMA disable_checkpoint_on_shutdown")
         return self._instance
 
     def _drop_attachment(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-        """Detach the workspace if it is attached; an instance that cannot is replaced.
-        Returns the instance to use."""
+        """Detach the workspace if it is attached; an instance that cannot is replaced
+        (closing it is what frees the file for sure). Returns the instance to use."""
         try:
             con.execute("USE memory")
             con.execute(f"DETACH DATABASE IF EXISTS {_ALIAS}")
@@ -509,158 +380,180 @@ class Connector(AppendsMixin):
         except BaseException:
             self._instance = None
             con.close()
-            return self._attach_instance()
+            return self._kept_instance()
 
-    def _disconnect(self, handing_over: bool = False) -> None:
-        """Free the lock, detaching the file if it is attached, the journal settled first:
-        always when this process goes idle, and on a hand-over once the journal is long.
-        A short journal is left to the next writer, who only appends to it (a reader
-        that finds one takes the write lock and settles it): a settle attaches the file
-        and checkpoints, most of a turn's cost when processes take turns call by call."""
-        if self._mode is None:
-            return
-        settle_error: Exception | None = None
-        if self._mode == "exclusive" and not self._in_transaction:
-            try:
-                # what this process journaled under the lock (what it appended alone is
-                # the settler's)
-                if self.journal and not (handing_over and self._journal_is_short()):
-                    self._settle_now()
-                # the next process to attach would replay what the WAL holds
-                if self._con is not None and self._wal_size() > 0:
-                    self._con.execute("CHECKPOINT")
-            except Exception as exc:  # noqa: BLE001 - raised below, once the file is free
-                settle_error = exc
-        con, rollback = self._con, self._in_transaction and self._db_transaction
-        if self._in_transaction:
-            self.rows.clear()  # it may have taught them rows it rolls back
-        self.conn_cache = {}  # appenders die with the attachment
-        self._con, self._mode, self._in_transaction, self._db_transaction = None, None, False, False
+    def _let_go(self) -> None:
+        """Detach (no transaction is open) and free the lock, settling nothing."""
+        holding, self._holding = self._holding, None
         try:
-            if con is not None:
-                self._detach(con, rollback)
+            if holding is not None and holding.con is not None:
+                self._drop_attachment(holding.con)
         finally:
             self.lock.release()
-        if settle_error is not None:
-            # nothing is lost: the records stay committed in the journal, and the next
-            # write (of this process or another) settles them
-            raise settle_error
 
-    def _wal_size(self) -> int:
+    def _let_go_settled(self, *, handing_over: bool = False) -> None:
+        """Let the workspace go: a writer settles the journal first (on a hand-over only
+        when it is long) and checkpoints, so the next process has no WAL to replay. A
+        settle that fails is raised once the file is free: its records stay journaled,
+        and the next writer or reader settles them (or says why it cannot)."""
+        assert self._txn is None, "the workspace is let go between calls, never inside one"
+        holding = self._holding
+        if holding is None:
+            return
+        error: Exception | None = None
+        if holding.mode == "exclusive" and holding.con is not None:
+            try:
+                size = self.journal.size()
+                if self.journal.has_records() and not (handing_over and size < HAND_OVER_BYTES):
+                    self._settle(holding)
+                if self._wal_bytes() > 0:
+                    holding.con.execute("CHECKPOINT")
+            except Exception as exc:  # noqa: BLE001 - raised below, once the file is free
+                error = exc
+        self._let_go()
+        if error is not None:
+            raise error
+
+    def _let_go_quietly(self, *, handing_over: bool) -> None:
+        """``_let_go_settled`` between calls (an idle window passed, a waiter came): the
+        calls themselves are done, so a failed settle is logged, not raised into one."""
+        try:
+            self._let_go_settled(handing_over=handing_over)
+        except Exception as exc:  # noqa: BLE001 - the records stay journaled; the next settle reports it
+            log.warning("nirsflow: settling the journal of %s before letting it go failed (its records stay in "
+                        "the journal; the next call settles them, or says why it cannot): %s", self.workspace, exc)
+
+    def _settle(self, holding: Holding) -> None:
+        """The journal applied, in a transaction of its own (between calls)."""
+        assert holding.mode == "exclusive", "only the exclusive holder settles"
+        with self._journal_held():
+            txn = Transaction(holding, self.rows, self.journal, self.workspace)
+            try:
+                txn.begun = True
+                holding.con.execute("BEGIN TRANSACTION")
+                txn.catch_up()
+                self._commit(txn, journal_ready=True)
+            except BaseException:
+                self._abort(txn, taught=False)  # a settle only applies what is journaled: the rows stay
+                raise
+
+    def _settle_own_appends(self) -> None:
+        """Before this process lets the workspace go for good (release, close): what it
+        appended alone, if still in the journal, lands in the tables."""
+        if self._appended and self.journal.has_records() and os.getpid() == self._pid:
+            self._hold("exclusive", journal_ready=True)
+        self._appended = False
+
+    def _wal_bytes(self) -> int:
         try:
             return os.path.getsize(f"{self.db_path}.wal")
         except FileNotFoundError:
             return 0
 
-    def _settle_now(self) -> None:
-        con = self._attached()
-        self._in_transaction = self._db_transaction = True
-        self.txn_cache = {}
-        try:
-            con.execute("BEGIN TRANSACTION")
-            self.settle(con)
-            self._commit(con)
-        except BaseException:
-            self._in_transaction = self._db_transaction = False
-            self._after_commit = []
-            self.known_journal(None)
-            self._drop_pending()
-            _rollback(con)
-            raise
-        self.journal = False
-        self._run_after_commit()
-
-    def _detach(self, con: duckdb.DuckDBPyConnection, rollback: bool) -> None:
-        try:
-            if rollback:
-                con.execute("ROLLBACK")
-            con.execute("USE memory")
-            con.execute(f"DETACH {_ALIAS}")
-        except BaseException:
-            # An instance that cannot detach (a fatal error invalidated it) is dropped
-            # whole: closing it is what frees the file for sure.
-            self._instance = None
-            con.close()
-            raise
-
+    # -- between calls ------------------------------------------------------------------
     def _after_call(self) -> None:
         self._last_used = time.monotonic()
+        if self._holding is None:
+            return
         if self._closed or self.idle <= 0:
-            self._disconnect()
-            return
-        if self.lock.others_waiting():
-            self._disconnect(handing_over=True)
-            return
-        # The reaper clears `_reaper` itself, under the mutex, as it stops: `is_alive()`
-        # alone stays True for a moment after a stopping reaper let go of the mutex, and
-        # a call landing in that moment would keep its connection (and the lock) for
-        # good, with nobody left to close it.
-        if self._reaper is None or not self._reaper.is_alive():
-            self._reaper = threading.Thread(target=self._reap, name="nirsflow-store-idle", daemon=True)
-            self._reaper.start()
+            self._let_go_quietly(handing_over=False)
+        elif self.lock.others_waiting():
+            self._let_go_quietly(handing_over=True)
+        elif self._idler is None:
+            self._idler = threading.Thread(target=self._watch_idle, name="nirsflow-store-idle", daemon=True)
+            self._idler.start()
+        else:
+            self._wake.notify()
 
-    def _reap(self) -> None:
-        # Closes the connection once it has been idle for `idle` seconds, or as soon as
-        # another process is seen waiting (checked a few times per window).
+    def _watch_idle(self) -> None:
+        """The idle window: let the workspace go once this process has not used it for
+        `idle` seconds, or as soon as another process waits for it; settle the journal
+        once quiet for a moment. One thread per connector, for as long as it is open (so
+        no call can land while it stops)."""
         with self._mutex:
             try:
-                while self._mode is not None and os.getpid() == self._pid:
+                while not self._closed and os.getpid() == self._pid:
+                    holding = self._holding
+                    if holding is None:
+                        self._wake.wait()
+                        continue
                     quiet = time.monotonic() - self._last_used
-                    if not self._active and quiet >= self.idle:
-                        self._disconnect()
-                        return
-                    if not self._active and self.lock.others_waiting():
-                        self._disconnect(handing_over=True)
-                        return
-                    self._wake.wait(timeout=max(min(self.idle - quiet, 0.005), 0.001))
+                    if quiet >= self.idle:
+                        self._let_go_quietly(handing_over=False)
+                    elif self.lock.others_waiting():
+                        self._let_go_quietly(handing_over=True)
+                    elif quiet >= _SETTLE_QUIET and holding.mode == "exclusive" and self.journal.has_records():
+                        try:
+                            self._settle(holding)
+                        except Exception as exc:  # noqa: BLE001 - the records stay; the next settle reports it
+                            log.warning("nirsflow: settling the journal of %s failed (its records stay; the next "
+                                        "call settles them, or says why it cannot): %s", self.workspace, exc)
+                            self._let_go_quietly(handing_over=False)
+                    else:
+                        self._wake.wait(timeout=min(self.idle - quiet, _WAITER_POLL))
             finally:
-                if self._reaper is threading.current_thread():
-                    self._reaper = None
+                if self._idler is threading.current_thread():
+                    self._idler = None
 
-    def forget_rows(self) -> None:
-        """Rows were deleted in the current transaction (which holds both locks): drop
-        what this process remembers, and make every other process drop its remembered
-        rows as it next takes either lock. (A rollback after this only costs the others
-        a few lookups.)"""
-        self.rows.clear()
-        self._rows_epoch = max(self._read_epoch(), 0) + 1
-        self._epoch_path.parent.mkdir(parents=True, exist_ok=True)
-        self._epoch_path.write_text(str(self._rows_epoch))
+    # -- the life of the connector ----------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        """Whether this process holds the workspace now."""
+        return self._holding is not None
 
-    def _sync_rows(self) -> None:
-        """Forget the remembered rows if some process deleted rows since (a lock is held)."""
-        epoch = self._read_epoch()
-        if epoch != self._rows_epoch or epoch < 0:
-            self.rows.clear()
-        self._rows_epoch = epoch
+    def release(self) -> None:
+        """Settle, checkpoint, detach and free the workspace now."""
+        with self._mutex:
+            self._check_fork()
+            if self._txn is not None:
+                raise RuntimeError("cannot release the workspace inside a call or batch")
+            self._settle_own_appends()
+            self._let_go_settled()
 
-    def _read_epoch(self) -> int:
-        try:
-            return int(self._epoch_path.read_text())
-        except FileNotFoundError:
-            return 0
-        except (OSError, ValueError):
-            return -1  # unreadable: remember nothing across attachments
+    def close(self) -> None:
+        with self._mutex:
+            self._closed = True
+            self._wake.notify_all()
+            if self._txn is not None or os.getpid() != self._pid:
+                return  # the call under way lets go as it ends; a forked child has nothing of its own
+            try:
+                self._settle_own_appends()
+                self._let_go_settled()
+            finally:
+                instance, self._instance = self._instance, None
+                if instance is not None:
+                    instance.close()
+
+    @contextmanager
+    def exclusive_file(self, *, journal: bool = False) -> Iterator[None]:
+        """The exclusive lock with nothing attached, for work on the files themselves:
+        vacuum replaces the database file; with `journal`, the journal's lock too (a
+        repair of the journal file)."""
+        with self._mutex:
+            self._check_fork()
+            if self._txn is not None:
+                raise RuntimeError("cannot replace the database inside a call or batch")
+            self._let_go_quietly(handing_over=False)  # (a journal that cannot be settled may be what is repaired)
+            self.lock.acquire("exclusive")
+            try:
+                with self._journal_held() if journal else nullcontext():
+                    yield
+            finally:
+                self.lock.release()
 
     def _check_fork(self) -> None:
-        # A forked child inherits the parent's connection and lock; using or closing them
+        # A forked child inherits the parent's connection and locks; using or closing them
         # would corrupt the parent's state, so the child forgets them and starts afresh.
         if os.getpid() == self._pid:
             return
         if self._instance is not None:
             _LEAKED_CONNECTIONS.append(self._instance)
-        for lock in (self.lock, self.journal_lock):
-            forget = getattr(lock, "forget_after_fork", None)
-            if forget:
-                forget()
-        self._instance, self._con, self._mode, self._in_transaction, self._active = None, None, None, False, 0
-        self._db_transaction = False
-        self.rows, self._rows_epoch = {}, -1
-        self._mutex = threading.RLock()
-        self._jmutex = threading.RLock()
+        self.lock.forget_after_fork()
+        self.journal_lock.forget_after_fork()
+        self._instance, self._holding, self._txn, self._owner = None, None, None, None
+        self._mutex, self._jmutex = threading.RLock(), threading.RLock()
         self._journal_depth = 0
-        self._tls = _CallState()
         self._wake = threading.Condition(self._mutex)
-        self._settler.after_fork()
+        self.rows.known.clear()
         self._appended = False
-        self._reaper, self._pid = None, os.getpid()
+        self._idler, self._pid = None, os.getpid()

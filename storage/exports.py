@@ -17,8 +17,12 @@ from . import arrays
 from . import artifacts as art
 from . import bundles
 from .atomic import atomic_path, write_bytes
-from .base import StoreBase, check_id, now
+from .base import check_id, frame, now
 from .bundles import BUNDLE_FORMAT, BUNDLE_VERSION  # noqa: F401 (public names)
+from .chains import Chains
+from .connection import Connector
+from .predictions import Predictions
+from .records import Records
 from .versions import FITTED_VERSIONS, library_versions, recorded_versions
 
 
@@ -40,7 +44,14 @@ def _score(value):
     return float(value) if ok else None
 
 
-class ExportsMixin(StoreBase):
+class Exports:
+    """Built with the parts it reads and writes through: records, predictions, chains."""
+
+    def __init__(self, db: Connector, files: art.ArtifactFiles, records: Records, predictions: Predictions,
+                 chains: Chains, path: Path) -> None:
+        self._db, self.files, self.path = db, files, path
+        self._records, self._predictions, self._chains = records, predictions, chains
+
     def _export_path(self, path, default_name: str) -> Path:
         return Path(path) if path is not None else self.path / "exports" / default_name
 
@@ -51,7 +62,7 @@ class ExportsMixin(StoreBase):
         each verified against its hash as it is copied in. Signed with
         ``NIRSFLOW_BUNDLE_KEY`` when set, else with this workspace's
         ``.nirsflow/bundle.key`` (created on the first export)."""
-        chain = self.get_chain(check_id("chain", chain_id))
+        chain = self._chains.get_chain(check_id("chain", chain_id))
         path = self._export_path(path, f"{chain_id}.n4a")
         with self._db.reading() as con:
             rows = con.execute("SELECT a.artifact_id, a.format, a.operator_class, a.artifact_type, a.size_bytes "
@@ -68,8 +79,8 @@ class ExportsMixin(StoreBase):
         return bundles.write_bundle(path, manifest, lambda a: self.files.read_verified(a, formats[a]), key)
 
     def _bundle_source(self, chain: dict) -> dict:
-        pipeline = self.get_pipeline(chain["pipeline_id"])
-        run = self.get_run(pipeline["run_id"])
+        pipeline = self._records.get_pipeline(chain["pipeline_id"])
+        run = self._records.get_run(pipeline["run_id"])
         return _plain({
             "chain_id": chain["chain_id"],
             "run": {"run_id": run["run_id"], "name": run["name"]},
@@ -99,10 +110,11 @@ class ExportsMixin(StoreBase):
                   "source": source}
         dataset = pipeline.get("dataset_name") if isinstance(pipeline.get("dataset_name"), str) else ""
         name = pipeline.get("name") if isinstance(pipeline.get("name"), str) else "imported"
-        with self.batch():
-            run_id = self.begin_run(f"import {path.name}", config={"imported_bundle": origin},
+        records, chains = self._records, self._chains
+        with self._db.batch():
+            run_id = records.begin_run(f"import {path.name}", config={"imported_bundle": origin},
                                     datasets=[{"name": dataset}] if dataset else [], tags=["imported"])
-            pipeline_id = self.begin_pipeline(
+            pipeline_id = records.begin_pipeline(
                 run_id, name, pipeline.get("expanded_config"),
                 pipeline.get("generator_choices") if isinstance(pipeline.get("generator_choices"), list) else None,
                 dataset, pipeline.get("dataset_hash") if isinstance(pipeline.get("dataset_hash"), str) else None)
@@ -113,29 +125,29 @@ class ExportsMixin(StoreBase):
                 metadata[FITTED_VERSIONS] = manifest["versions"]  # a bundle of a chain saved before they were recorded
             metadata["imported_from"] = {"bundle": path.name, "manifest_sha256": verified.manifest_sha256,
                                          "source_chain_id": chain.get("chain_id")}
-            chain_id = self.save_chain(
+            chain_id = chains.save_chain(
                 pipeline_id, chain["steps"], chain["model_step_idx"], chain.get("model_class") or "unknown",
                 chain.get("preprocessings") or "", chain["fold_strategy"], chain.get("fold_artifacts") or {},
                 chain.get("shared_artifacts") or {}, chain.get("branch_path"), chain.get("source_index"),
                 fold_weights=chain.get("fold_weights"), task_type=chain.get("task_type"),
                 classes=chain.get("classes"), wavelengths=chain.get("wavelengths"),
                 n_features=chain.get("n_features"), metadata=metadata)
-            self.complete_pipeline(pipeline_id, best_val=_score(pipeline.get("best_val")),
+            records.complete_pipeline(pipeline_id, best_val=_score(pipeline.get("best_val")),
                                    best_test=_score(pipeline.get("best_test")),
                                    metric=pipeline.get("metric") if isinstance(pipeline.get("metric"), str) else None)
-            self.complete_run(run_id, summary={"imported_chain_id": chain_id,
+            records.complete_run(run_id, summary={"imported_chain_id": chain_id,
                                                "source_chain_id": chain.get("chain_id")})
         return chain_id
 
     def _import_artifact(self, artifact_id: str, entry: dict, data: bytes) -> None:
         operator = entry.get("operator_class") if isinstance(entry.get("operator_class"), str) else None
         kind = entry.get("artifact_type") if isinstance(entry.get("artifact_type"), str) else "model"
-        saved = self.save_artifact_bytes(data, entry["format"], operator, kind)
+        saved = self._chains.save_artifact_bytes(data, entry["format"], operator, kind)
         if saved != artifact_id:  # verified before; a mismatch here is a bug, not bad input
             raise AssertionError(f"imported bytes hash to {saved}, expected {artifact_id}")
 
     def export_pipeline_config(self, pipeline_id: str, path: str | Path | None = None) -> Path:
-        pipeline = self.get_pipeline(check_id("pipeline", pipeline_id))
+        pipeline = self._records.get_pipeline(check_id("pipeline", pipeline_id))
         path = self._export_path(path, f"{pipeline_id}.json")
         document = {"name": pipeline["name"], "dataset_name": pipeline["dataset_name"],
                     "pipeline": pipeline["expanded_config"],
@@ -144,10 +156,10 @@ class ExportsMixin(StoreBase):
 
     def export_run(self, run_id: str, path: str | Path | None = None) -> Path:
         """YAML: the run, its pipelines with their chains and scores."""
-        run = self.get_run(check_id("run", run_id))
+        run = self._records.get_run(check_id("run", run_id))
         path = self._export_path(path, f"{run_id}.yaml")
-        pipelines = self.list_pipelines(run_id=run_id).sort("created_at").to_dicts()
-        chains = self._frame("SELECT c.chain_id, c.pipeline_id, c.model_class, c.preprocessings, "
+        pipelines = self._records.list_pipelines(run_id=run_id).sort("created_at").to_dicts()
+        chains = frame(self._db, "SELECT c.chain_id, c.pipeline_id, c.model_class, c.preprocessings, "
                              "c.fold_strategy FROM chains c JOIN pipelines p USING (pipeline_id) "
                              "WHERE p.run_id = ? ORDER BY c.created_at", [run_id]).to_dicts()
         for pipeline in pipelines:
@@ -161,12 +173,12 @@ class ExportsMixin(StoreBase):
                                    **filters) -> Path:
         """The predictions matching ``filters`` (as ``query_predictions``) as Parquet;
         ``include_arrays`` adds y_true, y_pred, y_proba, sample_indices, weights as lists."""
-        frame = self.query_predictions(**filters)
+        found = self._predictions.query_predictions(**filters)
         path = self._export_path(path, "predictions.parquet")
         if include_arrays:
-            frame = frame.with_columns(self._array_columns(frame["prediction_id"].to_list()))
+            found = found.with_columns(self._array_columns(found["prediction_id"].to_list()))
         with atomic_path(path) as temp:
-            frame.write_parquet(temp)
+            found.write_parquet(temp)
         return path
 
     def _array_columns(self, ids: list[str]) -> list[pl.Series]:

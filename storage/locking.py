@@ -345,9 +345,8 @@ class FileLock:
         self._note_holder(mode)
 
     def try_acquire(self, mode: Mode) -> bool:
-        """Take the lock if it is free and nobody is waiting for it; never wait. For work
-        that anyone may do and nobody must wait for (settling the journal), and for a second
-        run over an inbox that one is scoring, which does nothing (tasks/scoring.py)."""
+        """Take the lock if it is free and nobody is waiting for it; never wait (a second
+        run over an inbox that one is scoring does nothing: tasks/scoring.py)."""
         if self._file is not None:
             self.release()  # as in `acquire`: a release cut short
         self._ensure_folders()

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import duckdb
 
+from .artifacts import ArtifactFiles
 from .atomic import fsync_folder
-from .base import StoreBase, check_id, check_score
+from .base import check_id, check_score
+from .chains import LoadedChains
+from .connection import Connector
 from .errors import InvalidInputError, NotFoundError, WorkspaceError
 
 
@@ -65,7 +68,11 @@ class VacuumResult:
     removed_temporaries: list[Path] = field(default_factory=list)
 
 
-class MaintenanceMixin(StoreBase):
+class Maintenance:
+    def __init__(self, db: Connector, files: ArtifactFiles, loaded: LoadedChains, path: Path) -> None:
+        self._db, self.files, self._loaded, self.path = db, files, loaded, path
+        self.db_path = db.db_path
+
     def delete_run(self, run_id: str) -> int:
         """Delete a run and everything under it in one transaction; return the rows deleted.
         Artifacts its chains used become dead (unless other chains use them) and go at
@@ -75,7 +82,7 @@ class MaintenanceMixin(StoreBase):
         chains = f"(SELECT chain_id FROM chains WHERE pipeline_id IN {pipes})"
         preds = f"(SELECT prediction_id FROM predictions WHERE pipeline_id IN {pipes})"
         with self._db.writing() as con:
-            self._require(con, "runs", "run_id", run_id)
+            con.require("runs", "run_id", run_id)
             aliased = con.execute(f"SELECT dataset_name, alias, chain_id FROM aliases WHERE chain_id IN {chains}",
                                   {"run": run_id}).fetchall()
             if aliased:
@@ -92,18 +99,17 @@ class MaintenanceMixin(StoreBase):
                                  ("pipelines", "run_id = $run"),
                                  ("runs", "run_id = $run")):
                 deleted += con.execute(f"DELETE FROM {table} WHERE {where}", {"run": run_id}).fetchall()[0][0]
-            self._db.forget_rows()
-            self._db.conn_cache.pop("directions", None)
-        self._forget_chains(chain_ids)
+            con.forget_rows()
+        self._loaded.forget_chains(chain_ids)
         return deleted
 
     def delete_prediction(self, prediction_id: str) -> None:
         check_id("prediction", prediction_id)
         with self._db.writing() as con:
-            self._require(con, "predictions", "prediction_id", prediction_id)
+            con.require("predictions", "prediction_id", prediction_id)
             con.execute("DELETE FROM prediction_arrays WHERE prediction_id = ?", [prediction_id])
             con.execute("DELETE FROM predictions WHERE prediction_id = ?", [prediction_id])
-            self._db.conn_cache.pop("directions", None)
+            con.forget_rows()
 
     def gc_artifacts(self, grace: float = 3600.0, dry_run: bool = False) -> GcResult:
         """Remove dead artifacts and orphan files older than `grace` seconds.
@@ -128,17 +134,16 @@ class MaintenanceMixin(StoreBase):
                 ids = [a.artifact_id for a in plan.dead]
                 if ids:
                     con.execute("DELETE FROM artifacts WHERE list_contains(?, artifact_id)", [ids])
-                    self._db.forget_rows()
+                    con.forget_rows()
 
                 def remove_files() -> None:
                     for a in plan.dead:
                         self.files.remove(a.artifact_id, a.format)
                     for path in plan.orphan_files:
                         path.unlink(missing_ok=True)
-                    for a in plan.dead:
-                        self._artifact_cache.pop(a.artifact_id, None)
+                    self._loaded.forget_artifacts(a.artifact_id for a in plan.dead)
 
-                self._db.after_commit(remove_files)
+                con.after_commit(remove_files)
         return GcResult([a.artifact_id for a in plan.dead], plan.orphan_files, freed, dry_run)
 
     def vacuum(self) -> VacuumResult:
@@ -196,5 +201,4 @@ def _size(path: Path) -> int:
         return 0
 
 
-__all__ = ["plan_gc", "GcPlan", "GcResult", "ArtifactState", "VacuumResult", "MaintenanceMixin",
-           "NotFoundError"]
+__all__ = ["plan_gc", "GcPlan", "GcResult", "ArtifactState", "VacuumResult", "Maintenance", "NotFoundError"]

@@ -1,15 +1,17 @@
 """Predictions and their arrays: saved whole in one call, ranked and queried as polars.
 
-A saved prediction is buffered (``storage/writes.py``): a call on its own commits it as
-one narrow journal row (~2 ms, where its 29 columns would cost ~4 ms), and inside
-``store.batch()`` it joins the batch's other writes. Rows reach their tables through
-DuckDB appenders (an INSERT costs about a millisecond of parsing and planning per
-statement here, an appended row a few microseconds), before anything reads them. That
-makes batching the fast path: tens of thousands of predictions a second.
+A saved prediction is buffered (``storage/operations.py``): a call on its own commits it
+as one record of the journal file (~0.2 ms, where its 29 columns would cost ~3 ms:
+``storage/journal.py``), and inside ``store.batch()`` it joins the batch's other writes.
+Rows reach their tables through DuckDB appenders (an INSERT costs about a millisecond of
+parsing and planning per statement here, an appended row a few microseconds), before
+anything reads them. That makes batching the fast path: tens of thousands of predictions
+a second.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,10 +20,11 @@ import polars as pl
 from nirs.trace import METRIC_DIRECTION
 
 from . import arrays
-from .base import (PARTITIONS, check_id, check_int, check_score, first,
-                   check_text, from_json, new_id, now, to_json)
+from .base import (PARTITIONS, check_id, check_int, check_score, check_text, first, frame, from_json,
+                   new_id, now, one_dict, to_json)
+from .connection import Connector
 from .errors import InvalidInputError
-from .writes import WritesMixin
+from .operations import Insert
 
 _PRED_COLUMNS = (
     "prediction_id", "pipeline_id", "chain_id", "dataset_name", "model_name", "model_class", "fold_id",
@@ -55,7 +58,9 @@ def _check_arrays(given: dict[str, Any]) -> tuple[dict[str, np.ndarray | None], 
     return values, (next(iter(lengths.values())) if lengths else None)
 
 
-class PredictionsMixin(WritesMixin):
+class Predictions:
+    def __init__(self, db: Connector, path: Path) -> None:
+        self._db, self.path = db, path
 
     def save_prediction(self, pipeline_id: str, chain_id: str | None = None,
                         dataset_name: str | None = None, model_name: str | None = None,
@@ -108,22 +113,21 @@ class PredictionsMixin(WritesMixin):
 
     def _buffer_prediction(self, con, row: list, blobs: list, given_id: bool) -> None:
         pipeline_id, chain_id = row[1], row[2]
-        dataset_name = self._column_of(con, "pipelines", "pipeline_id", pipeline_id, "dataset_name")
+        dataset_name = con.column_of("pipelines", "pipeline_id", pipeline_id, "dataset_name")
         if chain_id is not None:
-            model_class = self._column_of(con, "chains", "chain_id", chain_id, "model_class")
+            model_class = con.column_of("chains", "chain_id", chain_id, "model_class")
             row[5] = row[5] if row[5] is not None else model_class
         row[3] = row[3] if row[3] is not None else dataset_name
         row[5] = row[5] if row[5] is not None else ""
         row[4] = row[4] if row[4] is not None else row[5].rsplit(".", 1)[-1]
         if given_id:
             self._check_new_prediction_id(con, row[0])
-        self._db.conn_cache.pop("directions", None)
-        self._buffer(("insert", "predictions", _PRED_COLUMNS, row),
-                     ("insert", "prediction_arrays", _ARRAY_COLUMNS, [row[0], *blobs]))
+        con.directions.clear()
+        con.buffer(Insert("predictions", _PRED_COLUMNS, row), Insert("prediction_arrays", _ARRAY_COLUMNS, [row[0], *blobs]))
 
     def _check_new_prediction_id(self, con, prediction_id: str) -> None:
-        if self._may_be_unsettled():
-            self._db.settle_in_transaction(con)  # rare (ids are the store's own uuid4s): look in the tables
+        if con.may_lag():
+            con.catch_up()  # rare (ids are the store's own uuid4s): look in the tables
         if first(con.execute("SELECT 1 FROM predictions WHERE prediction_id = ?", [prediction_id])):
             raise InvalidInputError(f"prediction id {prediction_id!r} is already used")
 
@@ -131,8 +135,8 @@ class PredictionsMixin(WritesMixin):
     def get_prediction(self, prediction_id: str, load_arrays: bool = False) -> dict:
         check_id("prediction", prediction_id)
         with self._db.reading() as con:
-            row = self._one_dict(con, "SELECT * FROM predictions WHERE prediction_id = ?",
-                                 [prediction_id], "prediction", prediction_id)
+            row = one_dict(con, "SELECT * FROM predictions WHERE prediction_id = ?",
+                           [prediction_id], "prediction", prediction_id, self.path)
             if load_arrays:
                 row.update(self._arrays(con, prediction_id))
         for field in ("scores", "best_params"):
@@ -142,7 +146,7 @@ class PredictionsMixin(WritesMixin):
     def get_prediction_arrays(self, prediction_id: str) -> dict[str, np.ndarray | None]:
         check_id("prediction", prediction_id)
         with self._db.reading() as con:
-            self._require(con, "predictions", "prediction_id", prediction_id)
+            con.require("predictions", "prediction_id", prediction_id)
             return self._arrays(con, prediction_id)
 
     def _arrays(self, con, prediction_id: str) -> dict:
@@ -171,7 +175,7 @@ class PredictionsMixin(WritesMixin):
             sql += " LIMIT ?"
             params.append(check_int("limit", limit))
         sql += " OFFSET ?"
-        return self._frame(sql, params + [check_int("offset", offset)])
+        return frame(self._db, sql, params + [check_int("offset", offset)])
 
     def _prediction_filters(self, **filters) -> tuple[list[str], list]:
         where, params = [], []
@@ -236,7 +240,7 @@ class PredictionsMixin(WritesMixin):
         # costs ~13 ms over a million rows, more than the ranking itself.
         if metric_name is None:
             key = (tuple(where), tuple(params))
-            known = self._db.conn_cache.setdefault("directions", {})
+            known = con.directions
             if key not in known:
                 known[key] = self._direction_uncached(con, where, params)
             return known[key]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from .base import (LOG_LEVELS, check_id, check_int, check_score, check_text, from_json,
-                   new_id, now, to_json, where_equal)
+from .base import (LOG_LEVELS, check_id, check_int, check_score, check_text, frame, from_json,
+                   new_id, now, one_dict, to_json, where_equal)
+from .chains import LoadedChains
+from .connection import Connector
 from .errors import InvalidInputError
-from .writes import WritesMixin
+from .operations import Insert, Update
 
 RUN_FINAL = ("completed", "failed", "crashed", "cancelled")
 # The columns begin_pipeline writes, and those complete_pipeline sets.
@@ -18,7 +21,13 @@ _PIPELINE_START = ("pipeline_id", "run_id", "name", "status", "expanded_config",
 _PIPELINE_END = ("status", "best_val", "best_test", "metric", "duration_ms", "completed_at", "error")
 
 
-class RecordsMixin(WritesMixin):
+class Records:
+    """Built with the connector, the workspace path (for messages) and the loaded chains
+    (the chains a failed pipeline drops are forgotten there)."""
+
+    def __init__(self, db: Connector, path: Path, loaded: LoadedChains) -> None:
+        self._db, self.path, self._loaded = db, path, loaded
+
     # -- runs ------------------------------------------------------------------
     def begin_run(self, name: str, config: Any = None, datasets: list | None = None, *,
                   flow_run_id: str | None = None, tags: list[str] | None = None) -> str:
@@ -29,7 +38,7 @@ class RecordsMixin(WritesMixin):
         with self._db.writing() as con:
             con.execute("INSERT INTO runs (run_id, name, status, config, datasets, created_at, "
                         "flow_run_id, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
-            self._db.rows[("runs", row[0])] = (row[0], row[1])
+            con.remember_row("runs", row[0], (row[0], row[1]))
         return row[0]
 
     def complete_run(self, run_id: str, summary: dict | None = None) -> None:
@@ -46,7 +55,7 @@ class RecordsMixin(WritesMixin):
         check_id("run", run_id)
         summary_json = to_json("summary", summary)
         with self._db.writing() as con:
-            self._require(con, "runs", "run_id", run_id)
+            con.require("runs", "run_id", run_id)
             con.execute("UPDATE runs SET status = ?, summary = coalesce(?, summary), error = ?, "
                         "completed_at = ? WHERE run_id = ?", [status, summary_json, error, now(), run_id])
             if status != "completed":
@@ -57,7 +66,7 @@ class RecordsMixin(WritesMixin):
     def get_run(self, run_id: str) -> dict:
         check_id("run", run_id)
         with self._db.reading() as con:
-            row = self._one_dict(con, "SELECT * FROM runs WHERE run_id = ?", [run_id], "run", run_id)
+            row = one_dict(con, "SELECT * FROM runs WHERE run_id = ?", [run_id], "run", run_id, self.path)
         for field in ("config", "datasets", "summary", "tags"):
             row[field] = from_json(row[field])
         return row
@@ -72,7 +81,7 @@ class RecordsMixin(WritesMixin):
             params.append(check_text("dataset", dataset))
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY created_at DESC, run_id LIMIT ? OFFSET ?"
-        return self._frame(sql, params + [check_int("limit", limit), check_int("offset", offset)])
+        return frame(self._db, sql, params + [check_int("limit", limit), check_int("offset", offset)])
 
     # -- pipelines -------------------------------------------------------------
     def begin_pipeline(self, run_id: str, name: str, expanded_config: Any = None,
@@ -89,10 +98,10 @@ class RecordsMixin(WritesMixin):
                check_text("flow_run_id", flow_run_id, optional=True),
                check_text("task_run_id", task_run_id, optional=True)]
         def write(con) -> None:
-            self._require(con, "runs", "run_id", run_id)
-            self._buffer(("insert", "pipelines", _PIPELINE_START, row))
-            self._db.rows[("pipelines", pipeline_id)] = (pipeline_id, run_id)
-            self._remember("pipelines", pipeline_id, "dataset_name", dataset_name)
+            con.require("runs", "run_id", run_id)
+            con.buffer(Insert("pipelines", _PIPELINE_START, row))
+            con.remember_row("pipelines", pipeline_id, (pipeline_id, run_id))
+            con.remember("pipelines", pipeline_id, "dataset_name", dataset_name)
 
         self._db.buffered(write)
         return pipeline_id
@@ -105,8 +114,8 @@ class RecordsMixin(WritesMixin):
                   check_text("metric", metric, optional=True), check_int("duration_ms", duration_ms),
                   now(), None]
         def write(con) -> None:
-            self._require(con, "pipelines", "pipeline_id", pipeline_id)
-            self._buffer(("update", "pipelines", "pipeline_id", pipeline_id, _PIPELINE_END, values))
+            con.require("pipelines", "pipeline_id", pipeline_id)
+            con.buffer(Update("pipelines", "pipeline_id", pipeline_id, _PIPELINE_END, values))
 
         self._db.buffered(write)
 
@@ -117,7 +126,7 @@ class RecordsMixin(WritesMixin):
         check_id("pipeline", pipeline_id)
         error = str(error)
         with self._db.writing() as con:
-            row = self._require(con, "pipelines", "pipeline_id", pipeline_id)
+            row = con.require("pipelines", "pipeline_id", pipeline_id)
             run_id = row[1]
             con.execute("UPDATE pipelines SET status = 'failed', error = ?, completed_at = ? "
                         "WHERE pipeline_id = ?", [error, now(), pipeline_id])
@@ -131,14 +140,14 @@ class RecordsMixin(WritesMixin):
         if ids:
             con.execute("DELETE FROM chain_artifacts WHERE list_contains(?, chain_id)", [ids])
             con.execute("DELETE FROM chains WHERE list_contains(?, chain_id)", [ids])
-            self._forget_chains(ids)
-            self._db.forget_rows()
+            self._loaded.forget_chains(ids)
+            con.forget_rows()
 
     def get_pipeline(self, pipeline_id: str) -> dict:
         check_id("pipeline", pipeline_id)
         with self._db.reading() as con:
-            row = self._one_dict(con, "SELECT * FROM pipelines WHERE pipeline_id = ?", [pipeline_id],
-                                 "pipeline", pipeline_id)
+            row = one_dict(con, "SELECT * FROM pipelines WHERE pipeline_id = ?", [pipeline_id],
+                           "pipeline", pipeline_id, self.path)
         for field in ("expanded_config", "generator_choices"):
             row[field] = from_json(row[field])
         return row
@@ -146,7 +155,7 @@ class RecordsMixin(WritesMixin):
     def list_pipelines(self, run_id: str | None = None, dataset_name: str | None = None,
                        status: str | None = None) -> pl.DataFrame:
         where, params = where_equal(run_id=run_id, dataset_name=dataset_name, status=status)
-        return self._frame(f"SELECT * FROM pipelines{where} ORDER BY created_at DESC, pipeline_id", params)
+        return frame(self._db, f"SELECT * FROM pipelines{where} ORDER BY created_at DESC, pipeline_id", params)
 
     # -- logs ------------------------------------------------------------------
     def log_step(self, pipeline_id: str | None, step_idx: int | None = None,
@@ -172,9 +181,9 @@ class RecordsMixin(WritesMixin):
         def write(con) -> str:
             owner = run_id
             if pipeline_id is not None:
-                owner = self._require(con, "pipelines", "pipeline_id", pipeline_id)[1]
+                owner = con.require("pipelines", "pipeline_id", pipeline_id)[1]
             else:
-                self._require(con, "runs", "run_id", run_id)
+                con.require("runs", "run_id", run_id)
             return self._insert_log(con, owner, pipeline_id, step_idx, operator_class, event, duration_ms,
                                     message, details_json, level)
 
@@ -184,14 +193,14 @@ class RecordsMixin(WritesMixin):
                     message, details_json, level) -> str:
         """Buffer a log row (applied with the transaction's other buffered writes)."""
         log_id = new_id()
-        self._buffer(("insert", "logs", None, [log_id, run_id, pipeline_id, step_idx, operator_class, event,
-                                                duration_ms, message, details_json, level, now()]))
+        con.buffer(Insert("logs", None, [log_id, run_id, pipeline_id, step_idx, operator_class, event,
+                                         duration_ms, message, details_json, level, now()]))
         return log_id
 
     def get_logs(self, pipeline_id: str | None = None, run_id: str | None = None,
                  level: str | None = None) -> pl.DataFrame:
         where, params = where_equal(pipeline_id=pipeline_id, run_id=run_id, level=level)
-        return self._frame(f"SELECT * FROM logs{where} ORDER BY created_at, log_id", params)
+        return frame(self._db, f"SELECT * FROM logs{where} ORDER BY created_at, log_id", params)
 
     def get_pipeline_log(self, pipeline_id: str) -> pl.DataFrame:
         """The spec's original name for the logs of one pipeline."""

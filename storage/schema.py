@@ -17,12 +17,15 @@ transactions, under the exclusive lock.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import duckdb
 
 from .base import first
 from .errors import SchemaVersionError
+
+if TYPE_CHECKING:
+    from .connection import Connector
 
 _INITIAL = """
 CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -200,62 +203,22 @@ CREATE TABLE scored_files (
 """)
 
 
-def _prediction_journal(con: duckdb.DuckDBPyConnection) -> None:
-    # Single save_prediction calls commit here, one narrow row each, and are settled into
-    # predictions / prediction_arrays in bulk (see storage/journal.py for why).
-    con.execute("""
-CREATE TABLE prediction_journal (
-    prediction_id VARCHAR NOT NULL,
-    payload BLOB NOT NULL               -- the predictions row and its arrays, journal.encode
-);
-""")
-
-
-def _write_journal(con: duckdb.DuckDBPyConnection) -> None:
-    # Any small write transaction made of buffered writes (a pipeline recorded whole, a
-    # single prediction) commits here as one row, settled into the tables in bulk
-    # (storage/journal.py). The prediction journal's rows move over: their payloads
-    # still decode.
-    con.execute("""
-CREATE TABLE journal (
-    payload BLOB NOT NULL               -- a transaction's operations, journal.encode
-);
-INSERT INTO journal SELECT payload FROM prediction_journal ORDER BY rowid;
-DROP TABLE prediction_journal;
-""")
-
-
-def _journal_file(con: duckdb.DuckDBPyConnection) -> None:
-    # Small write transactions now commit as records of store.duckdb.journal, appended
-    # without opening the database (storage/journal_file.py); a settle records here how
-    # far that file has been applied. The journal table stays, so the rows an older
-    # nirsflow left in it settle when the workspace is opened (WorkspaceStore).
-    # Versioned, so that an older nirsflow, which knows nothing of the file, refuses
-    # the workspace rather than read its tables without those records.
+def _journal_marker(con: duckdb.DuckDBPyConnection) -> None:
+    # Small write transactions commit as records of store.duckdb.journal, appended without
+    # the workspace lock (storage/journal.py); a settle records here how far the file has
+    # been applied, in its own transaction, so no record is ever applied twice.
+    # Versioned, so that an older nirsflow, which knows nothing of the file, refuses the
+    # workspace rather than read its tables without those records.
     con.execute("INSERT OR REPLACE INTO meta VALUES ('journal_settled', '')")
-
-
-def _journal_lock(con: duckdb.DuckDBPyConnection) -> None:
-    # Nothing in the tables changes. Small writes now append to the journal under a lock
-    # of their own (.nirsflow/journal/), without the workspace lock; an older nirsflow
-    # appends under the workspace lock alone, so running beside this one the two could
-    # write into the file at once. Versioned, so that an older nirsflow refuses the
-    # workspace instead.
-    pass
 
 
 # (name, function): append only; never edit one that has shipped.
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("0001_initial", _initial),
     ("0002_scored_files", _scored_files),
-    ("0003_prediction_journal", _prediction_journal),
-    ("0004_write_journal", _write_journal),
-    ("0005_journal_file", _journal_file),
-    ("0006_journal_lock", _journal_lock),
+    ("0003_journal_marker", _journal_marker),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-TABLES = ("runs", "pipelines", "chains", "chain_artifacts", "predictions", "prediction_arrays",
-          "artifacts", "logs", "aliases", "alias_history", "meta", "migrations")
 
 
 def stored_version(con: duckdb.DuckDBPyConnection) -> int:
@@ -276,6 +239,20 @@ def check_version(version: int, where: object) -> None:
             f"workspace {where} has schema version {version}, newer than this nirsflow "
             f"understands ({SCHEMA_VERSION}); upgrade nirsflow. The workspace was not changed."
         )
+
+
+def open_workspace(db: "Connector", where: object, now) -> list[str]:
+    """Check a workspace's schema version and bring it up to date (in one transaction,
+    under the exclusive lock), before anything else reads it. Returns what was applied."""
+    version = 0
+    if db.db_path.exists():
+        with db.opening("shared") as con:
+            version = stored_version(con)
+        check_version(version, where)
+    if version == SCHEMA_VERSION:
+        return []
+    with db.opening("exclusive") as con:
+        return migrate(con, where, now)
 
 
 def migrate(con: duckdb.DuckDBPyConnection, where: object, now) -> list[str]:

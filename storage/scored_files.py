@@ -3,16 +3,22 @@ chain, and where their result lies."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 
-from .base import StoreBase, check_id, check_int, check_text, first, now
+from .base import check_id, check_int, check_text, first, frame, now
+from .connection import Connector
 from .errors import InvalidInputError
 
 _COLUMNS = ("content_hash", "file_name", "dataset_name", "alias", "chain_id", "result_path",
             "n_spectra", "scored_at", "flow_run_id")
 
 
-class ScoringMixin(StoreBase):
+class ScoredFiles:
+    def __init__(self, db: Connector, path: Path) -> None:
+        self._db, self.path = db, path
+
     def record_scored_file(self, content_hash: str, file_name: str, chain_id: str, result_path: str, *,
                            n_spectra: int, dataset_name: str | None = None, alias: str | None = None,
                            flow_run_id: str | None = None) -> None:
@@ -25,7 +31,7 @@ class ScoringMixin(StoreBase):
                check_int("n_spectra", n_spectra, optional=False), now(),
                check_text("flow_run_id", flow_run_id, optional=True)]
         with self._db.writing() as con:
-            self._require(con, "chains", "chain_id", chain_id)
+            con.require("chains", "chain_id", chain_id)
             earlier = first(con.execute("SELECT file_name, result_path FROM scored_files WHERE content_hash = ?",
                                         [content_hash]))
             if earlier is not None:
@@ -43,5 +49,5 @@ class ScoringMixin(StoreBase):
 
     def list_scored_files(self, dataset_name: str | None = None) -> pl.DataFrame:
         if dataset_name is None:
-            return self._frame("SELECT * FROM scored_files ORDER BY scored_at")
-        return self._frame("SELECT * FROM scored_files WHERE dataset_name = ? ORDER BY scored_at", [dataset_name])
+            return frame(self._db, "SELECT * FROM scored_files ORDER BY scored_at")
+        return frame(self._db, "SELECT * FROM scored_files WHERE dataset_name = ? ORDER BY scored_at", [dataset_name])

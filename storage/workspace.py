@@ -2,50 +2,58 @@
 
     workspace/
     ├── store.duckdb          all structured data
+    ├── store.duckdb.journal  small writes not yet moved into store.duckdb (storage/journal.py)
     ├── artifacts/ab/<sha256>.joblib
     ├── exports/              on-demand exports
     ├── library/templates/    pipeline templates
-    ├── store.duckdb.journal  small writes not yet moved into store.duckdb (journal_file.py)
-    └── .nirsflow/            the inter-process lock and its holder/waiter notes
+    └── .nirsflow/            the workspace's lock, the journal's (journal/), their holder and
+                              waiter notes, and rows-epoch (storage/transaction.py)
 
-The facade holds no connection of its own between calls: see ``connection.py``.
+The store is built from parts, each given its collaborators: the connector (the only way
+to the database and the journal: storage/connection.py, itself given the two locks, the
+journal file and the remembered rows), the artifact files, the loaded chains, and the
+other parts it works through. The facade only says which part answers each public call.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import functools
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+from . import schema
+from .aliases import Aliases
 from .artifacts import ArtifactFiles
-from .chains import ChainsMixin
+from .base import frame, now
+from .chains import Chains, LoadedChains
+from .check import Check
 from .connection import Connector
-from .chains import referenced_artifacts
-from .errors import ArtifactLoadError, ReplayError, WorkspaceCorruptError, WorkspaceError
-from .exports import ExportsMixin
-from .journal_file import JournalFile
+from .errors import WorkspaceCorruptError, WorkspaceError
+from .exports import Exports
+from .journal import JournalFile
 from .locking import FileLock
-from .maintenance import MaintenanceMixin
-from .predictions import PredictionsMixin
-from .records import RecordsMixin
-from .replay import ReplayableChain
-from .aliases import AliasesMixin
-from .scored_files import ScoringMixin
-from .versions import unloadable_in_chain
-from .check import CheckMixin
-from . import journal, schema
-from .base import now
+from .maintenance import Maintenance
+from .predictions import Predictions
+from .records import Records
+from .scored_files import ScoredFiles
+from .transaction import RememberedRows
 
 DB_NAME = "store.duckdb"
 _DUCKDB_MAGIC = b"DUCK"
-
-
 DEFAULT_IDLE = 1.0  # seconds; see `idle` below
 
 
-class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMixin,
-                     ExportsMixin, AliasesMixin, ScoringMixin, CheckMixin):
+def _by(part: str, method: Callable) -> Callable:
+    """A public method of the store, answered by one of its parts (same name, signature
+    and documentation)."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        return method(getattr(self, part), *args, **kwargs)
+    return call
+
+
+class WorkspaceStore:
     """All persistence of one workspace.
 
     Args:
@@ -54,8 +62,8 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
         idle: seconds the workspace stays attached after a call, for the next call of a
             burst. Other processes do not wait for it: the workspace is handed over as soon
             as one is seen waiting (checked every few ms), so the window only saves this
-            process the attach, the checkpoint and the detach (~5-8 ms) between calls a
-            little apart, such as the pipelines of a grid.
+            process the attach, the checkpoint and the detach between calls a little
+            apart, such as the pipelines of a grid.
     """
 
     def __init__(self, path: str | Path, *, lock_timeout: float = 60.0, idle: float = DEFAULT_IDLE) -> None:
@@ -65,21 +73,25 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
         self.path.mkdir(parents=True, exist_ok=True)
         self.files = ArtifactFiles(self.path)
         self.lock = FileLock(self.path / ".nirsflow", timeout=lock_timeout, workspace=self.path)
-        # appends to the journal file take a lock of their own (storage/connection.py)
         journal_lock = FileLock(self.path / ".nirsflow" / "journal", timeout=lock_timeout, workspace=self.path,
                                 what="journal")
-        self._db = Connector(self.db_path, self.lock, idle=idle, journal_lock=journal_lock)
-        self._db.flush, self._db.to_journal = self._flush_pending, self._journal_pending
-        self._journal = JournalFile(self.db_path.with_name(DB_NAME + ".journal"),
-                                    applied_note=self.path / ".nirsflow" / "journal" / "applied")
-        self._artifact_cache: OrderedDict = OrderedDict()
-        self._chain_cache: OrderedDict = OrderedDict()
+        self._db = Connector(self.db_path, self.lock, journal_lock, JournalFile(self.path / (DB_NAME + ".journal")),
+                             RememberedRows(self.path / ".nirsflow" / "rows-epoch"), idle=idle)
         try:
-            self._open_schema()
+            schema.open_workspace(self._db, self.path, now())
         except BaseException:
             self._db.close()  # a refused workspace keeps no connection and no lock
             raise
         (self.path / "artifacts").mkdir(exist_ok=True)
+        loaded = LoadedChains()
+        self._records = Records(self._db, self.path, loaded)
+        self._predictions = Predictions(self._db, self.path)
+        self._chains = Chains(self._db, self.files, loaded, self.path)
+        self._aliases = Aliases(self._db, self.path)
+        self._scored_files = ScoredFiles(self._db, self.path)
+        self._maintenance = Maintenance(self._db, self.files, loaded, self.path)
+        self._exports = Exports(self._db, self.files, self._records, self._predictions, self._chains, self.path)
+        self._check = Check(self._db, self.files, self._records, self._maintenance, self.path)
 
     def _check_layout(self) -> None:
         # Everything that can be refused is refused before anything is created.
@@ -95,23 +107,67 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
                     f"{self.db_path} is not a DuckDB database (it starts with {head[:12]!r}); "
                     "restore it from a backup or move it away. Nothing was changed.")
 
-    def _open_schema(self) -> None:
-        version = 0
-        if self.db_path.exists():
-            with self._db.reading() as con:
-                version = schema.stored_version(con)
-            schema.check_version(version, self.path)
-        if version < schema.SCHEMA_VERSION:
-            with self._db.writing() as con:
-                schema.migrate(con, self.path, now())
-                # rows an older nirsflow committed to the journal table (a writer killed
-                # before it settled them): nothing writes there any more
-                self._apply(con, journal.take(con))
-        # From here on every read first checks for journal records a writer left behind.
-        self._db.unsettled, self._db.settle = self._journal.has_unapplied, self._settle
-        self._db.journal_length, self._db.journal_size = self._journal.unapplied_bytes, self._journal.size
+    # -- runs, pipelines, logs (storage/records.py) -----------------------------------------
+    begin_run = _by("_records", Records.begin_run)
+    complete_run = _by("_records", Records.complete_run)
+    fail_run = _by("_records", Records.fail_run)
+    get_run = _by("_records", Records.get_run)
+    list_runs = _by("_records", Records.list_runs)
+    begin_pipeline = _by("_records", Records.begin_pipeline)
+    complete_pipeline = _by("_records", Records.complete_pipeline)
+    fail_pipeline = _by("_records", Records.fail_pipeline)
+    get_pipeline = _by("_records", Records.get_pipeline)
+    list_pipelines = _by("_records", Records.list_pipelines)
+    log_step = _by("_records", Records.log_step)
+    get_logs = _by("_records", Records.get_logs)
+    get_pipeline_log = _by("_records", Records.get_pipeline_log)
 
-    # -- life ----------------------------------------------------------------------
+    # -- predictions (storage/predictions.py) ---------------------------------------------------
+    save_prediction = _by("_predictions", Predictions.save_prediction)
+    get_prediction = _by("_predictions", Predictions.get_prediction)
+    get_prediction_arrays = _by("_predictions", Predictions.get_prediction_arrays)
+    query_predictions = _by("_predictions", Predictions.query_predictions)
+    top_predictions = _by("_predictions", Predictions.top_predictions)
+
+    # -- artifacts, chains, replay (storage/chains.py) ------------------------------------------
+    save_artifact = _by("_chains", Chains.save_artifact)
+    save_artifact_bytes = _by("_chains", Chains.save_artifact_bytes)
+    save_artifacts = _by("_chains", Chains.save_artifacts)
+    load_artifact = _by("_chains", Chains.load_artifact)
+    get_artifact_path = _by("_chains", Chains.get_artifact_path)
+    list_artifacts = _by("_chains", Chains.list_artifacts)
+    save_chain = _by("_chains", Chains.save_chain)
+    get_chain = _by("_chains", Chains.get_chain)
+    get_chains_for_pipeline = _by("_chains", Chains.get_chains_for_pipeline)
+    replay_chain = _by("_chains", Chains.replay_chain)
+    preprocess_chain = _by("_chains", Chains.preprocess_chain)
+    load_chain = _by("_chains", Chains.load_chain)
+
+    # -- aliases (storage/aliases.py), scored inbox files (storage/scored_files.py) ------------------
+    set_alias = _by("_aliases", Aliases.set_alias)
+    get_alias = _by("_aliases", Aliases.get_alias)
+    remove_alias = _by("_aliases", Aliases.remove_alias)
+    list_aliases = _by("_aliases", Aliases.list_aliases)
+    alias_history = _by("_aliases", Aliases.alias_history)
+    record_scored_file = _by("_scored_files", ScoredFiles.record_scored_file)
+    find_scored_file = _by("_scored_files", ScoredFiles.find_scored_file)
+    list_scored_files = _by("_scored_files", ScoredFiles.list_scored_files)
+
+    # -- deleting, gc, vacuum (storage/maintenance.py), health (storage/check.py) ---------------
+    delete_run = _by("_maintenance", Maintenance.delete_run)
+    delete_prediction = _by("_maintenance", Maintenance.delete_prediction)
+    gc_artifacts = _by("_maintenance", Maintenance.gc_artifacts)
+    vacuum = _by("_maintenance", Maintenance.vacuum)
+    check_workspace = _by("_check", Check.check_workspace)
+
+    # -- exports and bundles (storage/exports.py) -----------------------------------------------
+    export_chain = _by("_exports", Exports.export_chain)
+    import_bundle = _by("_exports", Exports.import_bundle)
+    export_pipeline_config = _by("_exports", Exports.export_pipeline_config)
+    export_run = _by("_exports", Exports.export_run)
+    export_predictions_parquet = _by("_exports", Exports.export_predictions_parquet)
+
+    # -- the store itself -----------------------------------------------------------------------
     @contextmanager
     def batch(self) -> Iterator["WorkspaceStore"]:
         """Every call inside runs in one write transaction: all of it lands, or none."""
@@ -119,7 +175,8 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
             yield self
 
     def release(self) -> None:
-        """Close the connection and free the workspace now, without waiting for the idle window."""
+        """Settle, close the connection and free the workspace now, without waiting for
+        the idle window."""
         self._db.release()
 
     def close(self) -> None:
@@ -141,63 +198,4 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
 
     def sql(self, query: str, params: list | None = None):
         """Run a read-only query on the store and return a polars DataFrame."""
-        return self._frame(query, params)
-
-    # -- replay --------------------------------------------------------------------
-    def replay_chain(self, chain_id: str, X, wavelengths=None, *, return_proba: bool = False):
-        """Predict new spectra with a stored chain (the rule: ``nirs.replay``).
-
-        Returns predictions; for a classifier with ``return_proba=True``, a
-        ``(labels, probabilities)`` pair whose columns follow ``get_chain(...)["classes"]``."""
-        pred, proba = self._replayable(chain_id).replay(X, wavelengths)
-        if return_proba:
-            if proba is None:
-                raise ReplayError(f"chain {chain_id} is a regression chain: it has no probabilities")
-            return pred, proba
-        return pred
-
-    def preprocess_chain(self, chain_id: str, X, wavelengths=None, *, fold: str | None = None):
-        """``(X, grid)`` after the chain's preprocessing (one fold's), e.g. to plot it."""
-        return self._replayable(chain_id).preprocess(X, wavelengths, fold)
-
-    def load_chain(self, chain_id: str) -> ReplayableChain:
-        """A stored chain with every fitted artifact it references loaded (and hash-checked)
-        now: it replays without the store, and pickles, so a Prefect task (in this process
-        or another) can score with it while only the flow-run process opens the store."""
-        chain = self.get_chain(chain_id)
-        load = self._chain_loader(chain, cached=False, context="")
-        objects = {a: load(a) for a in sorted(referenced_artifacts(chain["steps"], chain["fold_artifacts"],
-                                                                   chain["shared_artifacts"]))}
-        return ReplayableChain(chain, objects.__getitem__)
-
-    def _replayable(self, chain_id: str) -> ReplayableChain:
-        chain = self._cached_chain(chain_id)
-        return ReplayableChain(chain, self._chain_loader(chain, cached=True,
-                                                         context=f"chain {chain_id} cannot be replayed: "))
-
-    def _chain_loader(self, chain: dict, *, cached: bool, context: str):
-        """artifact id -> the loaded object; an artifact that cannot be loaded here is
-        reported (after `context`) with what fitted the chain."""
-        formats = self._chain_formats(chain)
-
-        def load(artifact_id: str):
-            try:
-                if cached:
-                    return self._cached_artifact(artifact_id, formats.get(artifact_id))
-                return self.files.load(artifact_id, formats.get(artifact_id) or self._artifact_format(artifact_id))
-            except ArtifactLoadError as exc:
-                said = unloadable_in_chain(exc, chain, context)
-                raise said from exc.__cause__
-
-        return load
-
-    def _chain_formats(self, chain: dict) -> dict[str, str]:
-        if "_formats" not in chain:
-            with self._db.reading() as con:
-                rows = con.execute("SELECT artifact_id, format FROM artifacts WHERE artifact_id IN "
-                                   "(SELECT artifact_id FROM chain_artifacts WHERE chain_id = ?)",
-                                   [chain["chain_id"]]).fetchall()
-            chain["_formats"] = dict(rows)
-        return chain["_formats"]
-
-
+        return frame(self._db, query, params)

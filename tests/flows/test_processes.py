@@ -198,14 +198,13 @@ SWALLOWING_FLOW = """
     @flow(name="long-statement", persist_result=False)
     def long_statement(workspace: str):
         store = WorkspaceStore(workspace)
-        with store._db.reading() as con:
-            print("statement", flush=True)
-            try:  # a statement long enough for the signal to land inside DuckDB
-                con.execute("SELECT count(*) FROM range(200000000000)").fetchall()
-            except Exception as exc:
-                print(f"duckdb raised {{type(exc).__name__}}: {{exc}}", flush=True)
-                raise_swallowed(exc)
-                raise
+        print("statement", flush=True)
+        try:  # a statement long enough for the signal to land inside DuckDB
+            store.sql("SELECT count(*) FROM range(200000000000)")
+        except Exception as exc:
+            print(f"duckdb raised {{type(exc).__name__}}: {{exc}}", flush=True)
+            raise_swallowed(exc)
+            raise
         return "went on"
 
     state = long_statement({workspace!r}, return_state=True)

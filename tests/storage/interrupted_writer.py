@@ -40,7 +40,7 @@ def main(workspace: str, iterations: int, seed: int, max_delay: float, idle: flo
         arrays = {"y_true": np.zeros(50), "y_pred": np.full(50, float(i))}
         if i % 3 == 0:
             # a statement of its own: it settles the journal first, in DuckDB (single
-            # calls and small batches only append to the journal file)
+            # calls and small batches only append a record to the journal file)
             store.begin_run(f"interrupted {i}")
         if i % 2:
             return [store.save_prediction(pipeline_id, val_score=float(i), **arrays)]

@@ -353,7 +353,7 @@ def role_waiter(store, args: dict) -> dict:
 
 
 def role_journaler(store, args: dict) -> None:
-    """Single save_prediction calls with a long idle window (their journal rows stay
+    """Single save_prediction calls with a long idle window (their journal records stay
     unsettled), acknowledged one by one; then it holds on until the test kills it."""
     acks = Acks(args["acks"])
     for seed in range(args["first_seed"], args["first_seed"] + args["n"]):
@@ -363,7 +363,7 @@ def role_journaler(store, args: dict) -> None:
 
 
 def role_pipeline_journaler(store, args: dict) -> None:
-    """Pipelines recorded whole, each in one ``batch()`` (so each a journal row), with a
+    """Pipelines recorded whole, each in one ``batch()`` (so each a journal record), with a
     long idle window (never settled), acknowledged one by one; then it holds on until
     the test kills it."""
     acks = Acks(args["acks"])

@@ -1,72 +1,61 @@
 """Small write transactions (a single save_prediction, a pipeline recorded whole in a
-batch) commit to the journal file and are settled into their tables before anything
-reads them (storage/journal.py, storage/journal_file.py, storage/writes.py).
+batch) commit as one record of the journal file and are settled into their tables before
+anything reads them (storage/journal.py, storage/connection.py).
 
-The tables are looked at through the store's own connection where a test must see the
-journal unsettled (nothing else may open the database while the store holds it)."""
+Seen through the store's public API, and through the files themselves (plain DuckDB, and
+the journal read by its own format) once the writer has let the workspace go or was killed."""
 
 from __future__ import annotations
 
-import json
-import struct
-import time
+import threading
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pytest
 
-from storage import InvalidInputError, NotFoundError, WorkspaceStore, arrays, schema, writes
-from storage.journal_file import JournalFile
+from storage import InvalidInputError, NotFoundError, WorkspaceCorruptError, WorkspaceStore
+from storage.connection import SETTLE_BYTES
+from storage.journal import HEADER_SIZE, JournalFile, record, settled_marker
 from tests.storage.store_worker import fitted, probe_input, save_fitted_chain, save_seeded_prediction, score_of
 from tests.storage.test_processes import assert_prediction_content, read_acks
-from tests.waiting import wait_for
+
+
+def on_disk(ws: Path, *tables: str) -> dict[str, int]:
+    """Rows of `tables` in the database file as it is (no store, so nothing settled)."""
+    with duckdb.connect(str(Path(ws) / "store.duckdb"), read_only=True) as con:
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in tables}
+
+
+def journal_file(ws: Path) -> JournalFile:
+    return JournalFile(Path(ws) / "store.duckdb.journal")
 
 
 def journal_records(ws: Path) -> int:
-    """The records in a workspace's journal file not yet settled (or, after a crash
-    between a settle and its reset, settled but still there)."""
-    return len(JournalFile(Path(ws) / "store.duckdb.journal").read()[1])
+    """Records of the journal file not yet applied (past the settled marker), as on disk."""
+    with duckdb.connect(str(Path(ws) / "store.duckdb"), read_only=True) as con:
+        marker = settled_marker(con)
+    return len(journal_file(ws).read(marker)[1])
 
 
-def _table_counts(store: WorkspaceStore, *tables: str) -> list[int]:
-    """Rows of `tables` as the database holds them now, without the settling a store
-    call would do first: through the store's attachment, or the file if it has none."""
-    con = store._db._con
-    if con is None:
-        with duckdb.connect(str(store.db_path), read_only=True) as con:
-            return [con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in tables]
-    return [con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in tables]
-
-
-def _raw_counts(store: WorkspaceStore) -> tuple[int, int, int]:
-    """(journal records, predictions rows, prediction_arrays rows) as they are now."""
-    return (journal_records(store.path), *_table_counts(store, "predictions", "prediction_arrays"))
-
-
-def _killed_after_writing(writer, ws, table: str) -> dict[str, int]:
-    """Let a worker write, kill it (-9) while it holds the workspace with everything still
-    in the journal, and count the journal's records and the rows of `table`."""
+def _killed_after_writing(writer) -> None:
+    """Let a worker write, and kill it (-9) while it holds the workspace."""
     writer.expect("ready")
     writer.go()
-    writer.expect("written")
+    writer.expect("written", timeout=120)
     writer.kill()
-    with duckdb.connect(str(ws / "store.duckdb"), read_only=True) as con:
-        rows = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-    return {"journal": journal_records(ws), table: rows}
 
 
 @pytest.fixture
 def kept(tmp_path):
-    """A store whose connection stays open (no other process waits, a long idle window)."""
+    """A store that keeps the workspace between calls (no other process waits, a long idle window)."""
     with WorkspaceStore(tmp_path / "ws", idle=60) as store:
         run_id = store.begin_run("journal")
         pipeline_id = store.begin_pipeline(run_id, "p", None, [], "tablet")
-        store.list_pipelines()  # a read: the pipeline's journal row settled
         yield store, pipeline_id
 
 
-def test_single_calls_land_in_the_journal_and_reads_see_them_settled(kept):
+def test_single_calls_are_read_back_as_they_were_saved(kept):
     store, pipeline_id = kept
     labels = np.array(["coffee", "tea", "coffee"], dtype=object)
     proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], dtype=np.float32)
@@ -74,11 +63,7 @@ def test_single_calls_land_in_the_journal_and_reads_see_them_settled(kept):
                                  y_true=labels, y_pred=labels[::-1], y_proba=proba,
                                  sample_indices=np.arange(3, dtype=np.int32), weights=None)
            for _ in range(3)]
-    assert _raw_counts(store) == (3, 0, 0)  # committed, not yet in the final tables
-
-    frame = store.query_predictions(pipeline_id=pipeline_id)
-    assert sorted(frame["prediction_id"].to_list()) == sorted(ids)
-    assert _raw_counts(store) == (0, 3, 3)
+    assert sorted(store.query_predictions(pipeline_id=pipeline_id)["prediction_id"].to_list()) == sorted(ids)
     row = store.get_prediction(ids[1], load_arrays=True)
     assert row["val_score"] == 0.5 and row["dataset_name"] == "tablet" and row["test_score"] is None
     assert row["y_proba"].shape == (3, 2) and row["y_proba"].dtype == np.float32
@@ -90,110 +75,80 @@ def test_settling_keeps_the_order_of_the_calls(kept):
     store, pipeline_id = kept
     x = np.linspace(0.0, 1.0, 10)
     ids = [store.save_prediction(pipeline_id, val_score=1.0, y_true=x, y_pred=x) for _ in range(6)]
-    assert _raw_counts(store)[0] == 6
     # equal scores rank in the order they were saved
     assert store.top_predictions(6, metric="rmse")["prediction_id"].to_list() == ids
 
 
-def test_release_settles_the_journal_so_a_plain_reader_finds_every_row(kept, tmp_path):
+def test_release_settles_the_journal_so_a_plain_reader_finds_every_row(kept):
     store, pipeline_id = kept
     x = np.linspace(0.0, 1.0, 100)
     for k in range(20):
         store.save_prediction(pipeline_id, val_score=float(k), y_true=x, y_pred=x)
-    assert journal_records(store.path) == 20
     store.release()
-    with duckdb.connect(str(store.db_path), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM predictions").fetchall()[0][0] == 20
-    assert journal_records(store.path) == 0
+    assert on_disk(store.path, "predictions", "prediction_arrays", "pipelines") == \
+        {"predictions": 20, "prediction_arrays": 20, "pipelines": 1}
+    assert journal_file(store.path).size() == HEADER_SIZE  # emptied once applied
 
 
-def test_a_given_prediction_id_is_refused_twice_while_the_first_is_still_in_the_journal(kept):
+def test_a_given_prediction_id_is_refused_twice(kept):
     store, pipeline_id = kept
     store.save_prediction(pipeline_id, val_score=1.0, prediction_id="pred-1", y_true=[1.0], y_pred=[1.0])
-    assert _raw_counts(store)[0] == 1
     with pytest.raises(InvalidInputError, match="pred-1"):
         store.save_prediction(pipeline_id, val_score=2.0, prediction_id="pred-1", y_true=[1.0], y_pred=[1.0])
     assert store.query_predictions(pipeline_id=pipeline_id).height == 1
 
 
-def test_a_failed_call_after_journal_writes_keeps_them(kept):
+def test_a_failed_call_after_small_writes_keeps_them(kept):
     store, pipeline_id = kept
     first = store.save_prediction(pipeline_id, val_score=1.0, y_true=[1.0], y_pred=[1.0])
     with pytest.raises(NotFoundError):  # it settled the journal first, then rolled back
         store.complete_pipeline("no-such-pipeline", 1.0, 1.0, "rmse", 1)
-    assert _raw_counts(store) == (1, 0, 0)
     assert store.get_prediction(first)["val_score"] == 1.0
-    assert _raw_counts(store) == (0, 1, 1)
+    store.release()
+    assert on_disk(store.path, "predictions") == {"predictions": 1} and journal_records(store.path) == 0
 
 
-def test_a_settle_applies_the_journal_from_memory_only_while_it_holds_this_process_rows_alone(kept):
-    """While it holds the lock, the store keeps the operations of the journal records it
-    wrote and a settle applies them without reading the journal back. A record it did
-    not write (as a writer killed before this process took the lock leaves one) must make
-    it read the journal instead: applying only what it kept would drop that record."""
-    from storage import journal
-
+def test_a_short_journal_handed_over_is_settled_by_the_reader_who_finds_it(kept):
+    """A writer hands the workspace over without settling a short journal; a reader (another
+    store object: as separate as another process) finds the rows there, takes the write
+    lock, settles them, and reads every one."""
     store, pipeline_id = kept
-    mine = [store.save_prediction(pipeline_id, val_score=float(k), y_true=[1.0], y_pred=[2.0]) for k in range(3)]
-    assert len(store._db.journal_ops) == 3  # kept: a settle now reads nothing back
-    ops = journal.decode(store._journal.read()[1][0])
-    foreign = "foreign-prediction"
-    ops = [(kind, table, columns, [foreign, *values[1:]]) for kind, table, columns, values in ops]
-    store._journal.append(journal.encode(ops))  # a record this store object did not journal
-    assert _raw_counts(store)[0] == 4
-    frame = store.query_predictions(pipeline_id=pipeline_id)
-    assert sorted(frame["prediction_id"].to_list()) == sorted(mine + [foreign])
-    assert _raw_counts(store) == (0, 4, 4) and store._db.journal_ops == []
-    later = store.save_prediction(pipeline_id, val_score=9.0, y_true=[1.0], y_pred=[2.0])
-    assert store.get_prediction(later)["val_score"] == 9.0 and _raw_counts(store) == (0, 5, 5)
+    ids = [store.save_prediction(pipeline_id, val_score=float(k), y_true=[1.0], y_pred=[2.0]) for k in range(3)]
+    seen: list = []
+    with WorkspaceStore(store.path, lock_timeout=30) as reader:
+        thread = threading.Thread(target=lambda: seen.append(reader.query_predictions()["prediction_id"].to_list()))
+        thread.start()  # waits for the workspace: the writer's idle window gives way at once
+        thread.join(timeout=30)
+    assert sorted(seen[0]) == sorted(ids)
+    assert journal_records(store.path) == 0 and on_disk(store.path, "predictions") == {"predictions": 3}
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
-def test_a_writer_killed_with_unsettled_rows_loses_none_and_the_next_reader_settles_them(tmp_path, workers):
+@pytest.mark.timeout(180)
+def test_a_writer_killed_with_journaled_rows_loses_none_and_its_journal_stayed_bounded(tmp_path, workers):
+    """A writer appending call after call settles the journal once it passes SETTLE_BYTES,
+    so the journal (and a settle's memory) stays bounded; killed with rows still
+    journaled, it loses none: the next reader settles them."""
     ws = tmp_path / "ws"
     with WorkspaceStore(ws) as store:
         pipeline_id = store.begin_pipeline(store.begin_run("r"), "p", None, [], "tablet")
     acks = tmp_path / "acks.txt"
-    counts = _killed_after_writing(workers("journaler", workspace=str(ws), acks=str(acks), pipeline_id=pipeline_id,
-                                           first_seed=100, n=25, idle=600), ws, "predictions")
-    assert counts == {"journal": 25, "predictions": 0}
+    n = 2000  # ~2.3 KB a record: past SETTLE_BYTES once
+    _killed_after_writing(workers("journaler", workspace=str(ws), acks=str(acks), pipeline_id=pipeline_id,
+                                  first_seed=100, n=n, idle=600))
+    left = journal_records(ws), on_disk(ws, "predictions")["predictions"]
+    assert sum(left) == n and left[1] > 0, left  # each in its table or in the journal, once
+    assert journal_file(ws).size() <= SETTLE_BYTES + 3000  # bounded: settled when long (+ one record)
 
-    t0 = time.monotonic()
-    reader = WorkspaceStore(ws)
-    found = {r[0]: r[1:] for r in reader.sql(
-        "SELECT p.prediction_id, p.val_score, a.y_true, a.y_pred, a.sample_indices "
-        "FROM predictions p JOIN prediction_arrays a USING (prediction_id)").rows()}
+    with WorkspaceStore(ws) as reader:
+        found = {r[0]: r[1:] for r in reader.sql(
+            "SELECT p.prediction_id, p.val_score, a.y_true, a.y_pred, a.sample_indices "
+            "FROM predictions p JOIN prediction_arrays a USING (prediction_id)").rows()}
     acked = [(line[1], int(line[2])) for line in read_acks(acks) if line[0] == "pred"]
-    assert len(acked) == 25
+    assert len(acked) == n
     for pid, seed in acked:
         assert_prediction_content(found.get(pid), seed, pid)
-    reader.close()
-    assert journal_records(ws) == 0
-    assert time.monotonic() - t0 < 10
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(120)
-def test_appends_made_while_this_process_reads_are_settled_by_the_next_reader(kept, workers):
-    """Single calls append to the journal without the workspace lock: this process holds
-    it for reading (its idle window) all along. A reader in another process waits for
-    it, gets it handed over, and settles what it finds in the journal."""
-    store, pipeline_id = kept
-    store.release()
-    store.list_runs()  # a read: the workspace lock held shared, for the idle window
-    assert store._db._mode == "shared"
-    ids = [store.save_prediction(pipeline_id, val_score=float(k), y_true=[1.0], y_pred=[2.0]) for k in range(3)]
-    assert store._db._mode == "shared" and _raw_counts(store) == (3, 0, 0)
-    reader = workers("waiter", workspace=str(store.path))
-    reader.expect("ready")
-    reader.go()
-    assert reader.result(timeout=60)["runs"] == 1  # our idle connection was handed over at once
-    assert not store._db.is_open
-    assert journal_records(store.path) == 0
-    with duckdb.connect(str(store.db_path), read_only=True) as con:
-        settled = {r[0] for r in con.execute("SELECT prediction_id FROM predictions").fetchall()}
-    assert settled == set(ids)
+    assert journal_records(ws) == 0 and on_disk(ws, "predictions") == {"predictions": n}
 
 
 def _record_pipeline(store, run_id: str, seed: int) -> tuple[str, str]:
@@ -207,15 +162,11 @@ def _record_pipeline(store, run_id: str, seed: int) -> tuple[str, str]:
     return pipeline_id, chain_id
 
 
-def test_a_pipeline_recorded_in_a_batch_is_one_journal_row_and_lands_whole(kept):
+def test_pipelines_recorded_in_batches_land_whole(kept):
     store, _ = kept
     run_id = store.begin_run("grid")
     recorded = [_record_pipeline(store, run_id, seed) for seed in (1, 2, 3)]
-    assert journal_records(store.path) == 3
-    assert _table_counts(store, "chains", "chain_artifacts", "artifacts") == [0, 0, 0]
-
-    pipelines = store.list_pipelines(run_id=run_id)  # a read: settled first
-    assert _raw_counts(store)[0] == 0
+    pipelines = store.list_pipelines(run_id=run_id)
     assert pipelines.height == 3 and set(pipelines["status"]) == {"completed"}
     X = probe_input()
     for (pipeline_id, chain_id), seed in zip(recorded, (1, 2, 3)):
@@ -227,41 +178,30 @@ def test_a_pipeline_recorded_in_a_batch_is_one_journal_row_and_lands_whole(kept)
     assert store.list_artifacts()["ref_count"].to_list() == [1] * 6
 
 
-def test_a_completion_journaled_after_its_pipeline_settled_updates_the_row(kept):
+def test_a_completion_saved_after_its_pipeline_was_read_updates_the_row(kept):
     store, _ = kept
     run_id = store.begin_run("r")
     ids = [store.begin_pipeline(run_id, f"p{k}", None, [], "tablet") for k in range(3)]
-    store.list_pipelines()  # the pipelines settled
+    store.list_pipelines()  # a read: the pipelines settled
     for k, pipeline_id in enumerate(ids[:2]):
         store.complete_pipeline(pipeline_id, best_val=float(k), best_test=None, metric="r2", duration_ms=k)
     store.complete_pipeline(ids[0], best_val=9.0, metric="r2")  # the later completion wins
-    assert _raw_counts(store)[0] == 3
     found = {r["pipeline_id"]: r for r in store.list_pipelines(run_id=run_id).iter_rows(named=True)}
     assert (found[ids[0]]["status"], found[ids[0]]["best_val"], found[ids[0]]["duration_ms"]) == ("completed", 9.0, None)
     assert (found[ids[1]]["status"], found[ids[1]]["best_val"], found[ids[1]]["metric"]) == ("completed", 1.0, "r2")
     assert found[ids[2]]["status"] == "running" and found[ids[2]]["completed_at"] is None
 
 
-def test_a_large_batch_goes_straight_to_its_tables(kept):
-    store, pipeline_id = kept
-    with store.batch():
-        for k in range(writes.JOURNAL_MAX_ROWS):  # two operations each
-            store.save_prediction(pipeline_id, val_score=float(k), y_true=[1.0], y_pred=[2.0])
-    assert _raw_counts(store) == (0, writes.JOURNAL_MAX_ROWS, writes.JOURNAL_MAX_ROWS)
-
-
 def test_a_row_still_in_the_journal_is_found_after_a_rollback_forgot_it(kept):
-    """A failed batch drops what the connection remembered; the pipelines it knew are still
-    in the journal, not yet in their table: a write naming one settles and finds it."""
+    """A failed batch drops what the store remembered; the pipeline it knew is still in the
+    journal, not yet in its table: a write naming it settles and finds it."""
     store, _ = kept
     run_id = store.begin_run("r")
     pipeline_id = store.begin_pipeline(run_id, "p", None, [], "tablet")
-    assert _raw_counts(store)[0] == 1
     with pytest.raises(RuntimeError, match="boom"):
         with store.batch():
             store.save_prediction(pipeline_id, val_score=1.0, y_true=[1.0], y_pred=[1.0])
             raise RuntimeError("boom")
-    assert ("pipelines", pipeline_id) not in store._db.conn_cache.get("rows", {})
     prediction_id = store.save_prediction(pipeline_id, val_score=2.0, y_true=[1.0], y_pred=[1.0])
     assert store.get_prediction(prediction_id)["dataset_name"] == "tablet"
     assert store.query_predictions(pipeline_id=pipeline_id)["val_score"].to_list() == [2.0]
@@ -275,9 +215,10 @@ def test_pipelines_a_killed_writer_left_in_the_journal_land_whole(tmp_path, work
     ws = tmp_path / "ws"
     WorkspaceStore(ws).close()
     acks = tmp_path / "acks.txt"
-    counts = _killed_after_writing(workers("pipeline_journaler", workspace=str(ws), acks=str(acks), first_seed=11,
-                                           n=8, idle=600), ws, "pipelines")
-    assert counts == {"journal": 8, "pipelines": 0}
+    _killed_after_writing(workers("pipeline_journaler", workspace=str(ws), acks=str(acks), first_seed=11, n=8,
+                                  idle=600))
+    left = journal_records(ws), on_disk(ws, "pipelines")["pipelines"]
+    assert sum(left) == 8, left  # each pipeline whole in the tables or in the journal, once
 
     acked = [line[1:] for line in read_acks(acks) if line[0] == "pipeline"]
     assert len(acked) == 8
@@ -298,11 +239,9 @@ def test_pipelines_a_killed_writer_left_in_the_journal_land_whole(tmp_path, work
         assert reader.gc_artifacts(grace=0) == 0  # every artifact is referenced by its chain
 
 
-def test_rows_another_process_deleted_are_not_remembered_across_attachments(tmp_path):
-    """A store remembers the pipelines it has looked up across attachments (it saves a
-    lookup on every turn), unless some process deleted rows since: then a prediction for
-    a deleted pipeline is refused, not journaled as an orphan. Two store objects on one
-    workspace lock each other out like two processes."""
+def test_rows_another_process_deleted_are_not_remembered(tmp_path):
+    """A prediction for a pipeline another process deleted is refused, not journaled as an
+    orphan. Two store objects on one workspace lock each other out like two processes."""
     ws = tmp_path / "ws"
     mine, other = WorkspaceStore(ws), WorkspaceStore(ws)
     kept = mine.begin_pipeline(mine.begin_run("kept"), "p", None, [], "tablet")
@@ -311,9 +250,7 @@ def test_rows_another_process_deleted_are_not_remembered_across_attachments(tmp_
     for pipeline_id in (kept, doomed):
         mine.save_prediction(pipeline_id, val_score=1.0, y_true=[1.0], y_pred=[1.0])
     mine.release()
-    other.save_prediction(kept, val_score=2.0, y_true=[1.0], y_pred=[1.0])  # no deletion yet
-    other.release()
-    assert mine._db._read_epoch() == mine._db._rows_epoch  # nothing deleted: still remembered
+    other.save_prediction(kept, val_score=2.0, y_true=[1.0], y_pred=[1.0])
     other.delete_run(doomed_run)
     other.release()
     with pytest.raises(NotFoundError, match=doomed):
@@ -323,187 +260,159 @@ def test_rows_another_process_deleted_are_not_remembered_across_attachments(tmp_
     mine.close(), other.close()
 
 
-def test_single_calls_take_neither_the_workspace_nor_the_database_and_lose_nothing(tmp_path):
-    """A process taking its turn for one small write takes the journal's lock and
-    appends: it attaches the database only to look up what it does not remember, and
-    leaves no WAL for the next process to replay."""
-    ws = tmp_path / "ws"
-    store = WorkspaceStore(ws, idle=60)
-    pipeline_id = store.begin_pipeline(store.begin_run("r"), "p", None, [], "tablet")
-    store.release()  # the run and pipeline: settled, checkpointed
-    wal = ws / "store.duckdb.wal"
-    assert not wal.exists() or wal.stat().st_size == 0
-    ids = [store.save_prediction(pipeline_id, val_score=float(k), y_true=[1.0], y_pred=[2.0]) for k in range(3)]
-    assert not store._db.is_open and store._db._con is None  # neither the lock nor the file
-    assert store._db.journal_lock._file is None  # the journal's lock: only during each append
-    assert journal_records(ws) == 3 and (not wal.exists() or wal.stat().st_size == 0)
-    with WorkspaceStore(ws) as other:  # settles the journal, checkpoints
-        assert sorted(other.query_predictions()["prediction_id"].to_list()) == sorted(ids)
-    assert journal_records(ws) == 0 and (not wal.exists() or wal.stat().st_size == 0)
-    store.close()
-
-
-def test_payloads_of_the_first_journal_format_still_decode():
+def test_operations_round_trip_through_a_payload_that_imports_nothing():
     from datetime import datetime
 
     from storage import journal
+    from storage.operations import Insert, SaveArtifact, Update
 
-    created = datetime(2026, 11, 27, 13, 0, 0)
-    row = ["pred", "pipe", None, "ds", "m", "mc", "", "val", 1.0, None, None, "rmse", "regression",
-           1, None, None, None, "", None, None, None, created, None]
-    old_row = list(row)
-    old_row[21] = created.isoformat()
-    header = json.dumps([old_row, [3, None, None, None, None]]).encode()  # no timestamp list
-    payload = struct.pack("<I", len(header)) + header + b"abc"
-    assert journal.decode(payload) == [
-        ("insert", "predictions", journal.LEGACY_PREDICTION_COLUMNS, row),
-        ("insert", "prediction_arrays", journal.LEGACY_ARRAY_COLUMNS, ["pred", b"abc", None, None, None, None])]
-
-
-def test_operations_round_trip_through_a_payload():
-    from datetime import datetime
-
-    from storage import journal
-
-    ops = [("insert", "chains", None, ["c", 1, 2.5, None, True, [1.0, 2.25], datetime(2026, 1, 2, 3, 4, 5, 6)]),
-           ("insert", "prediction_arrays", ("prediction_id", "y_true"), ["p", b"\x00\x01{\"b\": 3}"]),
-           ("update", "pipelines", "pipeline_id", "p1", ("status", "best_val"), ["completed", None])]
-    assert journal.decode(journal.encode(ops)) == ops
+    ops = [Insert("chains", None, ["c", 1, 2.5, None, True, [1.0, 2.25], datetime(2026, 1, 2, 3, 4, 5, 6)]),
+           Insert("prediction_arrays", ("prediction_id", "y_true"), ["p", b"\x00\x01{\"b\": 3}"]),
+           Update("pipelines", "pipeline_id", "p1", ("status", "best_val"), ["completed", None]),
+           SaveArtifact(["a" * 64, "artifacts/aa/x.joblib", "a" * 64, None, "model", "joblib", 3,
+                         datetime(2026, 1, 2), datetime(2026, 1, 3)])]
+    decoded = journal.decode(journal.encode(ops))
+    assert decoded == ops and [type(op) for op in decoded] == [Insert, Insert, Update, SaveArtifact]
     with pytest.raises(Exception, match="plain values"):  # anything else is refused, not imported
-        journal.decode(journal.encode([("insert", "t", None, [Path("/tmp")])]))
+        journal.decode(journal.encode([Insert("t", None, [Path("/tmp")])]))
 
 
-def test_a_workspace_with_rows_in_the_old_prediction_journal_keeps_them(tmp_path):
-    """Migration 0004 moves the prediction journal's rows into the write journal."""
-    ws = tmp_path / "ws"
-    with WorkspaceStore(ws) as store:
-        pipeline_id = store.begin_pipeline(store.begin_run("r"), "p", None, [], "tablet")
-    # back to schema 3, with one prediction left in its journal by a killed writer
-    row = ["pred-old", pipeline_id, None, "tablet", "", "", "", "val", 0.25, None, None, "rmse", "regression",
-           2, None, None, None, "", None, None, None, "2026-11-27T13:00:00", None]
-    blobs = [arrays.encode("y_true", np.array([1.0, 2.0])), arrays.encode("y_pred", np.array([1.5, 2.5]))]
-    header = json.dumps([row, [len(b) for b in blobs] + [None] * 3, [21]]).encode()
-    with duckdb.connect(str(ws / "store.duckdb")) as con:
-        con.execute("DROP TABLE journal")
-        con.execute("CREATE TABLE prediction_journal (prediction_id VARCHAR NOT NULL, payload BLOB NOT NULL)")
-        con.execute("INSERT INTO prediction_journal VALUES (?, ?)",
-                    ["pred-old", struct.pack("<I", len(header)) + header + b"".join(blobs)])
-        con.execute("DELETE FROM migrations WHERE name IN ('0004_write_journal', '0005_journal_file', "
-                    "'0006_journal_lock')")
-        con.execute("DELETE FROM meta WHERE key = 'journal_settled'")
-        con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-    with WorkspaceStore(ws) as store:
-        assert store.schema_version == schema.SCHEMA_VERSION
-        found = store.get_prediction("pred-old", load_arrays=True)
-        assert found["val_score"] == 0.25 and found["y_pred"].tolist() == [1.5, 2.5]
-        assert store.sql("SELECT count(*) AS n FROM journal")["n"][0] == 0
-
-
-def _turn(store, pipeline_id: str, calls: int) -> int:
-    """`calls` single predictions, and the settle they asked for, if any; the journal's
-    records after it."""
-    for _ in range(calls):
-        store.save_prediction(pipeline_id, val_score=0.5, y_true=np.zeros(3), y_pred=np.ones(3))
-    wait_for(store._db._settler.quiescent, 10, "the settle asked for to end", interval=0.01)
-    return journal_records(store.path)
-
-
-def _calls_to_reach(store, pipeline_id: str, size: int) -> int:
-    """How many single predictions (of `_turn`'s size) make the journal `size` bytes."""
-    path = store.path / "store.duckdb.journal"
-    before = path.stat().st_size
-    _turn(store, pipeline_id, 1)
-    record = path.stat().st_size - before
-    store.query_predictions()  # settled again
+# -- the journal file -------------------------------------------------------------------------
+def _writer(ws: Path, pipeline_id: str) -> WorkspaceStore:
+    """A store that has looked its pipeline up and let the workspace go: its single calls
+    append to the journal alone, and stay there until someone settles them."""
+    store = WorkspaceStore(ws, idle=60)
+    store.get_pipeline(pipeline_id)
+    store.save_prediction(pipeline_id, val_score=0.0, y_true=[0.0], y_pred=[0.0])  # the pipeline remembered
     store.release()
-    return -(-(size - path.stat().st_size) // record)
+    return store
 
 
-def test_rows_an_older_nirsflow_left_in_the_journal_table_settle_when_the_workspace_opens(tmp_path):
-    """Schema 4 journaled into a table; a writer killed before it settled left rows
-    there. Migration 0005 (the journal file) keeps the table, and the store opening the
-    workspace applies its rows, in the migration's transaction."""
-    from storage import journal
+def _save(store, pipeline_id: str, k: int) -> str:
+    return store.save_prediction(pipeline_id, val_score=float(k), y_true=np.arange(50.0), y_pred=np.full(50, float(k)))
 
+
+def _stored(ws: Path) -> dict[str, float]:
+    """The predictions saved by a test (not `_writer`'s first, of score 0), as a store reads them."""
+    with WorkspaceStore(ws) as store:
+        return dict(store.sql("SELECT prediction_id, val_score FROM predictions WHERE val_score > 0").rows())
+
+
+@pytest.fixture
+def workspace(tmp_path):
     ws = tmp_path / "ws"
     with WorkspaceStore(ws) as store:
         pipeline_id = store.begin_pipeline(store.begin_run("r"), "p", None, [], "tablet")
-        store.save_prediction(pipeline_id, val_score=0.5, y_true=[1.0], y_pred=[2.0])
-        ops = journal.decode(store._journal.read()[1][-1])  # the prediction's record
-    ops = [(kind, table, columns, ["pred-v4", *values[1:]]) for kind, table, columns, values in ops]
-    with duckdb.connect(str(ws / "store.duckdb")) as con:  # back to schema 4, one row in its journal
-        con.execute("INSERT INTO journal VALUES (?)", [journal.encode(ops)])
-        con.execute("DELETE FROM migrations WHERE name IN ('0005_journal_file', '0006_journal_lock')")
-        con.execute("DELETE FROM meta WHERE key = 'journal_settled'")
-        con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
-    with WorkspaceStore(ws) as store:
-        assert store.schema_version == schema.SCHEMA_VERSION
-        assert store.get_prediction("pred-v4", load_arrays=True)["y_pred"].tolist() == [2.0]
-        assert store.sql("SELECT count(*) AS n FROM journal")["n"][0] == 0
-        assert store.query_predictions().height == 2
+    return ws, pipeline_id
 
 
-def test_a_long_journal_is_settled_whoever_wrote_it(tmp_path):
-    """Two writers (two stores, as two processes would be) take turns. Each leaves a
-    short journal of its own; the one that finds the journal long (its records and the
-    other's) has it settled, so writers taking turns do not each pay for a settle a few
-    turns apart."""
-    from storage.connection import HAND_OVER_JOURNAL_BYTES
-
-    ws = tmp_path / "ws"
-    with WorkspaceStore(ws, idle=60) as setup:
-        run_id = setup.begin_run("turns")
-        pipeline_id = setup.begin_pipeline(run_id, "p", None, [], "tablet")
-        long = _calls_to_reach(setup, pipeline_id, HAND_OVER_JOURNAL_BYTES)
-    first, second = WorkspaceStore(ws, idle=60), WorkspaceStore(ws, idle=60)
-    few = long // 2 + 1  # each writer's share: short, both together: long
-    try:
-        assert _turn(first, pipeline_id, few) == few  # short: left
-        assert _turn(second, pipeline_id, few) == 0  # long: settled
-        assert first.query_predictions().height == 2 * few + 1
-    finally:
-        first.close()
-        second.close()
+def test_a_record_cut_short_is_cut_back_by_the_next_append_and_never_applied(workspace):
+    """A writer killed in the middle of a large append leaves part of a record, never
+    acknowledged (written here as SIGKILL leaves it). The next append goes after the last
+    whole record, not after the fragment; the settle applies every acknowledged record."""
+    ws, pipeline_id = workspace
+    store = _writer(ws, pipeline_id)
+    first = _save(store, pipeline_id, 1)
+    journal = journal_file(ws)
+    whole = journal.size()
+    fragment = record(b"x" * 5000)[:3000]
+    with open(journal.path, "ab") as fh:
+        fh.write(fragment)
+    assert journal_records(ws) == 1  # the fragment is not a record
+    second = _save(store, pipeline_id, 2)
+    assert journal.size() == 2 * whole - HEADER_SIZE  # cut back, then one more record of the same size
+    assert journal_records(ws) == 2
+    store.close()
+    assert _stored(ws) == {first: 1.0, second: 2.0}
+    assert journal.size() == HEADER_SIZE
 
 
-def test_a_writer_does_not_settle_a_short_journal_because_it_wrote_much_since_its_last_settle(tmp_path):
-    """Whoever settles empties the journal for everyone: a writer whose own records since
-    its last settle reach the limit, while the journal holds a record or two because
-    another writer's settle emptied it, asks for no settle. (Counted per writer, every
-    writer of the four-process interleave settled a near-empty journal within a few turns
-    of each other, each with its checkpoint: 80-100 ms waits.)"""
-    from storage.connection import HAND_OVER_JOURNAL_BYTES
-
-    ws = tmp_path / "ws"
-    with WorkspaceStore(ws, idle=60) as setup:
-        pipeline_id = setup.begin_pipeline(setup.begin_run("turns"), "p", None, [], "tablet")
-        long = _calls_to_reach(setup, pipeline_id, HAND_OVER_JOURNAL_BYTES)
-    first, second = WorkspaceStore(ws, idle=60), WorkspaceStore(ws, idle=60)
-    try:
-        assert _turn(first, pipeline_id, long - 1) == long - 1  # short: left
-        assert _turn(second, pipeline_id, 1) == 0  # the journal reached the limit: settled
-        assert _turn(first, pipeline_id, 1) == 1  # its own long-th record since it settled: left
-        assert first.query_predictions().height == long + 2
-    finally:
-        first.close()
-        second.close()
+def test_a_damaged_record_with_records_after_it_is_refused_and_nothing_is_changed(workspace):
+    ws, pipeline_id = workspace
+    store = _writer(ws, pipeline_id)
+    for k in range(1, 4):
+        _save(store, pipeline_id, k)
+    journal = journal_file(ws)
+    data = bytearray(journal.path.read_bytes())
+    second_record = HEADER_SIZE + (len(data) - HEADER_SIZE) // 3
+    data[second_record + 100] ^= 0xFF  # a flipped byte inside the second record's payload
+    journal.path.write_bytes(bytes(data))
+    with pytest.raises(WorkspaceCorruptError, match=rf"journal .*journal: the record at byte {second_record} "
+                                                    r"is damaged \(its checksum does not match\)"):
+        WorkspaceStore(ws).list_runs()  # any reader, any process
+    assert journal.path.read_bytes() == bytes(data)  # not cut back, not emptied
+    with pytest.raises(WorkspaceCorruptError, match="the record at byte"):
+        store.release()  # it would settle what it appended: the same error
+    assert journal.path.read_bytes() == bytes(data) and on_disk(ws, "predictions") == {"predictions": 1}
 
 
-def test_a_writer_that_never_goes_idle_settles_a_journal_that_grows_past_the_bound(kept, monkeypatch):
-    """No waiter, no idle moment: the journal would grow as long as the writer writes.
-    Past SETTLE_JOURNAL_BYTES the next write settles it first, so the file (and what a
-    settle must hold in memory) stays bounded."""
-    import storage.appends as appends
+def test_a_settle_whose_reset_failed_does_not_apply_its_records_twice(workspace, monkeypatch):
+    """A settle's transaction records how far it applied the journal; emptying the file
+    comes after the commit. If that fails (a full disk: the one fault here that is made
+    up), the next settle skips what is already applied."""
+    ws, pipeline_id = workspace
+    store = _writer(ws, pipeline_id)
+    ids = [_save(store, pipeline_id, k) for k in range(1, 4)]
 
-    store, pipeline_id = kept
-    journal = JournalFile(store.path / "store.duckdb.journal")
-    monkeypatch.setattr(appends, "SETTLE_JOURNAL_BYTES", 16 * 1024)
-    sizes, ids = [], []
-    for k in range(60):
-        ids.append(store.save_prediction(pipeline_id, val_score=float(k), y_true=np.zeros(100), y_pred=np.ones(100)))
-        sizes.append(journal.size())
-    record = sizes[1] - sizes[0]
-    assert max(sizes) <= 16 * 1024 + record  # one write past the bound at most
-    assert sum(1 for a, b in zip(sizes, sizes[1:]) if b < a) >= 3  # it was settled, again and again
-    assert 0 < _table_counts(store, "predictions")[0] < 60  # settled rows landed; the last few wait
-    assert store.query_predictions(pipeline_id=pipeline_id)["prediction_id"].to_list() == ids
+    def refuse(self, records=b""):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(JournalFile, "reset", refuse)
+        with pytest.raises(OSError, match="No space left"):
+            store.release()
+    assert len(journal_file(ws).read(None)[1]) == 3 and journal_records(ws) == 0  # in the file, marked applied
+    later = _save(store, pipeline_id, 9)  # appended after them, in the same generation
+    assert journal_records(ws) == 1
+    with WorkspaceStore(ws) as other:  # another process settles: the applied records are skipped
+        found = other.query_predictions()["prediction_id"].to_list()
+    assert len(found) == len(set(found)) == 5 and set(ids + [later]) <= set(found)
+    store.close()
+    assert sorted(_stored(ws)) == sorted(ids + [later])
+    assert journal_file(ws).size() == HEADER_SIZE
+
+
+def test_a_journal_that_is_not_one_is_refused_by_name(workspace):
+    ws, _ = workspace
+    journal = journal_file(ws)
+    journal.path.write_bytes(b"PK\x03\x04 not a journal at all")
+    with pytest.raises(WorkspaceCorruptError, match=r"journal .*/store\.duckdb\.journal starts with b'PK\\x03\\x04 ', "
+                                                    r"expected b'NFJF' format 1"):
+        WorkspaceStore(ws).query_predictions()
+    assert journal.path.read_bytes() == b"PK\x03\x04 not a journal at all"
+
+
+def test_check_repair_sets_a_damaged_journal_aside_and_applies_its_whole_records(workspace, monkeypatch):
+    """Records a settle had applied (the file not emptied after) are not applied twice;
+    of the rest, the whole ones land, the damaged one is left out; the file is kept for
+    a person; the workspace reads again."""
+    ws, pipeline_id = workspace
+    store = _writer(ws, pipeline_id)
+    applied = [_save(store, pipeline_id, k) for k in range(1, 3)]
+    with monkeypatch.context() as patch:  # applied and marked, but still in the file
+        patch.setattr(JournalFile, "reset", lambda self, records=b"": (_ for _ in ()).throw(OSError(28, "No space")))
+        with pytest.raises(OSError):
+            store.release()
+    rest = [_save(store, pipeline_id, k) for k in range(10, 13)]
+    journal = journal_file(ws)
+    data = bytearray(journal.path.read_bytes())
+    ends = [HEADER_SIZE]
+    for _ in range(5):
+        length = int.from_bytes(data[ends[-1]:ends[-1] + 4], "little")
+        ends.append(ends[-1] + 8 + length + 8)
+    data[ends[3] + 50] ^= 0xFF  # the fourth record (the second of `rest`): damaged
+    journal.path.write_bytes(bytes(data))
+    with pytest.raises(WorkspaceCorruptError, match=rf"the record at byte {ends[3]} is damaged.*check --repair"):
+        WorkspaceStore(ws).query_predictions()
+
+    with WorkspaceStore(ws) as repairer:
+        report = repairer.check_workspace(repair=True)
+    (aside,) = ws.glob("store.duckdb.journal.damaged-*")
+    assert aside.read_bytes() == bytes(data)
+    assert any(f"bytes {ends[3]}-{ends[4]} (its checksum does not match)" in line and "kept its 2 whole" in line
+               and str(aside) in line for line in report.repaired), report.repaired
+    assert _stored(ws) == {applied[0]: 1.0, applied[1]: 2.0, rest[0]: 10.0, rest[2]: 12.0}
+    assert journal.size() == HEADER_SIZE
+    with WorkspaceStore(ws) as again:  # nothing left to repair
+        assert not any("journal" in line for line in again.check_workspace(repair=True).repaired)
+    store.close()
