@@ -65,8 +65,6 @@ and a table artifact of the rejected files; the flow returns the same summary.
 
 from __future__ import annotations
 
-import os
-import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -78,16 +76,13 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from flows.workers import DEFAULT_WORKERS
 from storage import WorkspaceStore
 from storage.errors import InvalidInputError, NotFoundError
-from tasks.reporting import Progress
+from tasks.reporting import Progress, artifact_key
 from tasks.scoring import (FileChanged, InboxFile, LoadedChain, ScoreJob, ScoringLock,
                            discover, move_file, plan_destination, result_paths, same_bytes_exists,
                            score_file_task, sha256_of, sweep_partials, write_note)
-
-#: Files scored at once (threads: numpy/scikit-learn and polars release the GIL).
-DEFAULT_WORKERS = max(2, os.cpu_count() or 2)
-
 
 class ScoringIncomplete(RuntimeError):
     """Some files could neither be scored nor set aside (a store write, the outbox...);
@@ -101,11 +96,6 @@ def _flow_run_name() -> str:
         return f"score inbox · {Path(flow_run.parameters['inbox']).name}"
     except Exception:  # noqa: BLE001 - a name must never stop a run
         return "score inbox"
-
-
-def _artifact_key(*parts: str) -> str:
-    text = "-".join(p for p in parts if p)
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]+", "-", text.lower())).strip("-")[:100] or "score-inbox"
 
 
 def _now() -> str:
@@ -421,14 +411,14 @@ def _publish(summary: dict, tally: Tally, logger) -> None:
     try:
         from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-        key = _artifact_key("score-inbox", Path(summary["inbox"]).name)
+        key = artifact_key("score-inbox", Path(summary["inbox"]).name)
         create_markdown_artifact(_summary_markdown(summary, tally), key=key,
                                  description=f"Inbox scoring of {summary['inbox']}: counts")
         if tally.rejected:
             rows = [{k: r.get(k) for k in ("file", "dataset", "stage", "row", "column", "expected", "found",
                                            "problem", "moved_to")} for r in tally.rejected]
             summary["rejected_artifact_id"] = str(create_table_artifact(
-                rows, key=_artifact_key(key, "rejected"),
+                rows, key=artifact_key(key, "rejected"),
                 description=f"Files of {summary['inbox']} set aside in rejected/, with what is wrong"))
     except Exception as exc:  # noqa: BLE001 - the UI is a convenience, the files and the store are the truth
         logger.warning("no UI artifact: %s", exc)
@@ -498,7 +488,7 @@ def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: st
             for f in changing:
                 run.wait(f, f"still being written: size or mtime changed between two looks {settle_seconds:g} s apart")
             if stable:
-                run.progress = Progress(len(stable), key=_artifact_key("progress", Path(inbox).name),
+                run.progress = Progress(len(stable), key=artifact_key("progress", Path(inbox).name),
                                         description=f"score inbox {Path(inbox).name}: files")
             try:
                 for f in stable:

@@ -20,7 +20,6 @@ fails, left ``running`` for ``reconcile``).
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from pathlib import Path
@@ -31,6 +30,7 @@ from prefect.context import FlowRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from flows.workers import DEFAULT_WORKERS
 from nirs.config import ConfigError, load_config, validate
 from storage import PipelineLibrary
 from tasks.data import describe_spec, load_dataset, normalize_spec
@@ -40,22 +40,6 @@ from tasks.reporting import (Progress, artifact_key, leaderboard_rows, markdown_
                              publish_leaderboard, publish_markdown, tag_flow_run)
 from tasks.training import fit_fold_task, plan_pipeline_folds, refit_plan, train_pipeline
 
-#: Fold tasks run on ``cores - 1`` threads, and on at least two; their fits run in the
-#: flow process unless the run asks for ``processes``. Measured on 2 cores
-#: (bench/flow_bench.py, PLS grid on Tablet, ~20 ms a fit, wall time of the run, medians of
-#: 3). With Prefect's default server one fold thread took 5.3 s, two 7.3 s: the server's
-#: per-task-run work (it recorded each task run on its own) starved the second. With
-#: nirsflow's server settings (flows/server.py, batched recording) two threads win: 4.2 s
-#: against 5.2 s one session, 6.3 s against 7.3 s on a slower day (flow-run bodies 3.65
-#: against 3.9 s; the rest is the run's start and end, up to 1 s of it Prefect's
-#: heartbeat). The flow stays bound by Prefect's per-task work, in this process and in
-#: the server's. Worker processes (``nirs.parallel``) pay off for slow fits: a
-#: random-forest grid (~150 ms a fit) ran in 4.3-5.3 s instead of 6.2-6.35 s, and the PLS
-#: grid in 4.3-5.3 s. They need as many fold threads as processes:
-#: ``train.with_options(task_runner=ThreadPoolTaskRunner(n))(..., processes=n)``, which is
-#: what ``nirsflow train --processes n`` runs. Prefect's ProcessPoolTaskRunner costs
-#: ~350 ms per fold task here: it runs the whole task engine in the child.
-DEFAULT_WORKERS = max(2, (os.cpu_count() or 2) - 1)
 DEFAULT_DATASETS = ("tablet1",)
 
 
