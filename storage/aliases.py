@@ -9,14 +9,19 @@ import polars as pl
 
 from .base import StoreBase, first, check_id, check_text, now
 from .errors import NotFoundError
+from .references import check_promotion
 
 
 class AliasesMixin(StoreBase):
     def set_alias(self, dataset_name: str, alias: str, chain_id: str, *,
-                  changed_by: str | None = None, reason: str | None = None) -> None:
+                  changed_by: str | None = None, reason: str | None = None, force: bool = False) -> None:
+        """Point the alias at a chain trained on ``dataset_name`` (``force`` accepts a
+        chain of another dataset: see ``storage.references.check_promotion``)."""
         check_text("dataset_name", dataset_name), check_text("alias", alias), check_id("chain", chain_id)
         with self._db.writing() as con:
             self._require(con, "chains", "chain_id", chain_id)
+            if not force:
+                check_promotion(self, dataset_name, chain_id)
             old = first(con.execute("SELECT chain_id FROM aliases WHERE dataset_name = ? AND alias = ?",
                               [dataset_name, alias]))
             stamp = now()

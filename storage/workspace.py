@@ -33,7 +33,7 @@ from .aliases import AliasesMixin
 from .scoring import ScoringMixin
 from .versions import unloadable_in_chain
 from .check import CheckMixin
-from . import journal, schema
+from . import journal, references, schema
 from .base import now
 
 DB_NAME = "store.duckdb"
@@ -141,6 +141,11 @@ class WorkspaceStore(RecordsMixin, PredictionsMixin, ChainsMixin, MaintenanceMix
     def sql(self, query: str, params: list | None = None):
         """Run a read-only query on the store and return a polars DataFrame."""
         return self._frame(query, params)
+
+    def resolve_chain(self, ref: str) -> str:
+        """The chain id that ``ref`` names: an id, a unique prefix of one (8 hex digits
+        are what tables show), or ``DATASET:ALIAS``; see ``storage.references``."""
+        return references.resolve_chain(self, ref)
 
     # -- replay --------------------------------------------------------------------
     def replay_chain(self, chain_id: str, X, wavelengths=None, *, return_proba: bool = False):
