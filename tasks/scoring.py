@@ -57,6 +57,7 @@ from nirs.readers import JCAMP_SUFFIXES, PARQUET_SUFFIXES, TEXT_SUFFIXES, iter_s
 from storage import replay as replaying
 from storage.atomic import atomic_path, fsync_folder, write_bytes
 from storage.chains import referenced_artifacts
+from storage.references import short_id
 from storage.errors import ArtifactLoadError, ReplayError
 from storage.versions import unloadable_in_chain, version_mismatch
 
@@ -271,10 +272,12 @@ class ScoreJob:
     id_column: str | None = "sample_id"
 
 
-def result_paths(root: Path, file: InboxFile, sha256: str, csv: bool) -> tuple[Path, Path | None]:
-    """``<root>/outbox/<dataset>/<stem>.<sha256[:12]>.parquet`` (and ``.csv``): named by
-    content, so a rerun after a crash writes the same name instead of a second result."""
-    base = root / "outbox" / (file.dataset or "_") / f"{Path(file.name).stem}.{sha256[:12]}"
+def result_paths(root: Path, file: InboxFile, sha256: str, chain_id: str, csv: bool) -> tuple[Path, Path | None]:
+    """``<root>/outbox/<dataset>/<stem>.<sha256[:12]>.<chain[:8]>.parquet`` (and
+    ``.csv``): named by content and chain, so a rerun after a crash writes the same name
+    instead of a second result, and the same bytes scored by another chain (a promotion
+    since, or the same chain aliased for two datasets) never take each other's name."""
+    base = root / "outbox" / (file.dataset or "_") / f"{Path(file.name).stem}.{sha256[:12]}.{short_id(chain_id)}"
     return base.with_name(base.name + ".parquet"), (base.with_name(base.name + ".csv") if csv else None)
 
 
