@@ -10,7 +10,7 @@
       retrain-tablet1:
         flow: retrain
         cron: "0 3 * * 1"
-        parameters: {dataset: tablet1, template: snv-pls}
+        parameters: {dataset: tablet1, template: tablet-baseline}
       score-inbox: {flow: score_inbox, interval: 300}
 
 Every deployment gets ``workspace`` as a parameter; ``score_inbox`` also gets ``inbox``

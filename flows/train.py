@@ -17,7 +17,7 @@ Failed (``NoPipelineCompleted``, with the first error); one in which some failed
 Completed with a message saying how many and why (``run_state``).
 
     from flows.train import train
-    train(workspace="./workspace", datasets=["tablet1"], template="snv-pls")
+    train(workspace="./workspace", datasets=["tablet1"], template="tablet-baseline")
 """
 
 from __future__ import annotations
