@@ -145,9 +145,11 @@ def _emit(rows: Any, as_json: bool, *, title: str = "") -> None:
 def demo(workspace: Path = WorkspaceOption) -> None:
     """Train a small grid on the real Tablet NIR set, promote the best chain, print the leaderboard."""
     temporary_api()
+    from flows import stopping
     from flows.demo import run_demo
 
     run_demo(_workspace(workspace), echo=typer.echo)
+    stopping.raise_if_stopped()  # a stop that landed after the last flow: still a stop
 
 
 @app.command()
@@ -201,6 +203,15 @@ def train(config: str = typer.Argument(..., help="A config file (.json/.yaml), o
     if best:
         typer.echo(f"best: {best.get('pipeline')} on {best.get('dataset')}: {best.get('metric')} "
                    f"CV {best.get('cv_score')}, test {best.get('test_score')} (chain {best.get('chain_id')})")
+    _stopped_after_the_run()
+
+
+def _stopped_after_the_run() -> None:
+    """Exit as stopped when a stop landed while Prefect was finishing the run (it ignores
+    one once the run is final): the run is complete, the exit code says it was stopped."""
+    from flows import stopping
+
+    stopping.raise_if_stopped()
 
 
 def _dataset_spec(item: str, target: str | None, id_column: str, test: Path | None):
@@ -247,6 +258,7 @@ def score(inbox: Path = typer.Argument(None, help="The inbox folder: one sub-fol
         typer.echo(json.dumps(summary, default=str, indent=2))
     else:
         _say_scored(summary, state)
+    _stopped_after_the_run()
     if not state.is_completed():
         raise typer.Exit(1)
 
