@@ -19,9 +19,9 @@ import typer
 
 from flows.server import apply_server_settings
 
-# Offline by default (the temporary Prefect server would otherwise try to send telemetry
-# and log an error for every run on a machine without internet), and that server records
-# task runs in batches (flows/server.py). Set any of them to override.
+# Offline by default (a Prefect client or server would otherwise try to send telemetry and
+# log an error for every run on a machine without internet), and a server started from
+# here records task runs in batches (flows/server.py). Set any of them to override.
 apply_server_settings()
 
 app = typer.Typer(help="NIRS model workspaces run by Prefect.", no_args_is_help=True,
@@ -51,21 +51,38 @@ class UserError(Exception):
     """An error whose message already says what to do."""
 
 
+def temporary_api() -> None:
+    """Without a Prefect API to talk to, start nirsflow's own temporary server (a private,
+    throwaway database; see flows/temporary_server.py) and point this process at it."""
+    from flows import stopping
+    from flows.server import configured_api_url, use_api
+
+    stopping.raise_if_stopped()
+    if configured_api_url():
+        stopping.raise_if_stopped()
+        return
+    from flows.temporary_server import TemporaryServer
+
+    typer.echo("No PREFECT_API_URL: starting a temporary Prefect server for this command (nothing is kept; "
+               "`nirsflow server` runs one with the UI).", err=True)
+    server = TemporaryServer.start()
+    stopping.on_forced_exit(server.stop)
+    use_api(server.url)
+    stopping.raise_if_stopped()
+
+
 def friendly(fn: Callable) -> Callable:
     """One line on stderr and exit code 1 for the errors a user can meet; tracebacks
     only for bugs."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from nirs.errors import ConfigError, SpectraFileError
-        from storage import BundleVersionWarning, ChainVersionWarning, StoreError
-
         python_says = warnings.showwarning
 
         def say(message, category, filename, lineno, file=None, line=None):
             # nirsflow's own warnings (a chain or bundle fitted under another scikit-learn)
             # are for the user: one line, like the errors, not Python's file:line form
-            if issubclass(category, (ChainVersionWarning, BundleVersionWarning)):
+            if issubclass(category, _loaded("storage.errors", "ChainVersionWarning", "BundleVersionWarning")):
                 typer.echo(f"warning: {message}", err=True)
             else:
                 python_says(message, category, filename, lineno, file, line)
@@ -74,11 +91,30 @@ def friendly(fn: Callable) -> Callable:
             with warnings.catch_warnings():
                 warnings.showwarning = say
                 return fn(*args, **kwargs)
-        except (UserError, StoreError, ConfigError, SpectraFileError, FileNotFoundError) as exc:
+        except Exception as exc:
+            if not isinstance(exc, (UserError, FileNotFoundError) + _loaded(*_USER_ERRORS)):
+                raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+#: Errors whose message is for the user (module, class names). Looked up only in modules
+#: already imported: an error of a module never imported cannot have been raised, and
+#: importing storage only to name its errors would cost `nirsflow train`'s checks 0.4 s.
+_USER_ERRORS = ("nirs.errors", "ConfigError", "SpectraFileError", "nirs.specs", "DatasetSpecError",
+                "storage.errors", "StoreError", "flows.schedules", "DeploymentConfigError")
+
+
+def _loaded(*spec: str) -> tuple:
+    found, module = [], None
+    for name in spec:
+        if "." in name or name in ("storage", "nirs", "flows"):
+            module = sys.modules.get(name)
+        elif module is not None:
+            found.append(getattr(module, name))
+    return tuple(found)
 
 
 def _emit(rows: Any, as_json: bool, *, title: str = "") -> None:
@@ -108,9 +144,12 @@ def _emit(rows: Any, as_json: bool, *, title: str = "") -> None:
 @friendly
 def demo(workspace: Path = WorkspaceOption) -> None:
     """Train a small grid on the real Tablet NIR set, promote the best chain, print the leaderboard."""
+    temporary_api()
+    from flows import stopping
     from flows.demo import run_demo
 
     run_demo(_workspace(workspace), echo=typer.echo)
+    stopping.raise_if_stopped()  # a stop that landed after the last flow: still a stop
 
 
 @app.command()
@@ -128,7 +167,7 @@ def train(config: str = typer.Argument(..., help="A config file (.json/.yaml), o
                                                 "models; 0: in this process)."),
           as_json: bool = JsonOption) -> None:
     """Train a config on datasets through the Prefect train flow."""
-    from flows.train import train as train_flow
+    from flows.preflight import check_training
 
     specs = [_dataset_spec(item, target, id_column, test if len(data) == 1 else None) for item in data]
     if test is not None and len(data) != 1:
@@ -136,27 +175,47 @@ def train(config: str = typer.Argument(..., help="A config file (.json/.yaml), o
     is_file = Path(config).suffix.lower() in (".json", ".yaml", ".yml")
     if is_file and not Path(config).exists():
         raise UserError(f"config file {config} does not exist")
+    workspace = _workspace(workspace).absolute()
+    config_arg = str(Path(config).absolute()) if is_file else None
+    template = None if is_file else config
+    # everything the run would refuse, refused now: no server, no run recorded
+    check_training(specs, config=config_arg, template=template, workspace=workspace, max_pipelines=max_pipelines)
+    temporary_api()
+    from flows.train import train as train_flow
+
     if processes > 0:  # as many fold threads as worker processes, to keep them all busy
         from prefect.task_runners import ThreadPoolTaskRunner
 
-        from flows.train import DEFAULT_WORKERS
+        from flows.workers import DEFAULT_WORKERS
         train_flow = train_flow.with_options(task_runner=ThreadPoolTaskRunner(max(processes, DEFAULT_WORKERS)))
-    summary = train_flow(workspace=str(_workspace(workspace).absolute()), datasets=specs,
-                         config=str(Path(config).absolute()) if is_file else None,
-                         template=None if is_file else config, refit=refit, max_pipelines=max_pipelines,
-                         processes=processes)
+    state = train_flow(workspace=str(workspace), datasets=specs, config=config_arg, template=template,
+                       refit=refit, max_pipelines=max_pipelines, processes=processes, return_state=True)
+    if not state.is_completed():
+        raise UserError(f"the training run ended {state.name}: {state.message}")
+    summary = state.result()
     if as_json:
         typer.echo(json.dumps(summary, default=str, indent=2))
         return
     best = summary.get("best") or {}
     typer.echo(f"run {summary['run_id']}: {summary['counts']}")
+    if summary.get("message"):
+        typer.echo(summary["message"])
     if best:
         typer.echo(f"best: {best.get('pipeline')} on {best.get('dataset')}: {best.get('metric')} "
                    f"CV {best.get('cv_score')}, test {best.get('test_score')} (chain {best.get('chain_id')})")
+    _stopped_after_the_run()
+
+
+def _stopped_after_the_run() -> None:
+    """Exit as stopped when a stop landed while Prefect was finishing the run (it ignores
+    one once the run is final): the run is complete, the exit code says it was stopped."""
+    from flows import stopping
+
+    stopping.raise_if_stopped()
 
 
 def _dataset_spec(item: str, target: str | None, id_column: str, test: Path | None):
-    from tasks.data import BUILTIN
+    from nirs.specs import BUILTIN
 
     if item.lower() in BUILTIN:
         return item
@@ -173,31 +232,67 @@ def _dataset_spec(item: str, target: str | None, id_column: str, test: Path | No
 
 @app.command()
 @friendly
-def score(inbox: Path = typer.Argument(..., help="The inbox folder: one sub-folder per dataset."),
+def score(inbox: Path = typer.Argument(None, help="The inbox folder: one sub-folder per dataset "
+                                                  "[default: <workspace>/inbox]"),
           workspace: Path = WorkspaceOption, alias: str = "production",
           outbox: Path = typer.Option(None, help="Root of outbox/, processed/, rejected/ [default: the workspace]"),
           csv: bool = typer.Option(False, "--csv", help="Also write each result as CSV."),
           as_json: bool = JsonOption) -> None:
     """Score the spectra files waiting in an inbox (the score_inbox flow, once)."""
-    from flows.score_inbox import score_inbox
-
+    workspace = _workspace(workspace).absolute()
+    inbox = (inbox or workspace / "inbox").absolute()
     if not inbox.is_dir():
         raise UserError(f"inbox {inbox} is not a folder; files go in {inbox}/<dataset>/")
-    summary = score_inbox(workspace=str(_workspace(workspace).absolute()), inbox=str(inbox.absolute()),
-                          outbox=None if outbox is None else str(outbox.absolute()), alias=alias, csv=csv)
+    if not (workspace / "store.duckdb").exists():
+        raise UserError(f"no workspace at {workspace} (no store.duckdb); run `nirsflow demo` or pass --workspace")
+    temporary_api()
+    from flows.score_inbox import score_inbox
+
+    state = score_inbox(workspace=str(workspace), inbox=str(inbox), outbox=None if outbox is None else str(outbox),
+                        alias=alias, csv=csv, return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    summary = outcome if isinstance(outcome, dict) else getattr(outcome, "summary", None)
+    if summary is None:  # the run failed before it could say what it did
+        raise UserError(f"scoring {inbox} failed: {state.message}")
     if as_json:
         typer.echo(json.dumps(summary, default=str, indent=2))
+    else:
+        _say_scored(summary, state)
+    _stopped_after_the_run()
+    if not state.is_completed():
+        raise typer.Exit(1)
+
+
+def _say_scored(summary: dict, state) -> None:
+    root = Path(summary["root"])
+    if "skipped" in summary:
+        typer.echo(f"nothing done: {summary['skipped']}")
         return
     counts = summary["counts"]
-    typer.echo(", ".join(f"{k} {v}" for k, v in counts.items()))
+    typer.echo(f"{state.name}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v or k == "scored"))
+    for row in summary.get("scored", []):
+        typer.echo(f"  scored {row['file']}: {row['n_spectra']} spectra -> {row['result']}")
+    for row in summary.get("duplicates", []):
+        typer.echo(f"  duplicate {row['file']}: already scored as {row['duplicate_of']} -> {row['result']}")
     for row in summary.get("rejected", []):
-        typer.echo(f"  rejected {row.get('file')}: {row.get('problem') or row.get('message')}")
+        typer.echo(f"  rejected {row.get('file')}: {row.get('problem') or row.get('message')} "
+                   f"(note: {row.get('moved_to')}.error.json)")
+    for row in summary.get("waiting", []):
+        typer.echo(f"  waiting {row['file']}: {row['reason']}")
+    for row in summary.get("failed", []):
+        typer.echo(f"  not finished {row['file']}: {row['reason']}")
+    if counts["scored"] or counts["duplicates"] or counts["rejected"]:
+        typer.echo(f"results in {root / 'outbox'}, inputs moved to {root / 'processed'}"
+                   + (f", rejected files in {root / 'rejected'}" if counts["rejected"] else ""))
 
 
 @app.command()
 @friendly
 def serve(config: Path = typer.Option(None, help="Deployments config [default: deployments/nirsflow.yaml]"),
-          check: bool = typer.Option(False, "--check", help="Only print what would be served.")) -> None:
+          workspace: Path = typer.Option(None, "--workspace", "-w",
+                                         help="Serve on this workspace instead of the config's."),
+          check: bool = typer.Option(False, "--check", help="Only print what would be served, and what cannot "
+                                                            "run.")) -> None:
     """Serve every deployment of the config file, with its schedule (needs PREFECT_API_URL)."""
     import runpy
 
@@ -205,21 +300,30 @@ def serve(config: Path = typer.Option(None, help="Deployments config [default: d
     if not script.exists():
         raise UserError(f"{script} is missing; serve runs from a clone of the repository")
     module = runpy.run_path(str(script))
-    args = (["check"] if check else []) + ([str(config)] if config else [])
+    args = (["check"] if check else []) + ([str(config)] if config else []) + \
+        (["--workspace", str(workspace)] if workspace else [])
     raise typer.Exit(module["main"](args))
 
 
 @app.command()
 def server(port: int = typer.Option(4200, help="Port on 127.0.0.1."),
-           home: Path = typer.Option(None, help="PREFECT_HOME for the server's database [default: Prefect's]")) -> None:
+           home: Path = typer.Option(None, help="PREFECT_HOME of the server: its database and profile "
+                                                "[default: $NIRSFLOW_SERVER_HOME, else ~/.nirsflow/prefect-server]")
+           ) -> None:
     """Start a Prefect server with its UI on 127.0.0.1, set up for training grids (task runs
-    recorded in batches, offline): `prefect server start` with nirsflow's settings."""
-    env = dict(os.environ)
-    if home is not None:
-        env["PREFECT_HOME"] = str(home.resolve())
+    recorded in batches, offline), with a database of its own: `prefect server start` with
+    nirsflow's settings."""
+    from flows.server import default_server_home
+
+    home = (home or default_server_home()).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_PROFILE", "PREFECT_API_URL")}
+    env["PREFECT_HOME"] = str(home)
+    if "PREFECT_API_DATABASE_CONNECTION_URL" not in env:  # a PostgreSQL server given by the user stays
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{home}/prefect.db"
     apply_server_settings(env)
     env.setdefault("PREFECT_UI_API_URL", f"http://127.0.0.1:{port}/api")  # the UI finds its API on any port
-    typer.echo(f"Prefect server with its UI on http://127.0.0.1:{port}; clients need "
+    typer.echo(f"Prefect server with its UI on http://127.0.0.1:{port}, its database in {home}; clients need "
                f"PREFECT_API_URL=http://127.0.0.1:{port}/api")
     prefect = Path(sys.executable).parent / "prefect"
     os.execve(str(prefect), [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env)
@@ -258,41 +362,47 @@ def top(n: int = typer.Option(10, "-n", help="How many."), workspace: Path = Wor
     with _open(workspace) as store:
         frame = store.top_predictions(n, partition=partition, dataset_name=dataset,
                                       fold_id=None if fold == "all" else fold)
-        _emit(frame.select("dataset_name", "model_name", "preprocessings", "fold_id", "metric", "val_score",
-                           "test_score", "chain_id"), as_json, title=f"top {n} ({partition})")
+        frame = frame.select("dataset_name", "model_name", "preprocessings", "fold_id", "metric", "val_score",
+                             "test_score", "chain_id")
+        if not as_json:  # 8 digits, which every command accepts; JSON keeps the whole id
+            frame = frame.with_columns(frame["chain_id"].str.slice(0, 8).alias("chain_id"))
+        _emit(frame, as_json, title=f"top {n} ({partition})")
 
 
 @app.command()
 @friendly
-def show(item: str = typer.Argument(..., help="A run, pipeline or chain id."), workspace: Path = WorkspaceOption,
+def show(item: str = typer.Argument(..., help="A run, pipeline or chain: its id, the first 8 digits of it, or "
+                                             "DATASET:ALIAS for a chain."), workspace: Path = WorkspaceOption,
          as_json: bool = JsonOption) -> None:
     """Show a run (with its pipelines), a pipeline (with its chains) or a chain."""
     from storage import NotFoundError
+    from storage import resolve_id
 
     with _open(workspace) as store:
-        for kind, getter in (("run", store.get_run), ("pipeline", store.get_pipeline), ("chain", store.get_chain)):
-            try:
-                record = getter(item)
-            except NotFoundError:
-                continue
-            record = {k: v for k, v in record.items() if not k.startswith("_")}
-            if as_json:
-                typer.echo(json.dumps({"kind": kind, **record}, default=_jsonable, indent=2))
-                return
-            typer.echo(f"{kind} {item}")
-            for key, value in record.items():
-                if key in ("steps", "fold_artifacts", "expanded_config", "wavelengths"):
-                    value = _summary(key, value)
-                typer.echo(f"  {key:18s} {value}")
-            if kind == "run":
-                _emit(store.list_pipelines(run_id=item).select("pipeline_id", "name", "status", "best_val", "best_test"),
-                      False, title="pipelines")
-            elif kind == "pipeline":
-                _emit(store.get_chains_for_pipeline(item).select("chain_id", "model_class", "preprocessings",
-                                                                 "fold_strategy"), False, title="chains")
+        try:
+            if ":" in item:
+                kind, item = "chain", store.resolve_chain(item)
+            else:
+                kind, item = resolve_id(store, item, ("run", "pipeline", "chain"))
+        except NotFoundError:
+            raise UserError(f"{item} is not a run, pipeline or chain id (nor 8 digits of one, nor DATASET:ALIAS) "
+                            f"in {store.path}; list them with `nirsflow runs` or `nirsflow top`") from None
+        record = {"run": store.get_run, "pipeline": store.get_pipeline, "chain": store.get_chain}[kind](item)
+        record = {k: v for k, v in record.items() if not k.startswith("_")}
+        if as_json:
+            typer.echo(json.dumps({"kind": kind, **record}, default=_jsonable, indent=2))
             return
-    raise UserError(f"{item} is not a run, pipeline or chain id in {_workspace(workspace).resolve()}; "
-                    "list them with `nirsflow runs` or `nirsflow top`")
+        typer.echo(f"{kind} {item}")
+        for key, value in record.items():
+            if key in ("steps", "fold_artifacts", "expanded_config", "wavelengths"):
+                value = _summary(key, value)
+            typer.echo(f"  {key:18s} {value}")
+        if kind == "run":
+            _emit(store.list_pipelines(run_id=item).select("pipeline_id", "name", "status", "best_val", "best_test"),
+                  False, title="pipelines")
+        elif kind == "pipeline":
+            _emit(store.get_chains_for_pipeline(item).select("chain_id", "model_class", "preprocessings",
+                                                             "fold_strategy"), False, title="chains")
 
 
 def _jsonable(value):
@@ -313,7 +423,8 @@ def _summary(key: str, value) -> str:
 
 @app.command()
 @friendly
-def replay(chain: str = typer.Argument(..., help="Chain id, or DATASET:ALIAS such as tablet:production."),
+def replay(chain: str = typer.Argument(..., help="Chain id (8 digits are enough), or DATASET:ALIAS such as "
+                                                "tablet1:production."),
            file: Path = typer.Argument(..., help="Spectra file (CSV/TSV, Parquet, JCAMP-DX)."),
            workspace: Path = WorkspaceOption, id_column: str = "sample_id",
            out: Path = typer.Option(None, help="Write the predictions here (.csv or .parquet)."),
@@ -325,7 +436,7 @@ def replay(chain: str = typer.Argument(..., help="Chain id, or DATASET:ALIAS suc
 
     data = read_spectra(file, id_column=id_column)
     with _open(workspace) as store:
-        chain_id = store.get_alias(*chain.split(":", 1)) if ":" in chain else chain
+        chain_id = store.resolve_chain(chain)
         info = store.get_chain(chain_id)
         columns = {"sample_id": data.sample_ids}
         if info["task_type"] == "classification":
@@ -347,21 +458,27 @@ def replay(chain: str = typer.Argument(..., help="Chain id, or DATASET:ALIAS suc
 
 @app.command()
 @friendly
-def promote(dataset: str, chain: str, workspace: Path = WorkspaceOption, alias: str = "production",
-            reason: str = typer.Option(None, help="Why, for the alias history."), as_json: bool = JsonOption) -> None:
-    """Point a dataset's alias (production by default) at a chain."""
+def promote(dataset: str = typer.Argument(..., help="The dataset whose alias moves (its inbox folder's name)."),
+            chain: str = typer.Argument(..., help="Chain id (8 digits are enough), or DATASET:ALIAS."),
+            workspace: Path = WorkspaceOption, alias: str = "production",
+            reason: str = typer.Option(None, help="Why, for the alias history."),
+            force: bool = typer.Option(False, "--force", help="Accept a chain trained on another dataset."),
+            as_json: bool = JsonOption) -> None:
+    """Point a dataset's alias (production by default) at a chain trained on that dataset."""
     from storage import NotFoundError
 
     with _open(workspace) as store:
+        chain_id = store.resolve_chain(chain)
         try:
             previous = store.get_alias(dataset, alias)
         except NotFoundError:  # the first promotion: nothing pointed there yet
             previous = None
-        store.set_alias(dataset, alias, chain, changed_by=f"cli:{os.environ.get('USER', '?')}", reason=reason)
+        store.set_alias(dataset, alias, chain_id, changed_by=f"cli:{os.environ.get('USER', '?')}", reason=reason,
+                        force=force)
     if as_json:
-        typer.echo(json.dumps({"dataset": dataset, "alias": alias, "chain_id": chain, "previous": previous}))
+        typer.echo(json.dumps({"dataset": dataset, "alias": alias, "chain_id": chain_id, "previous": previous}))
         return
-    typer.echo(f"{dataset}/{alias} -> {chain}" + (f" (was {previous})" if previous else ""))
+    typer.echo(f"{dataset}/{alias} -> {chain_id}" + (f" (was {previous})" if previous else ""))
 
 
 @app.command()
@@ -411,6 +528,14 @@ def check(workspace: Path = WorkspaceOption, repair: bool = typer.Option(False, 
                    f"{len(report.stale_runs)} stale runs")
         for entry in report.missing + report.corrupt:
             typer.echo(f"  {entry['path']}: needed by chains {', '.join(entry['chains']) or '(none)'}")
+        for path in report.orphan_files:
+            typer.echo(f"  orphan {path}: no row names it; `nirsflow gc` (or check --repair) removes it")
+        if report.young_orphans:
+            typer.echo(f"{len(report.young_orphans)} young orphan files, as expected after an interrupted save "
+                       f"(a stopped run, a failed pipeline): `nirsflow gc` removes them once they are older than "
+                       f"{report.grace / 3600:g} h, the gc deployment once they are older than its grace:")
+            for entry in report.young_orphans:
+                typer.echo(f"  {entry['path']} ({entry['age_s']:.0f} s old)")
         if load:
             typer.echo(f"{report.artifacts_loaded} artifacts loaded: {len(report.unloadable)} cannot be loaded here; "
                        f"{len(report.other_versions)} chains fitted with another scikit-learn")
@@ -427,14 +552,15 @@ def check(workspace: Path = WorkspaceOption, repair: bool = typer.Option(False, 
 
 @app.command()
 @friendly
-def plot(chain: str = typer.Argument(..., help="Chain id, or DATASET:ALIAS."), workspace: Path = WorkspaceOption,
+def plot(chain: str = typer.Argument(..., help="Chain id (8 digits are enough), or DATASET:ALIAS."),
+         workspace: Path = WorkspaceOption,
          out: Path = typer.Option(None, help="Folder for the PNGs [default: <workspace>/exports/plots/<chain>]"),
          data: Path = typer.Option(None, help="A spectra file to draw before/after preprocessing.")) -> None:
     """Predicted vs observed and residuals of a chain (and spectra before/after its preprocessing)."""
     from tasks.reporting import plot_chain
 
     with _open(workspace) as store:
-        chain_id = store.get_alias(*chain.split(":", 1)) if ":" in chain else chain
+        chain_id = store.resolve_chain(chain)
         if store.get_chain(chain_id)["task_type"] == "classification":
             raise UserError("predicted-vs-observed plots are for regression chains")
         spectra = None
@@ -451,20 +577,24 @@ def plot(chain: str = typer.Argument(..., help="Chain id, or DATASET:ALIAS."), w
 
 @export_app.command("chain")
 @friendly
-def export_chain(chain: str, workspace: Path = WorkspaceOption, out: Path = typer.Option(None, help="Bundle path (.n4a)"),
+def export_chain(chain: str = typer.Argument(..., help="Chain id (8 digits are enough), or DATASET:ALIAS."),
+                 workspace: Path = WorkspaceOption, out: Path = typer.Option(None, help="Bundle path (.n4a)"),
                  as_json: bool = JsonOption) -> None:
     """A portable, signed .n4a bundle of a chain."""
     with _open(workspace) as store:
-        _print_path(store.export_chain(chain, out), as_json)
+        _print_path(store.export_chain(store.resolve_chain(chain), out), as_json)
 
 
 @export_app.command("run")
 @friendly
-def export_run(run: str, workspace: Path = WorkspaceOption, out: Path = typer.Option(None, help="YAML path"),
+def export_run(run: str = typer.Argument(..., help="Run id (8 digits are enough)."),
+               workspace: Path = WorkspaceOption, out: Path = typer.Option(None, help="YAML path"),
                as_json: bool = JsonOption) -> None:
     """A YAML report of a run: its pipelines, chains and scores."""
+    from storage import resolve_id
+
     with _open(workspace) as store:
-        _print_path(store.export_run(run, out), as_json)
+        _print_path(store.export_run(resolve_id(store, run, ("run",))[1], out), as_json)
 
 
 @export_app.command("predictions")
@@ -484,8 +614,11 @@ def _print_path(path: Path, as_json: bool) -> None:
 
 
 def main() -> None:  # pragma: no cover - the console script
+    from flows import stopping
+
+    stopping.install()
     app()
 
 
 if __name__ == "__main__":
-    sys.exit(app())
+    main()

@@ -68,36 +68,50 @@ def run_demo(workspace: Path, echo=print) -> dict:
     with WorkspaceStore(workspace) as store:
         board = store.top_predictions(20, fold_id="avg", dataset_name=DATASET, run_id=run_id)
         best_chain = board["chain_id"][0]
+        previous = store.list_aliases().filter((pl.col("dataset_name") == DATASET) & (pl.col("alias") == "production"))
+        previous = previous["chain_id"][0] if previous.height else None
         store.set_alias(DATASET, "production", best_chain, changed_by="nirsflow demo",
                         reason=f"best CV RMSE {board['val_score'][0]:.3f} in run {run_id}")
         leaderboard = board.select(
             pl.col("preprocessings"), pl.col("model_name").alias("model"),
             pl.col("val_score").round(3).alias("cv_rmse"), pl.col("test_score").round(3).alias("test_rmse"),
-            pl.col("chain_id"))
+            pl.col("chain_id").str.slice(0, 8).alias("chain"))  # 8 digits: every command accepts them
 
     files = write_sample_inbox(inbox)
     echo(f"Scoring {len(files)} files dropped into {inbox / DATASET} with the production chain ...")
     scored = score_inbox(workspace=str(workspace), inbox=str(inbox), settle_seconds=0.2)
 
-    with WorkspaceStore(workspace) as store:
-        records = store.list_scored_files(DATASET)
-    _, test = load_tablet(instrument=1)
-    results = pl.concat([pl.read_parquet(workspace / p) for p in records["result_path"]])
-    truth = dict(zip(test.sample_ids.tolist(), np.asarray(test.y, dtype=float)))
-    errors = results["prediction"].to_numpy() - np.array([truth[s] for s in results["sample_id"]])
-    rmse = float(np.sqrt(np.mean(errors ** 2)))
+    # What this run scored, not what the workspace holds: a second demo trains and
+    # promotes a new chain, so it scores the same files again, by that chain.
+    results = [pl.read_parquet(s["result"]) for s in scored["scored"]]
+    n_tablets = sum(r.height for r in results)
+    rmse = None
+    if results:
+        _, test = load_tablet(instrument=1)
+        truth = dict(zip(test.sample_ids.tolist(), np.asarray(test.y, dtype=float)))
+        frame = pl.concat(results)
+        errors = frame["prediction"].to_numpy() - np.array([truth[s] for s in frame["sample_id"]])
+        rmse = float(np.sqrt(np.mean(errors ** 2)))
 
     with pl.Config(tbl_rows=20, fmt_str_lengths=40, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         echo("\nLeaderboard (RMSE: 5-fold cross-validation, and the 212 held-out tablets):")
         echo(str(leaderboard))
-    echo(f"\nProduction chain for '{DATASET}': {best_chain}")
-    echo(f"Inbox: {len(records)} files scored, {len(results)} tablets, RMSE {rmse:.3f} against their "
-         "reference values")
+    echo(f"\nProduction chain for '{DATASET}': {best_chain}" + (f" (was {previous[:8]}, from an earlier run)"
+                                                               if previous and previous != best_chain else ""))
+    if results:
+        echo(f"Inbox: {len(results)} files scored, {n_tablets} tablets, RMSE {rmse:.3f} against their "
+             f"reference values; results in {workspace / 'outbox' / DATASET}")
+    c = scored["counts"]
+    if c["duplicates"] or c["rejected"] or c["waiting"]:
+        echo(f"Inbox: {c['duplicates']} files already scored by this chain (duplicates), {c['rejected']} "
+             f"rejected, {c['waiting']} waiting")
     echo(f"\nWorkspace {workspace}  ({time.perf_counter() - started:.0f} s)")
     echo("  store.duckdb            runs, pipelines, chains, predictions, logs")
     echo("  artifacts/              fitted objects, content-addressed")
     echo("  library/templates/      the demo's template")
     echo("  exports/                the run report (YAML) and the best chain's .n4a bundle")
     echo("  outbox/ processed/      the scored files and their inputs")
-    echo("Next: nirsflow top -w ... | nirsflow plot tablet1:production -w ... | README: the Prefect UI")
+    w = "" if workspace == Path("workspace").absolute() else f" -w {workspace}"
+    echo(f"Next: nirsflow show {best_chain[:8]}{w} | nirsflow plot tablet1:production{w} | nirsflow score{w} "
+         f"(scores what you drop into {inbox}/<dataset>/) | README: the Prefect UI")
     return {"run_id": run_id, "chain_id": best_chain, "inbox_rmse": rmse, "scored": scored}

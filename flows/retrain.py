@@ -19,6 +19,7 @@ from storage import NotFoundError, WorkspaceStore
 from tasks.data import load_dataset, normalize_spec
 from tasks.promotion import is_better, score_chain
 from tasks.reporting import artifact_key, publish_markdown, tag_flow_run
+from flows.stopping import stops_cleanly
 from flows.train import train
 
 
@@ -37,6 +38,7 @@ def _fmt(value) -> str:
 
 
 @flow(name="retrain", flow_run_name=_name, persist_result=False)
+@stops_cleanly
 def retrain(workspace: str, dataset: dict | str, template: str, alias: str = "production", refit: bool = False,
             max_pipelines: int = 1000, promote_if_current_unusable: bool = True, lock_timeout: float = 60.0) -> dict:
     logger = get_run_logger()

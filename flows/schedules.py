@@ -1,7 +1,7 @@
 """The deployments of a lab, from one config file (``deployments/nirsflow.yaml``):
 
     workspace: ./workspace          # relative paths are relative to this file's folder
-    inbox: ./inbox
+    inbox: ./workspace/inbox        # optional; the default is <workspace>/inbox
     timezone: UTC
     tags: [lab-a]
     deployments:
@@ -10,10 +10,12 @@
       retrain-tablet1:
         flow: retrain
         cron: "0 3 * * 1"
-        parameters: {dataset: tablet1, template: snv-pls}
+        parameters: {dataset: tablet1, template: tablet-baseline}
       score-inbox: {flow: score_inbox, interval: 300}
 
-Every deployment gets ``workspace`` as a parameter; ``score_inbox`` also gets ``inbox``.
+Every deployment gets ``workspace`` as a parameter; ``score_inbox`` also gets ``inbox``
+(``<workspace>/inbox`` unless the file says otherwise: the demo's inbox, and
+``nirsflow score``'s default).
 A flow is named by its key in ``FLOWS`` or by ``module:function``. Changing a schedule or a
 parameter is an edit of the config file, never of code; ``deployments/serve.py`` serves
 them all from one process, ``deployments/serve.py prefect-yaml`` writes the equivalent
@@ -29,8 +31,7 @@ from typing import Any
 
 import yaml
 
-#: Known flows. ``score_inbox`` is issue 5's flow: it is deployed from here, its logic
-#: lives in flows/score_inbox.py.
+#: Known flows, by the names the config file uses.
 FLOWS = {
     "train": "flows.train:train",
     "retrain": "flows.retrain:retrain",
@@ -73,8 +74,20 @@ class DeploymentSpec:
 class DeploymentsConfig:
     path: Path
     workspace: Path
-    inbox: Path | None
+    inbox: Path
     deployments: list
+    inbox_is_default: bool = True  # <workspace>/inbox, created when served; a given inbox must exist
+
+    def with_workspace(self, workspace: str | Path) -> "DeploymentsConfig":
+        """The same deployments on another workspace (``serve.py --workspace``): every
+        parameter that named the file's workspace (and its default inbox) names this one."""
+        new = Path(workspace).expanduser().resolve()
+        inbox = new / "inbox" if self.inbox_is_default else self.inbox
+        swapped = {str(self.workspace): str(new), str(self.inbox): str(inbox)}
+        specs = [DeploymentSpec(**{**spec.__dict__, "parameters": {
+            k: swapped.get(v, v) if isinstance(v, str) and k in ("workspace", "inbox") else v
+            for k, v in spec.parameters.items()}}) for spec in self.deployments]
+        return DeploymentsConfig(self.path, new, inbox, specs, self.inbox_is_default)
 
 
 def _resolve(base: Path, value) -> Path:
@@ -99,7 +112,7 @@ def load_deployments_config(path) -> DeploymentsConfig:
         raise DeploymentConfigError(f"{path}: 'workspace' is required (the folder of the workspace store)")
     base = path.parent
     workspace = _resolve(base, document["workspace"])
-    inbox = _resolve(base, document["inbox"]) if document.get("inbox") else None
+    inbox = _resolve(base, document["inbox"]) if document.get("inbox") else workspace / "inbox"
     timezone = str(document.get("timezone") or "UTC")
     common_tags = list(document.get("tags") or [])
     entries = document.get("deployments") or {}
@@ -136,20 +149,19 @@ def load_deployments_config(path) -> DeploymentsConfig:
                                             f"{str(exc).splitlines()[-1] if str(exc) else exc}") from None
         parameters = {"workspace": str(workspace), **(entry.get("parameters") or {})}
         if flow == FLOWS["score_inbox"]:
-            if inbox is None and "inbox" not in parameters:
-                raise DeploymentConfigError(f"{where}: score_inbox needs 'inbox' (top level or in parameters)")
             parameters.setdefault("inbox", str(inbox))
         specs.append(DeploymentSpec(name=str(name), flow=flow, cron=None if cron is None else str(cron),
                                     interval=None if interval is None else float(interval), timezone=timezone,
                                     parameters=parameters, tags=common_tags + list(entry.get("tags") or []),
                                     description=entry.get("description"), paused=bool(entry.get("paused", False))))
-    return DeploymentsConfig(path=path, workspace=workspace, inbox=inbox, deployments=specs)
+    return DeploymentsConfig(path=path, workspace=workspace, inbox=inbox, deployments=specs,
+                             inbox_is_default=not document.get("inbox"))
 
 
 def runner_deployments(config: DeploymentsConfig, *, skip_missing: bool = True) -> tuple[list, list[str]]:
     """``flow.to_deployment(...)`` for every spec; returns (deployments, skipped reasons).
-    A flow whose module does not exist yet (``score_inbox`` before issue 5 lands) is
-    skipped with its reason when ``skip_missing``."""
+    A flow whose module cannot be imported is skipped with its reason when
+    ``skip_missing``."""
     from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
     from datetime import timedelta
 

@@ -9,7 +9,7 @@ Layout (the dataset is named by the folder a file is dropped in)::
         wheat/sample-3.jdx
         .score_inbox/                held while a run works on this inbox (a lock, its holder)
     <root>/                          the ``outbox`` parameter, or the workspace
-        outbox/tablet/batch-0007.<sha256[:12]>.parquet   the result (and .csv on request)
+        outbox/tablet/batch-0007.<sha256[:12]>.<chain[:8]>.parquet   the result (and .csv)
         processed/tablet/batch-0007.csv                  inputs, once scored and recorded
         processed/tablet/batch-0007.1.csv                (+ .duplicate.json) same bytes again
         rejected/tablet/bad.csv                          a file that cannot be scored ...
@@ -30,18 +30,27 @@ that may pause for longer than ``settle_seconds`` should write under a temporary
 (``.x.csv`` or ``x.csv.part``) and rename it into place: a file that arrives by atomic
 rename is whole the moment it has its name.
 
-Each file, in order (oldest first): hash its bytes (SHA-256) → if the store already
-holds that hash, it is a duplicate: the input moves to ``processed/`` with a
-``.duplicate.json`` note naming the earlier file and where its result is → else resolve
-the dataset's alias (``production`` by default) *now*, so a promotion never splits a
-file between two chains → a Prefect task reads it in chunks (bounded memory), checks it
+Each file, in order (oldest first): hash its bytes (SHA-256) → resolve the dataset's
+alias (``production`` by default) *now*, so a promotion never splits a file between two
+chains; a dataset with no chain leaves the file waiting (below) → if the store already
+holds these bytes *for this dataset, scored by this chain*, it is a duplicate: the input
+moves to ``processed/`` with a ``.duplicate.json`` note naming the earlier file and where
+its result is → else a Prefect task reads it in chunks (bounded memory), checks it
 against the chain (feature count; a different grid is resampled when it covers the
 trained range, refused otherwise), replays every chunk and writes the result to a
 temporary file renamed into ``outbox/`` when whole → the flow records the file in the
-store (content hash, chain, result path) → only then moves the input to ``processed/``.
-A bad file goes to ``rejected/`` with ``<name>.error.json`` (stage, row, column,
-expected, found, message) while the others are scored. Nothing is ever deleted, and no
-file is overwritten (a name already taken gets ``.1``, ``.2``...).
+store (content hash, dataset, chain, result path) → only then moves the input to
+``processed/``. A bad file goes to ``rejected/`` with ``<name>.error.json`` (stage, row,
+column, expected, found, message) while the others are scored. Nothing is ever deleted,
+and no file is overwritten (a name already taken gets ``.1``, ``.2``...).
+
+Why the duplicate rule is (bytes, dataset, chain): a lab scores one spectrum file for
+several properties, one dataset folder each (``protein/``, ``moisture/``), so the same
+bytes in another folder are another request and get that dataset's prediction. And a
+file dropped again after a new chain was promoted is a request for the new chain's
+prediction (a re-check after a retraining), so it is scored again; the earlier result
+stays beside it (result names carry the chain's id). The same bytes for the same
+dataset and chain are not scored twice.
 
 A dataset whose alias points nowhere (no alias, or a deleted chain) is not the files'
 fault: they stay in the inbox, reported as waiting, and are scored by the first run after
@@ -51,7 +60,7 @@ Crashes: a kill at any point leaves each file either unscored in the inbox (a re
 written but not yet recorded is rewritten under the same, content-derived name by the
 next run), or recorded with its result in place (if the move to ``processed/`` had not
 happened, the next run finishes it). Temporary ``.part`` files of a killed run are
-swept. So rerunning finishes the job, and a hash is never recorded twice.
+swept. So rerunning finishes the job, and no (bytes, dataset, chain) is recorded twice.
 
 Parallelism: files are scored by ``score-file`` tasks on the flow's thread pool (at most
 ``window`` in flight); tasks get the chain already loaded and never open the store:
@@ -59,14 +68,20 @@ only this flow-run process reads and writes it. The Prefect UI gets a markdown a
 with the counts (scored, rejected with reasons, duplicates, waiting, spectra per second)
 and a table artifact of the rejected files; the flow returns the same summary.
 
+States, as the runs list shows them: Completed when every file was scored or was a
+duplicate (its message says how many); ``Completed with rejections`` and the tag
+``rejected`` when some files were set aside (the message names the first ones and why);
+Failed (``nothing scored: ...``, a ``NothingScored`` error carrying the summary) when
+files were there and none could be scored: all rejected, or waiting for a chain (tag
+``waiting``); Failed (``ScoringIncomplete``) when a file could neither be scored nor set
+aside. An empty inbox, or files still being written, is a Completed run.
+
     from flows.score_inbox import score_inbox
     score_inbox(workspace="./workspace", inbox="/data/inbox")
 """
 
 from __future__ import annotations
 
-import os
-import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -78,19 +93,26 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from flows.stopping import stops_cleanly
+from flows.workers import DEFAULT_WORKERS
 from storage import InvalidInputError, NotFoundError, ReplayableChain, WorkspaceStore
-from tasks.reporting import Progress
+from tasks.reporting import Progress, artifact_key, tag_flow_run
 from tasks.scoring import (FileChanged, InboxFile, ScoreJob, ScoringLock,
                            discover, move_file, plan_destination, result_paths, same_bytes_exists,
                            score_file_task, sha256_of, sweep_partials, write_note)
 
-#: Files scored at once (threads: numpy/scikit-learn and polars release the GIL).
-DEFAULT_WORKERS = max(2, os.cpu_count() or 2)
-
-
 class ScoringIncomplete(RuntimeError):
     """Some files could neither be scored nor set aside (a store write, the outbox...);
     they are still in the inbox, and the next run tries them again."""
+
+
+class NothingScored(RuntimeError):
+    """Files were waiting and none could be scored: every one was rejected, or its
+    dataset has no chain to score with. ``summary`` is what the run did."""
+
+    def __init__(self, message: str, summary: dict) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 def _flow_run_name() -> str:
@@ -100,11 +122,6 @@ def _flow_run_name() -> str:
         return f"score inbox · {Path(flow_run.parameters['inbox']).name}"
     except Exception:  # noqa: BLE001 - a name must never stop a run
         return "score inbox"
-
-
-def _artifact_key(*parts: str) -> str:
-    text = "-".join(p for p in parts if p)
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]+", "-", text.lower())).strip("-")[:100] or "score-inbox"
 
 
 def _now() -> str:
@@ -140,7 +157,8 @@ class InboxRun:
         self.chains: dict[tuple[str, str], ReplayableChain | None] = {}
         self.unloadable: dict[tuple[str, str], str] = {}  # why a chain above is None
         self.pending: deque = deque()
-        self.followers: dict[str, list[InboxFile]] = {}  # same bytes as a file being scored
+        # same bytes, dataset and chain as a file being scored: {(sha256, dataset, chain): files}
+        self.followers: dict[tuple[str, str, str], list[InboxFile]] = {}
         self.n_spectra = 0
         self.store_errors = 0
         self.progress = None  # a tasks.reporting.Progress over the files of this pass
@@ -175,30 +193,31 @@ class InboxRun:
                                   "expected": "a file this process may read", "found": exc.strerror or str(exc),
                                   "message": f"{f.rel}: cannot be read: {exc.strerror or exc}"})
             return
-        record = self.store.find_scored_file(sha)
-        if record is not None:
-            self.known(f, sha, record)
-            return
-        if sha in self.followers:
-            self.followers[sha].append(f)
-            return
         try:
             chain_id = self.store.get_alias(f.dataset, self.alias)  # at the start of each file
         except NotFoundError as exc:
-            self.wait(f, f"no chain to score with: {exc}; promote one with set_alias({f.dataset!r}, {self.alias!r}, "
-                         "chain_id)")
+            self.wait(f, f"no chain to score with: {exc}; promote one with `nirsflow promote {f.dataset} CHAIN` "
+                         f"(set_alias({f.dataset!r}, {self.alias!r}, chain_id))", no_chain=True)
+            return
+        key = (sha, f.dataset, chain_id)  # a file is scored once per dataset and chain
+        record = self.store.find_scored_file(*key)
+        if record is not None:
+            self.known(f, sha, record)
+            return
+        if key in self.followers:
+            self.followers[key].append(f)
             return
         chain = self.loaded(chain_id, f.dataset)
         if chain is None:
             self.fail(f, f"chain {chain_id} of {f.dataset}/{self.alias} cannot be loaded: "
                          f"{self.unloadable[(chain_id, f.dataset)]}")
             return
-        result, csv_path = result_paths(self.root, f, sha, self.csv)
+        result, csv_path = result_paths(self.root, f, sha, chain_id, self.csv)
         job = ScoreJob(f, sha, result, csv_path, chunk_rows=self.chunk_rows, chunk_bytes=self.chunk_bytes,
                        id_column=self.id_column, alias=self.alias)
         future = score_file_task.submit(f.rel, quote(job), quote(chain))
-        self.followers[sha] = []
-        self.pending.append((job, future))
+        self.followers[key] = []
+        self.pending.append((job, future, key))
         if len(self.pending) >= self.window:
             self.finish_ready()
 
@@ -232,12 +251,12 @@ class InboxRun:
             if _done(item[1]):
                 self.pending.remove(item)
                 ready.append(item)
-        finished = [(job, self.outcome(future)) for job, future in ready]
-        errors = self.record([(job, o) for job, o in finished if o["status"] == "scored"])
-        for job, outcome in finished:
+        finished = [(job, self.outcome(future), key) for job, future, key in ready]
+        errors = self.record([item for item in finished if item[1]["status"] == "scored"])
+        for job, outcome, key in finished:
             f, status = job.file, outcome["status"]
             if status == "scored":
-                self.scored(f, job, outcome, errors.get(job.sha256))
+                self.scored(f, job, outcome, errors.get(key))
             elif status == "rejected":
                 self.reject(f, job.sha256, outcome["problem"])
             elif status == "changed":
@@ -246,7 +265,7 @@ class InboxRun:
                 self.tally.gone.append(f.rel)
             else:
                 self.fail(f, outcome.get("reason", status))
-            self.settle_followers(job.sha256, outcome)
+            self.settle_followers(key, outcome)
         self.tick()
 
     @staticmethod
@@ -256,9 +275,9 @@ class InboxRun:
         except Exception as exc:  # noqa: BLE001 - the task itself failed: not the file's fault
             return {"status": "failed", "reason": f"the scoring task failed: {type(exc).__name__}: {exc}"}
 
-    def record(self, scored: list[tuple[ScoreJob, dict]]) -> dict[str, Exception]:
-        """Record scored files, in one transaction when they all go in; {sha256: error}
-        for those that did not."""
+    def record(self, scored: list[tuple[ScoreJob, dict, tuple]]) -> dict[tuple, Exception]:
+        """Record scored files, in one transaction when they all go in; {(sha256,
+        dataset, chain): error} for those that did not."""
         def one(job: ScoreJob, o: dict) -> None:
             self.store.record_scored_file(job.sha256, job.file.rel, o["chain_id"], o["result_path"],
                                           n_spectra=o["n_spectra"], dataset_name=job.file.dataset,
@@ -268,22 +287,23 @@ class InboxRun:
         if len(scored) > 1:
             try:
                 with self.store.batch():
-                    for job, o in scored:
+                    for job, o, _ in scored:
                         one(job, o)
                 return {}
             except Exception:  # noqa: BLE001 - one of them is refused: record them one by one
                 pass
         errors = {}
-        for job, o in scored:
+        for job, o, key in scored:
             try:
                 one(job, o)
             except Exception as exc:  # noqa: BLE001 - sorted out in scored()
-                errors[job.sha256] = exc
+                errors[key] = exc
         return errors
 
     def scored(self, f: InboxFile, job: ScoreJob, outcome: dict, error: Exception | None) -> None:
         if error is not None:
-            record = self.store.find_scored_file(job.sha256) if isinstance(error, InvalidInputError) else None
+            record = (self.store.find_scored_file(job.sha256, f.dataset, outcome["chain_id"])
+                      if isinstance(error, InvalidInputError) else None)
             if record is not None:  # another run recorded the same bytes meanwhile
                 self.known(f, job.sha256, record)
                 return
@@ -316,7 +336,9 @@ class InboxRun:
                           f.rel, record.get("flow_run_id"))
             return
         dest = plan_destination(processed, f.name)
-        note = {"file": f.rel, "content_sha256": sha, "skipped": "duplicate: these bytes were already scored",
+        note = {"file": f.rel, "content_sha256": sha,
+                "skipped": f"duplicate: these bytes were already scored for dataset {record['dataset_name']!r} "
+                           f"by chain {record['chain_id']}",
                 "duplicate_of": record["file_name"], "result_path": record["result_path"],
                 "result_present": result_present, "chain_id": record["chain_id"], "alias": record.get("alias"),
                 "scored_at": record.get("scored_at"), "scored_by_flow_run": record.get("flow_run_id"),
@@ -360,17 +382,20 @@ class InboxRun:
             self.fail(f, f"scored and recorded, but not moved out of the inbox ({exc}); the next run moves it")
             return None
 
-    def wait(self, f: InboxFile, reason: str) -> None:
-        self.tally.waiting.append({"file": f.rel, "reason": reason})
+    def wait(self, f: InboxFile, reason: str, *, no_chain: bool = False) -> None:
+        """Leave a file in the inbox for a later run: still being written (expected), or
+        its dataset has no chain to score with (``no_chain``: the lab must act)."""
+        self.tally.waiting.append({"file": f.rel, "reason": reason, "no_chain": no_chain})
         self.log.warning("left in the inbox: %s: %s", f.rel, reason)
 
     def fail(self, f: InboxFile, reason: str) -> None:
         self.tally.failed.append({"file": f.rel, "reason": reason})
         self.log.error("not finished, left in the inbox: %s: %s", f.rel, reason)
 
-    def settle_followers(self, sha: str, outcome: dict) -> None:
-        for f in self.followers.pop(sha, []):
-            record = self.store.find_scored_file(sha)
+    def settle_followers(self, key: tuple[str, str, str], outcome: dict) -> None:
+        sha = key[0]
+        for f in self.followers.pop(key, []):
+            record = self.store.find_scored_file(*key)
             if record is not None:
                 self.known(f, sha, record)
             elif outcome["status"] == "rejected":
@@ -420,14 +445,14 @@ def _publish(summary: dict, tally: Tally, logger) -> None:
     try:
         from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-        key = _artifact_key("score-inbox", Path(summary["inbox"]).name)
+        key = artifact_key("score-inbox", Path(summary["inbox"]).name)
         create_markdown_artifact(_summary_markdown(summary, tally), key=key,
                                  description=f"Inbox scoring of {summary['inbox']}: counts")
         if tally.rejected:
             rows = [{k: r.get(k) for k in ("file", "dataset", "stage", "row", "column", "expected", "found",
                                            "problem", "moved_to")} for r in tally.rejected]
             summary["rejected_artifact_id"] = str(create_table_artifact(
-                rows, key=_artifact_key(key, "rejected"),
+                rows, key=artifact_key(key, "rejected"),
                 description=f"Files of {summary['inbox']} set aside in rejected/, with what is wrong"))
     except Exception as exc:  # noqa: BLE001 - the UI is a convenience, the files and the store are the truth
         logger.warning("no UI artifact: %s", exc)
@@ -435,6 +460,7 @@ def _publish(summary: dict, tally: Tally, logger) -> None:
 
 @flow(name="score_inbox", flow_run_name=_flow_run_name, persist_result=False,
       task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS))
+@stops_cleanly
 def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: str = "production",
                 settle_seconds: float = 2.0, csv: bool = False, chunk_rows: int = 500,
                 chunk_mb: float | None = 4.0, id_column: str | None = "sample_id", max_files: int | None = None,
@@ -469,7 +495,8 @@ def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: st
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows!r}")
     if chunk_mb is not None and not chunk_mb > 0:
         raise ValueError(f"chunk_mb must be more than 0 (or None), got {chunk_mb!r}")
-    summary: dict[str, Any] = {"inbox": str(inbox_path), "root": str(root), "flow_run_id": flow_run_id}
+    summary: dict[str, Any] = {"inbox": str(inbox_path), "root": str(root), "alias": alias,
+                               "flow_run_id": flow_run_id}
 
     with ScoringLock([inbox_path, root / "outbox"]) as lock:
         if not lock.acquired:
@@ -497,7 +524,7 @@ def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: st
             for f in changing:
                 run.wait(f, f"still being written: size or mtime changed between two looks {settle_seconds:g} s apart")
             if stable:
-                run.progress = Progress(len(stable), key=_artifact_key("progress", Path(inbox).name),
+                run.progress = Progress(len(stable), key=artifact_key("progress", Path(inbox).name),
                                         description=f"score inbox {Path(inbox).name}: files")
             try:
                 for f in stable:
@@ -523,4 +550,39 @@ def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: st
     if tally.failed:
         raise ScoringIncomplete(f"{len(tally.failed)} files could not be finished and stay in the inbox: " +
                                 "; ".join(f"{x['file']}: {x['reason']}" for x in tally.failed[:5]))
-    return summary
+    return final_state(summary, tally)
+
+
+def final_state(summary: dict, tally: Tally):
+    """The run's state, readable in the runs list: Completed when every file that could
+    be looked at was scored (or was a duplicate); ``Completed with rejections`` (and the
+    tag ``rejected``) when some were set aside; Failed when files were there and none
+    could be scored (all rejected, or their dataset has no chain: tag ``waiting``). The
+    message says what the run did, naming the first files set aside and why."""
+    from prefect.states import Completed, Failed
+
+    c = summary["counts"]
+    no_chain = [w for w in tally.waiting if w.get("no_chain")]
+    parts = [f"scored {c['scored']} files ({summary['n_spectra']} spectra)"]
+    if c["duplicates"]:
+        parts.append(f"{c['duplicates']} already scored (duplicates)")
+    if c["recovered"]:
+        parts.append(f"{c['recovered']} finished from an interrupted run")
+    if tally.rejected:
+        parts.append(f"rejected {len(tally.rejected)}: " + "; ".join(
+            f"{r['file']}: {r.get('problem') or r.get('message')}" for r in tally.rejected[:3])
+            + ("; ..." if len(tally.rejected) > 3 else ""))
+    if no_chain:
+        datasets = sorted({w["file"].split("/", 1)[0] for w in no_chain})
+        parts.append(f"{len(no_chain)} waiting for a chain (no {summary['alias']!r} alias for "
+                     f"{', '.join(datasets)})")
+    message = "; ".join(parts)[:1000]
+    summary["outcome"] = message
+    tags = (["rejected"] if tally.rejected else []) + (["waiting"] if no_chain else [])
+    if tags:
+        tag_flow_run(tags)
+    if (tally.rejected or no_chain) and not (c["scored"] or c["recovered"] or c["duplicates"]):
+        return Failed(message=f"nothing scored: {message}", data=NothingScored(f"nothing scored: {message}", summary))
+    if tally.rejected:
+        return Completed(name="Completed with rejections", message=message, data=summary)
+    return Completed(message=message, data=summary)

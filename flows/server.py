@@ -8,11 +8,12 @@ the machine's two cores busy for ~5 s, longer than the fits themselves. Recordin
 batches of up to 100, flushed at least every second, cut that to ~13-20 ms per task run
 (bench/flow_bench.py), and the UI still shows a task run within about a second.
 
-``SERVER_SETTINGS`` are those settings. ``nirsflow server`` starts a server with them; the
-``nirsflow`` command line also applies them (unless already set) to the temporary server
-Prefect starts when no ``PREFECT_API_URL`` is set; the tests and benchmarks start their
-servers through ``start_local_server``. A server started some other way can be given
-them as environment variables (README, *Prefect*).
+``SERVER_SETTINGS`` are those settings. ``nirsflow server`` starts a server with them, in
+a Prefect home of its own (``default_server_home``); the temporary server a ``nirsflow``
+command starts without ``PREFECT_API_URL`` (flows/temporary_server.py) gets them too, in
+a throwaway home; the tests and benchmarks start their servers through
+``start_local_server``. A server started some other way can be given them as
+environment variables (README, *Prefect*).
 """
 
 from __future__ import annotations
@@ -119,3 +120,31 @@ def start_local_server(home: Path, *, port: int | None = None, ui: bool = False,
             raise RuntimeError(f"the Prefect server did not start within {timeout:.0f} s; "
                                f"{log_path} ends with:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.25)
+
+
+# -- where a server keeps its database ------------------------------------------------------
+
+def default_server_home() -> Path:
+    """``nirsflow server``'s own Prefect home (its SQLite database, its profile):
+    ``$NIRSFLOW_SERVER_HOME``, else ``~/.nirsflow/prefect-server``. Not Prefect's default
+    profile, which other tools and every temporary server of Prefect's write too."""
+    return Path(os.environ.get("NIRSFLOW_SERVER_HOME") or Path.home() / ".nirsflow" / "prefect-server").expanduser()
+
+
+def configured_api_url() -> str | None:
+    """The API a Prefect client of this process would talk to: ``PREFECT_API_URL`` from
+    the environment or the active Prefect profile; None when there is none (Prefect
+    would start a temporary server)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url
+
+
+def use_api(url: str) -> None:
+    """Point this process's Prefect client (and child processes) at ``url``, also when
+    Prefect has already read its settings."""
+    os.environ["PREFECT_API_URL"] = url
+    if "prefect.context" in sys.modules:
+        sys.modules["prefect.context"].refresh_global_settings_context()

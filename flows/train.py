@@ -12,15 +12,16 @@ The store is written only from this process, and only through the hooks of
 enters Running, ``begin_pipeline``/chain/predictions/``complete_pipeline`` or
 ``fail_pipeline`` as each pipeline task changes state, and ``complete_run`` only if
 every pipeline landed, else the run is failed with the reason (or, if even that write
-fails, left ``running`` for ``reconcile``).
+fails, left ``running`` for ``reconcile``). A run in which no pipeline completed ends
+Failed (``NoPipelineCompleted``, with the first error); one in which some failed ends
+Completed with a message saying how many and why (``run_state``).
 
     from flows.train import train
-    train(workspace="./workspace", datasets=["tablet1"], template="snv-pls")
+    train(workspace="./workspace", datasets=["tablet1"], template="tablet-baseline")
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from pathlib import Path
@@ -31,7 +32,9 @@ from prefect.context import FlowRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
-from nirs.config import ConfigError, load_config, validate
+from flows.stopping import stops_cleanly
+from flows.workers import DEFAULT_WORKERS
+from nirs.config import ConfigError, load_config, task_of, validate
 from storage import PipelineLibrary
 from tasks.data import describe_spec, load_dataset, normalize_spec
 from tasks.lifecycle import (PipelineEntry, RunDescription, StoreWriteError, current_book, pipeline_hooks,
@@ -40,22 +43,6 @@ from tasks.reporting import (Progress, artifact_key, leaderboard_rows, markdown_
                              publish_leaderboard, publish_markdown, tag_flow_run)
 from tasks.training import fit_fold_task, plan_pipeline_folds, refit_plan, train_pipeline
 
-#: Fold tasks run on ``cores - 1`` threads, and on at least two; their fits run in the
-#: flow process unless the run asks for ``processes``. Measured on 2 cores
-#: (bench/flow_bench.py, PLS grid on Tablet, ~20 ms a fit, wall time of the run, medians of
-#: 3). With Prefect's default server one fold thread took 5.3 s, two 7.3 s: the server's
-#: per-task-run work (it recorded each task run on its own) starved the second. With
-#: nirsflow's server settings (flows/server.py, batched recording) two threads win: 4.2 s
-#: against 5.2 s one session, 6.3 s against 7.3 s on a slower day (flow-run bodies 3.65
-#: against 3.9 s; the rest is the run's start and end, up to 1 s of it Prefect's
-#: heartbeat). The flow stays bound by Prefect's per-task work, in this process and in
-#: the server's. Worker processes (``nirs.parallel``) pay off for slow fits: a
-#: random-forest grid (~150 ms a fit) ran in 4.3-5.3 s instead of 6.2-6.35 s, and the PLS
-#: grid in 4.3-5.3 s. They need as many fold threads as processes:
-#: ``train.with_options(task_runner=ThreadPoolTaskRunner(n))(..., processes=n)``, which is
-#: what ``nirsflow train --processes n`` runs. Prefect's ProcessPoolTaskRunner costs
-#: ~350 ms per fold task here: it runs the whole task engine in the child.
-DEFAULT_WORKERS = max(2, (os.cpu_count() or 2) - 1)
 DEFAULT_DATASETS = ("tablet1",)
 
 
@@ -112,6 +99,7 @@ def flow_run_name() -> str:
 
 @flow(name="train", flow_run_name=flow_run_name, persist_result=False,
       task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS), **run_hooks(describe_run))
+@stops_cleanly
 def train(workspace: str, datasets: list[Any] | None = None, config: Any = None, template: str | None = None,
           name: str | None = None, refit: bool = False, max_pipelines: int = 1000, window: int = 2,
           lock_timeout: float = 60.0, tags: list[str] | None = None, export: bool = True,
@@ -140,7 +128,8 @@ def train(workspace: str, datasets: list[Any] | None = None, config: Any = None,
     if len({s["name"] for s in specs}) != len(specs):
         raise ConfigError(f"dataset names must be unique in a run, got {[s['name'] for s in specs]}")
 
-    loaded = {spec["name"]: load_dataset(spec, spec_label=spec["name"]) for spec in specs}
+    task = task_of(pipelines)  # a text target under a regression model: refused when read
+    loaded = {spec["name"]: load_dataset(spec, spec_label=spec["name"], task=task) for spec in specs}
     fit_processes = max(0, int(processes))
 
     work = []
@@ -242,4 +231,26 @@ def train(workspace: str, datasets: list[Any] | None = None, config: Any = None,
     if problems:
         # Prefect must not say Completed when the store is missing writes.
         raise StoreWriteError("; ".join(problems))
-    return {"run_id": book.run_id, **book.summary}
+    return run_state({"run_id": book.run_id, **book.summary}, entries)
+
+
+class NoPipelineCompleted(RuntimeError):
+    """Every pipeline of a training run failed; the message gives the first error."""
+
+
+def run_state(summary: dict, entries: list):
+    """Honest, in the runs list: Failed when no pipeline completed; Completed with a
+    message saying how many failed and the first error when some did; else Completed.
+    The message is also ``summary["message"]``, which ``nirsflow train`` prints."""
+    from prefect.states import Completed, Failed
+
+    failed = [e for e in entries if e.status != "completed"]
+    if not failed:
+        return Completed(message=f"{len(entries)} pipelines completed", data=summary)
+    first = failed[0]
+    why = f"first error ({first.dataset_name} · {first.name}): {(first.error or first.store_error or '?')[:500]}"
+    if len(failed) == len(entries):
+        message = f"no pipeline completed: {len(failed)} of {len(entries)} failed; {why}"
+        return Failed(message=message, data=NoPipelineCompleted(message))
+    summary["message"] = f"{len(failed)} of {len(entries)} pipelines failed; {why}"
+    return Completed(message=summary["message"], data=summary)

@@ -53,6 +53,7 @@ __all__ = [
     "validate",
     "as_pipeline",
     "build",
+    "task_of",
 ]
 
 ROLE_KEYS = ("model", "split", "y_processing")
@@ -477,3 +478,16 @@ def build(pipeline) -> BuiltPipeline:
     steps = [(kinds[role], obj) for role, _, obj, _ in entries if role != "split"]
     _, split_node, splitter, _ = next(e for e in entries if e[0] == "split")
     return BuiltPipeline(name=p.name, steps=steps, splitter=splitter, pipeline=p, split_group=split_group(split_node))
+
+
+def task_of(pipelines) -> str | None:
+    """``"regression"`` or ``"classification"`` when every pipeline's model is of that
+    kind (scikit-learn's ``is_regressor`` / ``is_classifier``), else None (the targets
+    decide). Read with it, a target column of text under a regression model is refused
+    when it is read, naming the cell, rather than failing every pipeline at its fit; and
+    class codes that look like numbers are read as classes under a classifier."""
+    kinds = set()
+    for p in pipelines:
+        model = next(obj for kind, obj in build(p).steps if kind == "model")
+        kinds.add("regression" if is_regressor(model) else "classification" if is_classifier(model) else None)
+    return kinds.pop() if len(kinds) == 1 else None

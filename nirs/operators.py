@@ -172,7 +172,13 @@ class SavitzkyGolay(_SpectralTransformer):
         self.deriv = deriv
         self.delta = delta
 
-    def _check_window(self, n_features: int) -> None:
+    def _validate_params(self):
+        # scikit-learn's declared constraints, then how the parameters fit together: both
+        # checked when a config is read (nirs.config), long before a fit
+        super()._validate_params()
+        self._check_combination()
+
+    def _check_combination(self) -> None:
         w, k = self.window_length, self.polyorder
         if w % 2 == 0:
             raise ValueError(f"SavitzkyGolay: window_length must be odd, got {w}")
@@ -180,6 +186,10 @@ class SavitzkyGolay(_SpectralTransformer):
             raise ValueError(f"SavitzkyGolay: polyorder ({k}) must be less than window_length ({w})")
         if self.deriv > k:
             raise ValueError(f"SavitzkyGolay: deriv ({self.deriv}) cannot exceed polyorder ({k})")
+
+    def _check_window(self, n_features: int) -> None:
+        self._check_combination()
+        w = self.window_length
         if w > n_features:
             raise ValueError(f"SavitzkyGolay: window_length ({w}) is longer than the spectrum ({n_features} points)")
 

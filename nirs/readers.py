@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import codecs
 import csv
+import difflib
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -123,9 +124,11 @@ def _layout(path: Path, names: list[str], id_column: str | None, target_column: 
     for role, wanted in (("id", id_column), ("target", target_column)):
         if wanted is not None and wanted not in clean:
             hint = "; pass id_column=None to number the rows instead" if role == "id" else ""
+            close = difflib.get_close_matches(wanted, [c for c in clean if _as_number(c) is None], n=1)
+            mean = f"did you mean {close[0]!r}? " if close else ""
             shown = ", ".join(repr(c) for c in clean[:8]) + (", ..." if len(clean) > 8 else "")
             article = "an" if role == "id" else "a"
-            raise SpectraFileError(path, f"no {role} column {wanted!r} (found: {shown}){hint}",
+            raise SpectraFileError(path, f"no {role} column {wanted!r} ({mean}found: {shown}){hint}",
                                    expected=f"{article} {role} column {wanted!r}", found=shown)
     wl_idx, wl_values, other = [], [], []
     for i, name in enumerate(clean):

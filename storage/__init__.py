@@ -21,6 +21,7 @@ from .library import PipelineLibrary
 from .locking import FileLock, MemoryLock, WorkspaceLock
 from .maintenance import GcResult, VacuumResult, plan_gc
 from .processes import process_identity, process_is_gone
+from .references import AmbiguousIdError, resolve_id, short_id
 from .replay import ReplayableChain
 from .versions import version_mismatch
 from .workspace import WorkspaceStore
@@ -29,6 +30,7 @@ __all__ = [
     "WorkspaceStore", "ChainBuilder", "ArtifactRegistry", "record_trace", "save_trace_predictions", "best_scores",
     "PipelineLibrary", "GcResult", "VacuumResult", "plan_gc", "ReplayableChain", "version_mismatch",
     "FileLock", "MemoryLock", "WorkspaceLock", "process_identity", "process_is_gone",
+    "resolve_id", "short_id", "AmbiguousIdError",
     "atomic_path", "write_bytes", "fsync_folder",
     "StoreError", "InvalidInputError", "NotFoundError", "WorkspaceError", "WorkspaceCorruptError",
     "SchemaVersionError", "LockTimeoutError", "ArtifactIntegrityError", "ArtifactLoadError", "ReplayError",

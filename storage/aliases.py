@@ -12,15 +12,24 @@ import polars as pl
 from .base import first, check_id, check_text, frame, now
 from .connection import Connector
 from .errors import NotFoundError
+from .references import check_promotion
 
 
 class Aliases:
     def __init__(self, db: Connector, path: Path) -> None:
         self._db, self.path = db, path
 
+    def sql(self, query: str, params: list | None = None) -> pl.DataFrame:
+        """A read-only query (what ``storage.references`` asks of a store)."""
+        return frame(self._db, query, params)
+
     def set_alias(self, dataset_name: str, alias: str, chain_id: str, *,
-                  changed_by: str | None = None, reason: str | None = None) -> None:
+                  changed_by: str | None = None, reason: str | None = None, force: bool = False) -> None:
+        """Point the alias at a chain trained on ``dataset_name`` (``force`` accepts a
+        chain of another dataset: see ``storage.references.check_promotion``)."""
         check_text("dataset_name", dataset_name), check_text("alias", alias), check_id("chain", chain_id)
+        if not force:  # a chain's dataset never changes: checked before the write begins
+            check_promotion(self, dataset_name, chain_id)
         with self._db.writing() as con:
             con.require("chains", "chain_id", chain_id)
             old = first(con.execute("SELECT chain_id FROM aliases WHERE dataset_name = ? AND alias = ?",

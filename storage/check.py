@@ -4,6 +4,10 @@
 time, and lists those that no longer load here (their code is gone or changed) and the
 chains fitted under another scikit-learn major.minor: what to look at after an upgrade.
 
+Files no row names (orphans) younger than ``grace`` are listed apart, as expected:
+an interrupted save leaves them, and gc removes them once they are older than its grace
+period (never sooner, so that a save about to name one keeps it).
+
 ``check_workspace(repair=True)`` fixes what it safely can: it sets a damaged journal
 aside and keeps its whole records, marks runs that have been ``running`` longer than
 ``stale_after`` as crashed, and collects orphan files and temporaries (through gc, with
@@ -35,7 +39,9 @@ class CheckReport:
     artifacts_checked: int = 0
     missing: list[dict] = field(default_factory=list)      # {artifact_id, path, chains}
     corrupt: list[dict] = field(default_factory=list)
-    orphan_files: list[str] = field(default_factory=list)
+    orphan_files: list[str] = field(default_factory=list)    # older than the gc grace period: a fault
+    young_orphans: list[dict] = field(default_factory=list)  # {path, age_s}: expected, gc removes them
+    grace: float = 3600.0
     stale_runs: list[dict] = field(default_factory=list)   # {run_id, name, created_at}
     repaired: list[str] = field(default_factory=list)
     artifacts_loaded: int | None = None                     # None: not asked (load=False)
@@ -48,7 +54,8 @@ class CheckReport:
 
     def as_dict(self) -> dict:
         return {"ok": self.ok, "artifacts_checked": self.artifacts_checked, "missing": self.missing,
-                "corrupt": self.corrupt, "orphan_files": self.orphan_files, "stale_runs": self.stale_runs,
+                "corrupt": self.corrupt, "orphan_files": self.orphan_files, "young_orphans": self.young_orphans,
+                "grace": self.grace, "stale_runs": self.stale_runs,
                 "repaired": self.repaired, "artifacts_loaded": self.artifacts_loaded,
                 "unloadable": self.unloadable, "other_versions": self.other_versions}
 
@@ -64,7 +71,7 @@ class Check:
 
     def check_workspace(self, *, repair: bool = False, stale_after: float = 24 * 3600,
                         grace: float = 3600.0, load: bool = False) -> CheckReport:
-        report = CheckReport()
+        report = CheckReport(grace=grace)
         if repair:
             salvaged = self._salvage_journal()  # first: with a damaged journal nothing reads
             if salvaged:
@@ -93,7 +100,18 @@ class Check:
         report.artifacts_checked = len(rows)
         if load:
             report.artifacts_loaded, report.other_versions = loaded, self._chains_fitted_elsewhere()
-        report.orphan_files = sorted(str(p) for p, artifact_id, _ in self.files.scan() if artifact_id not in known)
+        # A file without a row is what an interrupted save leaves (written, then its
+        # transaction never committed: a stopped run, a failed pipeline). gc removes it
+        # once it is older than the grace period, which keeps it safe from a save that
+        # is about to reference it; until then it is expected, not a fault.
+        young_after = time.time() - grace
+        for path, artifact_id, mtime in sorted(self.files.scan()):
+            if artifact_id in known:
+                continue
+            if mtime > young_after:
+                report.young_orphans.append({"path": str(path), "age_s": round(time.time() - mtime, 1)})
+            else:
+                report.orphan_files.append(str(path))
         cutoff = time.time() - stale_after
         report.stale_runs = [{"run_id": r[0], "name": r[1], "created_at": str(r[2])} for r in runs if r[3] < cutoff]
         if repair:

@@ -212,11 +212,42 @@ def _journal_marker(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("INSERT OR REPLACE INTO meta VALUES ('journal_settled', '')")
 
 
+def _scored_files_per_dataset(con: duckdb.DuckDBPyConnection) -> None:
+    # A lab scores one spectrum file for several properties, one dataset (and chain)
+    # each: a file is scored once per (bytes, dataset, chain), no longer once per bytes.
+    # Rows of the old table keep their dataset ('' where none was recorded). A no-op
+    # on a table already keyed so (a migration replayed from an older version stamp).
+    keyed = con.execute("SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'scored_files' "
+                        "AND constraint_type = 'PRIMARY KEY' AND list_contains(constraint_column_names, 'chain_id') "
+                        "AND database_name = current_database()").fetchall()[0][0]
+    if keyed:
+        return
+    con.execute("""
+CREATE TABLE scored_files_by_chain (
+    content_hash VARCHAR NOT NULL,
+    dataset_name VARCHAR NOT NULL,      -- the inbox folder it was dropped in
+    chain_id VARCHAR NOT NULL,          -- the chain its alias named when it was scored
+    file_name VARCHAR NOT NULL,         -- as it arrived in the inbox
+    alias VARCHAR,
+    result_path VARCHAR NOT NULL,
+    n_spectra BIGINT NOT NULL,
+    scored_at TIMESTAMP NOT NULL,
+    flow_run_id VARCHAR,
+    PRIMARY KEY (content_hash, dataset_name, chain_id)
+);
+INSERT INTO scored_files_by_chain SELECT content_hash, coalesce(dataset_name, ''), chain_id, file_name, alias,
+    result_path, n_spectra, scored_at, flow_run_id FROM scored_files;
+DROP TABLE scored_files;
+ALTER TABLE scored_files_by_chain RENAME TO scored_files;
+""")
+
+
 # (name, function): append only; never edit one that has shipped.
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("0001_initial", _initial),
     ("0002_scored_files", _scored_files),
     ("0003_journal_marker", _journal_marker),
+    ("0004_scored_files_per_dataset", _scored_files_per_dataset),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

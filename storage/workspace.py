@@ -38,6 +38,7 @@ from .predictions import Predictions
 from .records import Records
 from .scored_files import ScoredFiles
 from .transaction import RememberedRows
+from . import references
 
 DB_NAME = "store.duckdb"
 _DUCKDB_MAGIC = b"DUCK"
@@ -199,3 +200,8 @@ class WorkspaceStore:
     def sql(self, query: str, params: list | None = None):
         """Run a read-only query on the store and return a polars DataFrame."""
         return frame(self._db, query, params)
+
+    def resolve_chain(self, ref: str) -> str:
+        """The chain id that ``ref`` names: an id, a unique prefix of one (8 hex digits
+        are what tables show), or ``DATASET:ALIAS``; see ``storage.references``."""
+        return references.resolve_chain(self, ref)

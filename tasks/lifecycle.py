@@ -333,7 +333,11 @@ def run_hooks(describe: Describe) -> dict:
 
 def state_reason(state) -> str:
     """The exception behind a failed state (type, message, nirs's notes) when Prefect still
-    holds it, else the state's message."""
+    holds it, else the state's message. A crash is told by Prefect's own message
+    ("Execution was aborted by a termination signal."), not by the signal's exception,
+    which has none."""
+    if state.is_crashed() and state.message:
+        return state.message[:MAX_ERROR_CHARS]
     exc = None
     try:
         exc = state.result(raise_on_failure=False)

@@ -53,7 +53,7 @@ from prefect.cache_policies import NO_CACHE
 
 from nirs.errors import SpectraFileError, unreadable
 from nirs.readers import JCAMP_SUFFIXES, PARQUET_SUFFIXES, TEXT_SUFFIXES, iter_spectra_chunks
-from storage import FileLock, ReplayableChain, ReplayError, atomic_path, fsync_folder, write_bytes
+from storage import FileLock, ReplayableChain, ReplayError, atomic_path, fsync_folder, short_id, write_bytes
 
 __all__ = [
     "InboxFile", "FileStat", "ScoreJob", "FileChanged", "ScoringLock",
@@ -182,10 +182,12 @@ class ScoreJob:
     alias: str = "production"  # the dataset's alias the chain was found by
 
 
-def result_paths(root: Path, file: InboxFile, sha256: str, csv: bool) -> tuple[Path, Path | None]:
-    """``<root>/outbox/<dataset>/<stem>.<sha256[:12]>.parquet`` (and ``.csv``): named by
-    content, so a rerun after a crash writes the same name instead of a second result."""
-    base = root / "outbox" / (file.dataset or "_") / f"{Path(file.name).stem}.{sha256[:12]}"
+def result_paths(root: Path, file: InboxFile, sha256: str, chain_id: str, csv: bool) -> tuple[Path, Path | None]:
+    """``<root>/outbox/<dataset>/<stem>.<sha256[:12]>.<chain[:8]>.parquet`` (and
+    ``.csv``): named by content and chain, so a rerun after a crash writes the same name
+    instead of a second result, and the same bytes scored by another chain (a promotion
+    since, or the same chain aliased for two datasets) never take each other's name."""
+    base = root / "outbox" / (file.dataset or "_") / f"{Path(file.name).stem}.{sha256[:12]}.{short_id(chain_id)}"
     return base.with_name(base.name + ".parquet"), (base.with_name(base.name + ".csv") if csv else None)
 
 

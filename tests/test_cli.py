@@ -202,8 +202,8 @@ def test_score_an_inbox_and_import_a_bundle(ws, tmp_path):
     assert _json("show", new_chain, "-w", str(other))["kind"] == "chain"
 
 
-def test_serve_check_lists_the_deployments_of_the_config():
-    done = run_cli("serve", "--check")
+def test_serve_check_lists_the_deployments_of_the_config(ws):
+    done = run_cli("serve", "--check", "-w", ws)
     assert done.returncode == 0, done.stderr
     for name in ("score-inbox", "gc", "vacuum", "reconcile"):
         assert name in done.stdout

@@ -59,3 +59,26 @@ def test_readme_config_example_is_a_valid_config(tmp_path):
     config = load_config(tmp_path / "grid.yaml")
     assert count_pipelines(config) == 9
     assert len(validate(config)) == 9
+
+
+def test_a_second_demo_says_what_its_own_run_did(demo_run, tmp_path):
+    """Run again, the demo trains and promotes a new chain, which scores the sample files
+    anew; it prints that, not the workspace's earlier results."""
+    import shutil
+
+    from storage import WorkspaceStore
+    from tests.conftest import run_cli
+
+    workspace = tmp_path / "workspace"
+    shutil.copytree(demo_run[0], workspace, ignore=shutil.ignore_patterns(".nirsflow"))
+    with WorkspaceStore(workspace) as store:
+        first = store.get_alias("tablet1")
+    done = run_cli("demo", "--workspace", str(workspace))
+    assert done.returncode == 0, done.stderr
+    with WorkspaceStore(workspace) as store:
+        second = store.get_alias("tablet1")
+        by_chain = store.list_scored_files("tablet1").group_by("chain_id").len()
+    assert second != first and f"Production chain for 'tablet1': {second} (was {first[:8]}" in done.stdout
+    assert dict(zip(by_chain["chain_id"], by_chain["len"])) == {first: 2, second: 2}
+    assert re.search(r"Inbox: 2 files scored, 212 tablets, RMSE [0-9.]+ against", done.stdout)
+    assert len(list((workspace / "outbox" / "tablet1").glob(f"*.{second[:8]}.parquet"))) == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -110,6 +111,17 @@ def start_flow_process(server: Server, code: str, log_path: Path) -> subprocess.
     log = open(log_path, "w")
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=server.env, cwd=str(REPO),
                             stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_serve(serve: subprocess.Popen, log=None) -> None:
+    """Stop a serve process as a user does (Ctrl-C), and never leave it running."""
+    serve.send_signal(signal.SIGINT)
+    try:
+        serve.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        serve.kill()
+    if log is not None:
+        log.close()
 
 
 def train_code(workspace: Path, config, **kwargs) -> str:

@@ -318,7 +318,7 @@ def test_a_file_changed_after_the_stable_look_is_not_scored_or_moved(inbox):
         fh.write(inbox.csv_text(slice(20, 21)).splitlines()[1] + "\n")
     with inbox.store() as store:
         chain = store.load_chain(inbox.chains.tablet_chain)
-    result, _ = result_paths(inbox.root, f, "0" * 64, csv=False)
+    result, _ = result_paths(inbox.root, f, "0" * 64, inbox.chains.tablet_chain, csv=False)
     outcome = score_file(ScoreJob(f, "0" * 64, result, None, chunk_rows=5), chain)
     assert outcome["status"] == "changed" and "changed while it was being scored" in outcome["reason"]
     assert not result.exists() and not list(result.parent.glob(".*.part"))
@@ -402,7 +402,7 @@ def test_an_alias_that_points_nowhere_leaves_the_files_waiting(inbox):
     _assert_good_scored(inbox, summary)
 
     with inbox.store() as store:  # a chain is promoted: the next run scores the waiting file
-        store.set_alias("wheat", "production", inbox.chains.tablet_chain, changed_by="tests")
+        store.set_alias("wheat", "production", inbox.chains.tablet_chain, changed_by="tests", force=True)
     summary = inbox.run()
     assert [s["file"] for s in summary["scored"]] == ["wheat/w1.csv"]
     assert summary["scored"][0]["chain_id"] == inbox.chains.tablet_chain

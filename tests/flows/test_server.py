@@ -11,6 +11,8 @@ import sys
 import time
 import urllib.request
 
+import pytest
+
 from flows.server import SERVER_SETTINGS, apply_server_settings, free_port
 from tests.flows.conftest import REPO
 
@@ -41,13 +43,15 @@ def test_apply_server_settings_keeps_what_the_environment_already_says():
     assert environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
 
 
-def test_nirsflow_server_starts_a_ui_server_with_the_settings(tmp_path):
+@pytest.mark.parametrize("home_option", [False, True])
+def test_nirsflow_server_starts_a_ui_server_with_the_settings_and_its_own_database(tmp_path, home_option):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DO_NOT_TRACK"))}
-    env["PYTHONPATH"] = str(REPO)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DO_NOT_TRACK", "NIRSFLOW_"))}
+    env.update(PYTHONPATH=str(REPO), HOME=str(tmp_path / "user"), PREFECT_HOME=str(tmp_path / "user-prefect"))
+    home = tmp_path / "home" if home_option else tmp_path / "user" / ".nirsflow" / "prefect-server"
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "server", "--port", str(port),
-                             "--home", str(tmp_path / "home")], env=env, cwd=REPO, stdout=log,
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "server", "--port", str(port)]
+                            + (["--home", str(home)] if home_option else []), env=env, cwd=REPO, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
     try:
@@ -63,7 +67,10 @@ def test_nirsflow_server_starts_a_ui_server_with_the_settings(tmp_path):
         _assert_batched(_server_settings(url))
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
             assert b"<html" in page.read(2000).lower()  # the UI is served
-        assert (tmp_path / "home" / "prefect.db").exists()  # --home holds the server's database
+        # its own database: --home, else ~/.nirsflow/prefect-server, never the user's Prefect home
+        assert (home / "prefect.db").exists(), list(tmp_path.rglob("prefect.db"))
+        assert not (tmp_path / "user-prefect" / "prefect.db").exists()
+        assert f"its database in {home}" in (tmp_path / "server.log").read_text()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

@@ -183,17 +183,44 @@ def test_an_older_workspace_is_migrated_in_place_keeping_its_data(tmp_path):
         assert store.list_scored_files().height == 0
 
 
-def test_scored_files_are_recorded_once_per_content(store, fitted_folds, tablet):
+def test_scored_files_are_recorded_once_per_content_dataset_and_chain(store, fitted_folds, tablet):
     from tests.storage.conftest import make_run, save_scaler_pls_chain
 
     _, pipeline_id = make_run(store)
     chain_id = save_scaler_pls_chain(store, pipeline_id, fitted_folds, tablet[0].shape[1])
-    store.record_scored_file("ab" * 32, "batch1.csv", chain_id, "outbox/batch1.parquet", n_spectra=12,
+    other_chain = save_scaler_pls_chain(store, pipeline_id, fitted_folds, tablet[0].shape[1])
+    store.record_scored_file("ab" * 32, "tablet/batch1.csv", chain_id, "outbox/batch1.parquet", n_spectra=12,
                              dataset_name="tablet", alias="production")
     assert store.find_scored_file("ab" * 32)["result_path"] == "outbox/batch1.parquet"
+    assert store.find_scored_file("ab" * 32, "tablet", chain_id)["file_name"] == "tablet/batch1.csv"
+    assert store.find_scored_file("ab" * 32, "moisture", chain_id) is None  # another property of the same file
+    assert store.find_scored_file("ab" * 32, "tablet", other_chain) is None  # a promotion since
     assert store.find_scored_file("cd" * 32) is None
-    with pytest.raises(InvalidInputError, match="batch1-copy.csv.*already scored as batch1.csv; its result is outbox/batch1.parquet"):
-        store.record_scored_file("ab" * 32, "batch1-copy.csv", chain_id, "outbox/x.parquet", n_spectra=12)
+    with pytest.raises(InvalidInputError, match="tablet/copy.csv.*already scored for dataset 'tablet' by chain "
+                                                ".*as tablet/batch1.csv; its result is outbox/batch1.parquet"):
+        store.record_scored_file("ab" * 32, "tablet/copy.csv", chain_id, "outbox/x.parquet", n_spectra=12,
+                                 dataset_name="tablet")
+    store.record_scored_file("ab" * 32, "moisture/batch1.csv", chain_id, "outbox/m.parquet", n_spectra=12,
+                             dataset_name="moisture")
+    store.record_scored_file("ab" * 32, "tablet/batch1.csv", other_chain, "outbox/b.parquet", n_spectra=12,
+                             dataset_name="tablet")
     with pytest.raises(NotFoundError, match="unknown chain id"):
         store.record_scored_file("ef" * 32, "b.csv", "ghost", "outbox/b.parquet", n_spectra=1)
-    assert store.list_scored_files().height == 1
+    assert store.list_scored_files().height == 3 and store.list_scored_files("moisture").height == 1
+
+
+def test_scored_files_of_an_older_workspace_keep_their_rows_under_the_new_key(tmp_path):
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    con = duckdb.connect(str(folder / "store.duckdb"))
+    con.execute("BEGIN")
+    schema.MIGRATIONS[0][1](con), schema.MIGRATIONS[1][1](con)  # a workspace of schema 2
+    con.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+    con.execute("INSERT INTO scored_files VALUES ('ab', 'tablet/a.csv', 'tablet', 'production', 'c1', 'out/a.parquet', "
+                "3, now(), NULL), ('cd', 'b.csv', NULL, NULL, 'c1', 'out/b.parquet', 1, now(), NULL)")
+    con.execute("COMMIT")
+    con.close()
+    with WorkspaceStore(folder) as store:
+        assert store.find_scored_file("ab", "tablet", "c1")["result_path"] == "out/a.parquet"
+        assert store.find_scored_file("cd", "", "c1")["file_name"] == "b.csv"
+
