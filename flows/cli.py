@@ -164,7 +164,10 @@ def train(config: str = typer.Argument(..., help="A config file (.json/.yaml), o
           refit: bool = typer.Option(False, help="Also fit each pipeline on all training data."),
           max_pipelines: int = typer.Option(1000, help="Refuse configs that expand to more."),
           processes: int = typer.Option(0, help="Fit folds in this many worker processes (worth it for slow "
-                                                "models; 0: in this process)."),
+                                                "models; 0: in this process); with --executor, its workers."),
+          executor: str = typer.Option(None, help="Where fold fits run: threads (default), loky, dask://local, "
+                                                  "or dask://HOST:PORT (a Dask scheduler; needs nirsflow[dask])."),
+          max_concurrency: int = typer.Option(2, help="Pipelines trained at once (more for a cluster)."),
           as_json: bool = JsonOption) -> None:
     """Train a config on datasets through the Prefect train flow."""
     from flows.preflight import check_training
@@ -180,16 +183,15 @@ def train(config: str = typer.Argument(..., help="A config file (.json/.yaml), o
     template = None if is_file else config
     # everything the run would refuse, refused now: no server, no run recorded
     check_training(specs, config=config_arg, template=template, workspace=workspace, max_pipelines=max_pipelines)
+    from nirs.executors import parse_spec
+
+    parse_spec(executor, processes)  # a misspelt executor: one line, before any server
     temporary_api()
     from flows.train import train as train_flow
 
-    if processes > 0:  # as many fold threads as worker processes, to keep them all busy
-        from prefect.task_runners import ThreadPoolTaskRunner
-
-        from flows.workers import DEFAULT_WORKERS
-        train_flow = train_flow.with_options(task_runner=ThreadPoolTaskRunner(max(processes, DEFAULT_WORKERS)))
     state = train_flow(workspace=str(workspace), datasets=specs, config=config_arg, template=template,
-                       refit=refit, max_pipelines=max_pipelines, processes=processes, return_state=True)
+                       refit=refit, max_pipelines=max_pipelines, processes=processes, executor=executor,
+                       max_concurrency=max_concurrency, return_state=True)
     if not state.is_completed():
         raise UserError(f"the training run ended {state.name}: {state.message}")
     summary = state.result()

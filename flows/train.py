@@ -2,10 +2,10 @@
 template), expanded by its generators, every pipeline cross-validated.
 
 Shape (numbers in tasks/training.py and bench/flow_bench.py): the run is a flow; each
-pipeline a task whose hooks mirror it in the store; each fold fit a task on the flow's
-ThreadPoolTaskRunner (its fit, optionally, in a worker process: ``nirs.parallel``). A sliding
-window keeps the folds of the next ``window`` pipelines submitted while the current
-pipeline is gathered and recorded, so the workers stay busy during the store writes.
+pipeline a task whose hooks mirror it in the store, ``max_concurrency`` of them at once on
+a thread pool of this process; each pipeline fits its folds (and refit) inside it on an
+executor (``nirs.executors``: threads, loky processes or a Dask cluster), so the executor
+stays busy while other pipelines are recorded.
 
 The store is written only from this process, and only through the hooks of
 ``tasks.lifecycle`` (plus one ``planned`` log entry): ``begin_run`` when the flow run
@@ -23,25 +23,24 @@ Completed with a message saying how many and why (``run_state``).
 from __future__ import annotations
 
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.annotations import quote
 
 from flows.stopping import stops_cleanly
 from flows.workers import DEFAULT_WORKERS
 from nirs.config import ConfigError, load_config, task_of, validate
+from nirs.executors import describe_executor, fold_executor, parse_spec
 from storage import PipelineLibrary
 from tasks.data import describe_spec, load_dataset, normalize_spec
 from tasks.lifecycle import (PipelineEntry, RunDescription, StoreWriteError, current_book, pipeline_hooks,
                              run_hooks)
 from tasks.reporting import (Progress, artifact_key, leaderboard_rows, markdown_report, plot_chain,
                              publish_leaderboard, publish_markdown, tag_flow_run)
-from tasks.training import fit_fold_task, plan_pipeline_folds, refit_plan, train_pipeline
+from tasks.training import train_pipeline
 
 DEFAULT_DATASETS = ("tablet1",)
 
@@ -101,18 +100,20 @@ def flow_run_name() -> str:
       task_runner=ThreadPoolTaskRunner(max_workers=DEFAULT_WORKERS), **run_hooks(describe_run))
 @stops_cleanly
 def train(workspace: str, datasets: list[Any] | None = None, config: Any = None, template: str | None = None,
-          name: str | None = None, refit: bool = False, max_pipelines: int = 1000, window: int = 2,
+          name: str | None = None, refit: bool = False, max_pipelines: int = 1000, max_concurrency: int = 2,
           lock_timeout: float = 60.0, tags: list[str] | None = None, export: bool = True,
-          processes: int = 0) -> dict:
+          processes: int = 0, executor: str | None = None) -> dict:
     """Train every pipeline of ``config`` (or library ``template``) on every dataset.
 
     datasets: built-in names ("tablet1", "tablet2", "coffee") or file specs (see
     ``tasks.data``); the spec's name is the store's dataset name. refit: also fit each
-    pipeline on all training data (replay then uses that model). window: how many
-    pipelines' folds are in flight at once. lock_timeout: seconds to wait for the
-    workspace lock before a store write fails (and the run is failed, not completed).
-    processes: worker processes for the fold fits (0, the default: fit in this process);
-    worth it when a fit takes much longer than Prefect's few ms per task.
+    pipeline on all training data (replay then uses that model). max_concurrency: how
+    many pipelines run at once (each fits its folds on the executor at once, so a
+    cluster wants several). lock_timeout: seconds to wait for the workspace lock before
+    a store write fails (and the run is failed, not completed). executor: where the
+    fold fits run (``nirs.executors``): "threads" (the default), "loky", "dask://local" or
+    "dask://HOST:PORT". processes: its workers (0: cores - 1, at least 2); with no
+    executor, processes=N fits in N loky worker processes (worth it for slow fits).
     """
     started = time.perf_counter()
     book = current_book()
@@ -124,6 +125,7 @@ def train(workspace: str, datasets: list[Any] | None = None, config: Any = None,
 
     pipeline_config, what = resolve_config(config, template, workspace)
     pipelines = validate(pipeline_config, max_pipelines=max_pipelines)
+    parse_spec(executor, processes)  # a misspelt executor fails the run before any data is read
     specs = [normalize_spec(s) for s in (datasets or DEFAULT_DATASETS)]
     if len({s["name"] for s in specs}) != len(specs):
         raise ConfigError(f"dataset names must be unique in a run, got {[s['name'] for s in specs]}")
@@ -153,45 +155,24 @@ def train(workspace: str, datasets: list[Any] | None = None, config: Any = None,
 
     progress = Progress(len(work), key=artifact_key("train-progress", what),
                         description=f"{what}: pipelines trained of {len(work)}")
+    logger.info("folds fitted on %s; %d pipelines at a time", describe_executor(executor, fit_processes),
+                max(1, int(max_concurrency)))
+    fold_executor(executor, fit_processes)  # a bad spec or an unreachable cluster fails the run here, once
 
-    def submit(item):
-        entry, p, train_set, test_set = item
-        label = f"{entry.dataset_name} · {p.name}"
-        try:
-            plans = plan_pipeline_folds(train_set, p)
-        except Exception as exc:  # noqa: BLE001 - raised in the pipeline task, so its hooks record it
-            return label, [], None, exc
+    # The pipelines' own thread pool, whatever task runner the flow was given: their hooks
+    # write the store, which only this process may do, and their fits go to the executor.
+    with ThreadPoolTaskRunner(max_workers=max(1, int(max_concurrency))) as runner:
         futures = []
-        for plan in plans:
-            future = fit_fold_task.submit(f"{label} · {plan.fold_id}", train_set, p, plan, test=test_set,
-                                          processes=fit_processes)
-            entry.fold_task_runs[plan.fold_id] = str(future.task_run_id)
+        for entry, p, train_set, test_set in work:
+            task = train_pipeline.with_options(**pipeline_hooks(entry.key))
+            future = runner.submit(task, {"label": f"{entry.dataset_name} · {p.name}", "key": entry.key,
+                                          "dataset": train_set, "pipeline": p, "test": test_set, "refit": refit,
+                                          "executor": executor, "processes": fit_processes})
             book.note_task_run(future.task_run_id, entry.key)
             futures.append(future)
-        refit_future = None
-        if refit:
-            refit_future = fit_fold_task.submit(f"{label} · refit", train_set, p, refit_plan(train_set),
-                                                test=test_set, processes=fit_processes)
-            entry.fold_task_runs["refit"] = str(refit_future.task_run_id)
-            book.note_task_run(refit_future.task_run_id, entry.key)
-        return label, futures, refit_future, None
-
-    def gather(item, submitted) -> None:
-        entry, p, train_set, test_set = item
-        label, futures, refit_future, plan_error = submitted
-        task = train_pipeline.with_options(**pipeline_hooks(entry.key))
-        task(label, entry.key, train_set, p, quote(futures), test=test_set,
-             refit=None if refit_future is None else quote(refit_future), plan_error=plan_error,
-             return_state=True)  # a failed pipeline is recorded by its hooks; the run goes on
-        progress.step()
-
-    pending: deque = deque()
-    for item in work:
-        pending.append((item, submit(item)))
-        if len(pending) >= max(1, int(window)):
-            gather(*pending.popleft())
-    while pending:
-        gather(*pending.popleft())
+        for future in futures:  # a failed pipeline is recorded by its hooks; the run goes on
+            future.wait()
+            progress.step()
     progress.step(0, force=True)
 
     # -- what the UI shows ---------------------------------------------------------------

@@ -93,7 +93,7 @@ class PipelineEntry:
     duration_ms: int | None = None
     wall_s: float | None = None
     started: float | None = None
-    fold_task_runs: dict = field(default_factory=dict)  # fold_id -> task run id
+    folds: list = field(default_factory=list)  # one row per fitted fold: id, scores, ms
 
 
 @dataclass
@@ -104,7 +104,7 @@ class RunBook:
     run_id: str | None = None
     begin_error: str | None = None
     entries: dict = field(default_factory=dict)  # key -> PipelineEntry, in plan order
-    by_task_run: dict = field(default_factory=dict)  # task run id -> key (pipelines and folds)
+    by_task_run: dict = field(default_factory=dict)  # pipeline task run id -> key
     store_errors: list = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     started: float = field(default_factory=time.time)
@@ -414,15 +414,16 @@ def pipeline_started(key: str, task, task_run, state) -> None:
 def pipeline_completed(key: str, task, task_run, state) -> None:
     book, entry = _book_entry(task_run, key)
     entry.wall_s = time.perf_counter() - entry.started if entry.started else None
-    trace = state.result()
+    outcome = state.result()  # tasks.training.TrainedPipeline: the trace and its fold rows
+    trace = getattr(outcome, "trace", outcome)
+    entry.folds = list(getattr(outcome, "folds", None) or [])
     try:
         if entry.pipeline_id is None:
             raise StoreWriteError(f"pipeline {entry.key} has no store row (begin_pipeline failed)")
         store = book.store
         with store.batch():
             chain = ChainBuilder(trace, store).build()
-            chain["metadata"] = {**chain["metadata"], "flow_run_id": book.flow_run_id,
-                                 "fold_task_run_ids": dict(entry.fold_task_runs)}
+            chain["metadata"] = {**chain["metadata"], "flow_run_id": book.flow_run_id, "folds": entry.folds}
             chain_id = store.save_chain(entry.pipeline_id, task_run_id=entry.task_run_id, **chain)
             save_trace_predictions(store, entry.pipeline_id, chain_id, trace, entry.task_run_id)
             best_val, best_test = best_scores(trace)

@@ -1,90 +1,107 @@
-"""Training as Prefect tasks: a task per fold fit, a task per pipeline.
+"""Training as Prefect tasks: one task per pipeline, its folds fitted inside it.
 
 Shape, chosen on numbers measured on this machine (Prefect 3.9.1, local server; see
-bench/flow_bench.py): a synchronous subflow costs ~1.37 s (~0.27 s even with flow
-heartbeats switched off), async subflows gathered ~1.6 s each, a task 4-10 ms. So a
-pipeline is a *task* whose state hooks mirror it in the store (``tasks.lifecycle``), and
-each fold fit is a task submitted to the flow's ThreadPoolTaskRunner (its fit, when the
-run asks, in a worker process: ``nirs.parallel``; the fits hold the GIL, so threads alone
-cannot run two at once), while the flow-run process stays the only writer of the store.
+bench/flow_bench.py and issue 22): a task run costs ~20-36 ms of CPU (client and server)
+whatever it does, about what a PLS fold fit takes. A task per fold made the ``train``
+flow 2.1-2.7x the plain training core on 2 cores; on Dask's and Ray's Prefect task
+runners a task run cost 150-220 ms of CPU. So a pipeline is a *task* whose state hooks
+mirror it in the store (``tasks.lifecycle``), and its folds and refit are fitted inside
+it by an executor (``nirs.executors``: threads, loky processes, or a Dask cluster), while
+the flow-run process stays the only writer of the store. The UI still shows every fold:
+a line in the pipeline's log with its score and time, and a row of the pipeline's
+result (``TrainedPipeline.folds``, which also lands in the chain's metadata).
 
 Caching and results, on purpose:
 
-* ``cache_policy=NO_CACHE`` everywhere here: the inputs are spectra matrices and fitted
+* ``cache_policy=NO_CACHE``: the inputs are spectra matrices and the result holds fitted
   estimators. Prefect's default policy hashes every input on every call (178 ms for an
-  80 MB array, a logged traceback for objects it cannot hash), and a cached fold would
-  hand back an estimator fitted in another run, which is not what a training run means.
-* ``persist_result=False``: fold results are fitted objects plus prediction arrays; the
-  workspace is their durable home (content-addressed artifacts, prediction arrays).
-  Writing them a second time to Prefect's result storage would double the disk use and
-  the time. The results stay in memory (``cache_result_in_memory``), which is what the
+  80 MB array, a logged traceback for objects it cannot hash), and a cached pipeline
+  would hand back estimators fitted in another run, which is not what training means.
+* ``persist_result=False``: the workspace is the result's durable home (content-addressed
+  artifacts, prediction arrays); writing it a second time to Prefect's result storage
+  would double the disk use and the time. The result stays in memory, which is what the
   pipeline's completion hook reads.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
+
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from nirs.parallel import fold_pool
-from nirs.training import FoldPlan, assemble_trace, fit_fold, plan_folds
-from tasks.lifecycle import StoreWriteError, current_book
+from nirs.executors import fold_executor
+from nirs.metrics import DEFAULT_METRIC
+from nirs.trace import ExecutionTrace
+from nirs.training import FoldPlan, FoldResult, assemble_trace, plan_folds
+from tasks.lifecycle import StoreWriteError, current_book, describe_exception
 
-__all__ = ["fit_fold_task", "train_pipeline", "plan_pipeline_folds", "refit_plan"]
+__all__ = ["TrainedPipeline", "train_pipeline", "refit_plan", "fold_row"]
 
 
-@task(name="fold", task_run_name="{label}", cache_policy=NO_CACHE, persist_result=False)
-def fit_fold_task(label: str, dataset, pipeline, plan: FoldPlan, test=None, processes: int = 0):
-    """Fit one fold (or the refit on all training data); returns a picklable FoldResult.
-    With ``processes``, the fit runs in one of that many worker processes
-    (``nirs.parallel``) while this task's thread waits: the task, its states and its
-    logs stay in the flow-run process, only the numbers move."""
-    pool = fold_pool(processes)
-    if pool is None:
-        return fit_fold(dataset, pipeline, plan, test=test)
-    return pool.fit(dataset, pipeline, plan, test=test)
+@dataclass
+class TrainedPipeline:
+    """A pipeline task's result: the trace its hooks store, and one row per fold (fold id,
+    scores per partition in the pipeline's metric, fit time) for the UI and the chain."""
+
+    trace: ExecutionTrace
+    folds: list = field(default_factory=list)
+    executor: str = ""
+    wall_ms: int = 0
+
+
+def fold_row(result: FoldResult, metric: str) -> dict:
+    scores = {rec.partition: rec.scores.get(metric) for rec in result.predictions}
+    return {"fold_id": result.fold_id, "metric": metric, "ms": int(result.duration_ms),
+            **{partition: (None if value is None else float(value)) for partition, value in scores.items()}}
+
+
+def _fold_line(label: str, row: dict) -> str:
+    shown = ", ".join(f"{part} {row[part]:.4g}" for part in ("train", "val", "test") if row.get(part) is not None)
+    return f"{label} · {row['fold_id']}: {row['metric']} {shown or 'no scores'} ({row['ms']} ms)"
 
 
 @task(name="pipeline", task_run_name="{label}", cache_policy=NO_CACHE, persist_result=False)
-def train_pipeline(label: str, key: str, dataset, pipeline, folds, test=None, refit=None, plan_error=None):
-    """Gather a pipeline's fold results into an ExecutionTrace.
-
-    ``folds`` are the futures of its fold tasks (passed inside ``quote()`` so that Prefect
-    does not resolve them first: a failed fold must fail this task, and so reach its
-    ``on_failure`` hook, rather than leave it NotReady). ``plan_error`` is a planning error
-    (a splitter that cannot split this dataset) raised here for the same reason.
-    The store writes happen in this task's hooks, not here."""
+def train_pipeline(label: str, key: str, dataset, pipeline, test=None, refit: bool = False,
+                   executor: str | None = None, processes: int = 0) -> TrainedPipeline:
+    """Plan a pipeline's folds, fit them (and the refit) on the run's executor, gather
+    them into an ExecutionTrace. A fold that raises fails the pipeline (after the other
+    folds finish, so none is left running); the store writes happen in this task's hooks."""
+    started = time.perf_counter()
     entry = current_book().entry(key)
     if entry.pipeline_id is None:
         # its on_running hook could not write begin_pipeline: do not fit what cannot be kept
         raise StoreWriteError(f"pipeline {key} has no store row: {entry.store_error}")
-    if plan_error is not None:
-        raise plan_error
-    results, first_error = [], None
-    for future in folds:  # wait for every fold, so none is left running after a failure
+    fits = fold_executor(executor, processes)
+    plans = plan_folds(dataset, pipeline)  # a splitter that cannot split: raised here, recorded by the hooks
+    if refit:
+        plans.append(refit_plan(dataset))
+    futures = [fits.submit(dataset, pipeline, plan, test=test) for plan in plans]
+    logger = get_run_logger()
+    metric = DEFAULT_METRIC[dataset.task_type]
+    results, rows, first_error = {}, [], None
+    for plan, future in zip(plans, futures):
         try:
-            results.append(future.result())
+            results[plan.fold_id] = result = future.result()
         except Exception as exc:  # noqa: BLE001 - re-raised below, after the others finish
             first_error = first_error or exc
-    refit_result = None
-    if refit is not None:
-        try:
-            refit_result = refit.result()
-        except Exception as exc:  # noqa: BLE001
-            first_error = first_error or exc
+            logger.error("%s · %s failed: %s", label, plan.fold_id, describe_exception(exc))
+            continue
+        rows.append(fold_row(result, metric))
+        logger.info(_fold_line(label, rows[-1]))
     if first_error is not None:
         raise first_error
-    trace = assemble_trace(dataset, pipeline, results, test=test, refit_result=refit_result)
+    refit_result = results.pop("refit", None)
+    trace = assemble_trace(dataset, pipeline, list(results.values()), test=test, refit_result=refit_result)
     scores = {r.partition: r.scores.get(trace.metric) for r in trace.records(fold_id="avg")}
     shown = ", ".join(f"{part} {trace.metric} {value:.4g}" for part, value in scores.items() if value is not None)
-    get_run_logger().info("%s on %s: %s (%d folds, %d ms of fitting)", trace.pipeline_name,
-                          trace.dataset_name, shown or "no scores", len(results), trace.duration_ms)
-    return trace
-
-
-def plan_pipeline_folds(dataset, pipeline) -> list[FoldPlan]:
-    return plan_folds(dataset, pipeline)
+    wall_ms = int((time.perf_counter() - started) * 1000)
+    logger.info("%s on %s: %s (%d folds%s, %d ms of fitting, %d ms in all)", trace.pipeline_name,
+                trace.dataset_name, shown or "no scores", len(results), " + refit" if refit_result else "",
+                trace.duration_ms, wall_ms)
+    return TrainedPipeline(trace=trace, folds=rows, executor=getattr(fits, "describe", lambda: "")(), wall_ms=wall_ms)
 
 
 def refit_plan(dataset) -> FoldPlan:

@@ -162,7 +162,7 @@ def test_train_a_config_file_on_a_data_file_through_the_flow(tmp_path):
     config.write_text("pipeline:\n  - SNV\n  - split: {class: KFold, params: {n_splits: 3}}\n"
                       "  - model: {class: PLSRegression, params: {n_components: {_range_: [2, 4, 2]}}}\n")
     ws = tmp_path / "ws"
-    # --processes: the fits in two worker processes, fed by two fold threads
+    # --processes: the fits in two loky worker processes
     done = run_cli("train", str(config), str(data), "--target", "content", "-w", str(ws), "--json",
                    "--processes", "2")
     assert done.returncode == 0, done.stderr
@@ -172,6 +172,8 @@ def test_train_a_config_file_on_a_data_file_through_the_flow(tmp_path):
     assert runs[0]["status"] == "completed"
     missing = run_cli("train", str(config), str(data), "-w", str(ws))
     assert missing.returncode == 1 and "give --target" in missing.stderr
+    unknown = run_cli("train", str(config), str(data), "--target", "content", "-w", str(ws), "--executor", "spark://x")
+    assert unknown.returncode == 1 and "executor 'spark://x': expected 'threads', 'loky'" in unknown.stderr
 
 
 def test_score_an_inbox_and_import_a_bundle(ws, tmp_path):

@@ -1,0 +1,198 @@
+"""Where a pipeline's fold fits run: threads, loky worker processes, or a Dask cluster.
+Pure: no Prefect, no store.
+
+A pipeline is one Prefect task (tasks/training.py); it hands its folds (and refit) to an
+executor and gathers them. An executor's ``submit(dataset, pipeline, plan, test)`` returns
+a future whose ``result()`` is the ``FoldResult`` of ``training.fit_fold``, or raises the
+fit's own error (type, message and nirs's notes kept). Executors are made once per process
+and spec (``fold_executor``) and shared by the pipelines that run at the same time.
+
+* ``threads``: a pool of threads in this process. PLS holds the GIL, so two threads do
+  not fit two folds at once, but nothing is copied and nothing starts.
+* ``loky``: ``nirs.parallel``'s worker processes (a dataset crosses once per worker).
+* ``dask://HOST:PORT`` / ``dask://local``: a ``distributed.Client`` (``local``: a
+  LocalCluster of ``workers`` single-threaded processes). Each dataset is scattered
+  once, then only pipelines and fold plans travel; Dask reruns a fit whose worker died
+  (its ``allowed-failures``), and a fit that raises fails its pipeline. The workers
+  need nirsflow installed, as the flow's machine has it.
+
+The default, and figures behind it, are in ``DEFAULT_EXECUTOR``'s comment.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+from .errors import ConfigError
+from .parallel import _BLAS_SINGLE, _token, fold_pool
+from .training import FoldPlan, fit_fold
+
+__all__ = ["DEFAULT_EXECUTOR", "ExecutorError", "parse_spec", "fold_executor", "describe_executor", "close_executors"]
+
+#: Measured with bench/flow_bench.py (20 pipelines x 5 folds of PLS on Tablet, 2 cores,
+#: local Prefect server, 2 pipelines at a time, medians of 3), the train flow's wall time
+#: against the plain core and its store: see the figures in ``FIGURES`` below.
+DEFAULT_EXECUTOR = "threads"
+FIGURES = """(filled in from bench/flow_bench.py)"""
+
+_KEPT_DATASETS = 4  # scattered datasets a Dask executor keeps on the cluster
+
+
+class ExecutorError(ConfigError):
+    """An executor spec nirsflow does not know, or a cluster it cannot reach."""
+
+
+def default_workers() -> int:
+    return max(2, (os.cpu_count() or 2) - 1)
+
+
+class ThreadFits:
+    """Fits in a thread pool of this process."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="nirsflow-fit")
+
+    def submit(self, dataset, pipeline, plan: FoldPlan, test=None):
+        return self._pool.submit(fit_fold, dataset, pipeline, plan, test=test)
+
+    def describe(self) -> str:
+        return f"threads ({self.workers})"
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class LokyFits:
+    """Fits in ``nirs.parallel``'s loky worker processes. Its ``fit`` blocks (it may send
+    the dataset on a second try), so a waiting thread per fit in flight carries it."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool = fold_pool(workers)
+        self._waiters = ThreadPoolExecutor(workers * 4, thread_name_prefix="nirsflow-loky-wait")
+
+    def submit(self, dataset, pipeline, plan: FoldPlan, test=None):
+        return self._waiters.submit(self._pool.fit, dataset, pipeline, plan, test=test)
+
+    def describe(self) -> str:
+        return f"loky ({self.workers} processes)"
+
+    def close(self) -> None:
+        self._waiters.shutdown(wait=False, cancel_futures=True)
+
+
+def _fit_scattered(data, pipeline, plan: FoldPlan):
+    dataset, test = data
+    return fit_fold(dataset, pipeline, plan, test=test)
+
+
+class DaskFits:
+    """Fits on a Dask cluster through ``distributed.Client``."""
+
+    def __init__(self, address: str, workers: int) -> None:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError as exc:
+            raise ExecutorError(f"executor dask://{address} needs the 'distributed' package: "
+                                "pip install 'nirsflow[dask]'") from exc
+        self.address, self.cluster = address, None
+        if address == "local":
+            # processes, one thread each: fits hold the GIL; BLAS single-threaded, as loky's
+            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=None, env=dict(_BLAS_SINGLE))
+            self.client = Client(self.cluster, set_as_default=False)
+        else:
+            try:
+                self.client = Client(f"tcp://{address}", timeout=30, set_as_default=False)
+            except OSError as exc:
+                raise ExecutorError(f"no Dask scheduler answered at tcp://{address} within 30 s: {exc}") from exc
+        self._scattered: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _data(self, dataset, test):
+        key = f"{_token(dataset)}:{_token(test)}"
+        with self._lock:
+            found = self._scattered.get(key)
+            if found is None:
+                # once per dataset: every fold of every pipeline then sends only its plan.
+                # hash=False: tokenizing the spectra would cost a pass over them for nothing
+                [found] = self.client.scatter([(dataset, test)], hash=False)
+                self._scattered[key] = found
+                while len(self._scattered) > _KEPT_DATASETS:
+                    self._scattered.popitem(last=False)  # its last reference: Dask frees it
+            self._scattered.move_to_end(key)
+            return found
+
+    def submit(self, dataset, pipeline, plan: FoldPlan, test=None):
+        return self.client.submit(_fit_scattered, self._data(dataset, test), pipeline, plan, pure=False)
+
+    def describe(self) -> str:
+        return f"dask ({self.address})"
+
+    def close(self) -> None:
+        self.client.cancel(list(self._scattered.values()))  # released before the workers go
+        self._scattered.clear()
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+_EXECUTORS: dict[tuple[str, int], object] = {}
+_EXECUTORS_LOCK = threading.Lock()
+
+
+def parse_spec(spec: str | None, processes: int = 0) -> tuple[str, int]:
+    """(kind or dask address, workers) of an executor spec. ``processes`` > 0 with no
+    spec asks for loky with that many processes, as ``train(processes=N)`` always has."""
+    processes = max(0, int(processes or 0))
+    spec = (spec or "").strip()
+    if not spec:
+        spec = "loky" if processes else DEFAULT_EXECUTOR
+    workers = processes or default_workers()
+    if spec in ("threads", "loky"):
+        return spec, workers
+    if spec.startswith("dask://"):
+        address = spec[len("dask://"):].rstrip("/")
+        if address != "local" and (":" not in address or not address.rsplit(":", 1)[1].isdigit()):
+            raise ExecutorError(f"executor {spec!r}: expected dask://HOST:PORT or dask://local")
+        return f"dask://{address}", workers
+    raise ExecutorError(f"executor {spec!r}: expected 'threads', 'loky', 'dask://HOST:PORT' or 'dask://local'")
+
+
+def fold_executor(spec: str | None = None, processes: int = 0):
+    """The process's executor for ``spec`` (see ``parse_spec``), made on first use."""
+    kind, workers = parse_spec(spec, processes)
+    with _EXECUTORS_LOCK:
+        found = _EXECUTORS.get((kind, workers))
+        if found is None:
+            if kind == "threads":
+                found = ThreadFits(workers)
+            elif kind == "loky":
+                found = LokyFits(workers)
+            else:
+                found = DaskFits(kind[len("dask://"):], workers)
+                # registered after distributed's own exit hooks, so it runs before them:
+                # the cluster is closed while the client still knows what it scattered
+                atexit.register(close_executors)
+            _EXECUTORS[(kind, workers)] = found
+        return found
+
+
+def describe_executor(spec: str | None = None, processes: int = 0) -> str:
+    kind, workers = parse_spec(spec, processes)
+    return kind if kind.startswith("dask://") else f"{kind} ({workers})"
+
+
+@atexit.register
+def close_executors() -> None:
+    """Close every executor of this process (a LocalCluster's workers go with it)."""
+    with _EXECUTORS_LOCK:
+        found = list(_EXECUTORS.values())
+        _EXECUTORS.clear()
+    for executor in found:
+        executor.close()
