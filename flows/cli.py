@@ -310,22 +310,32 @@ def serve(config: Path = typer.Option(None, help="Deployments config [default: d
 @app.command()
 def server(port: int = typer.Option(4200, help="Port on 127.0.0.1."),
            home: Path = typer.Option(None, help="PREFECT_HOME of the server: its database and profile "
-                                                "[default: $NIRSFLOW_SERVER_HOME, else ~/.nirsflow/prefect-server]")
+                                                "[default: $NIRSFLOW_SERVER_HOME, else ~/.nirsflow/prefect-server]"),
+           database: str = typer.Option(None, help="Run Prefect on this PostgreSQL database instead of SQLite: "
+                                                   "postgresql://USER:PASSWORD@HOST:PORT/DATABASE (for grids of "
+                                                   "hundreds of pipelines, or several workers)."),
            ) -> None:
     """Start a Prefect server with its UI on 127.0.0.1, set up for training grids (task runs
     recorded in batches, offline), with a database of its own: `prefect server start` with
     nirsflow's settings."""
-    from flows.server import default_server_home
+    from flows.server import DatabaseURLError, database_url, default_server_home
 
     home = (home or default_server_home()).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_PROFILE", "PREFECT_API_URL")}
     env["PREFECT_HOME"] = str(home)
-    if "PREFECT_API_DATABASE_CONNECTION_URL" not in env:  # a PostgreSQL server given by the user stays
-        env["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{home}/prefect.db"
+    try:
+        if database is not None:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url(database, home)
+        elif "PREFECT_API_DATABASE_CONNECTION_URL" not in env:  # one the user exported stays
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url(None, home)
+    except DatabaseURLError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     apply_server_settings(env)
     env.setdefault("PREFECT_UI_API_URL", f"http://127.0.0.1:{port}/api")  # the UI finds its API on any port
-    typer.echo(f"Prefect server with its UI on http://127.0.0.1:{port}, its database in {home}; clients need "
+    where = "on PostgreSQL" if database is not None else f"its database in {home}"
+    typer.echo(f"Prefect server with its UI on http://127.0.0.1:{port}, {where}; clients need "
                f"PREFECT_API_URL=http://127.0.0.1:{port}/api")
     prefect = Path(sys.executable).parent / "prefect"
     os.execve(str(prefect), [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env)

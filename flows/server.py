@@ -54,14 +54,35 @@ def apply_server_settings(environ=os.environ) -> None:
         environ.setdefault(name, value)
 
 
-def server_environment(home: Path, *, ui: bool = False, base: dict | None = None) -> dict:
-    """The environment of a server with its own PREFECT_HOME and SQLite database in
-    ``home``: nothing of the user's own Prefect profile is read or touched."""
+class DatabaseURLError(ValueError):
+    """A ``--database`` that is not a PostgreSQL URL."""
+
+
+def database_url(database: str | None, home: Path) -> str:
+    """Prefect's ``PREFECT_API_DATABASE_CONNECTION_URL`` for a server in ``home``: its own
+    SQLite file when ``database`` is None; else ``database``, a PostgreSQL URL
+    (``postgresql://user:password@host:5432/db``, or with ``?host=/socket/folder``) given
+    the asyncpg driver Prefect's server talks through. Prefect's migrations need the
+    ``pg_trgm`` extension in that database (create it, or let the user create it)."""
+    if database is None:
+        return f"sqlite+aiosqlite:///{Path(home)}/prefect.db"
+    scheme, sep, rest = database.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
+        raise DatabaseURLError(f"--database {database.split('@')[-1]!r}: expected a PostgreSQL URL, "
+                               "postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
+    return f"postgresql+asyncpg://{rest}"
+
+
+def server_environment(home: Path, *, ui: bool = False, base: dict | None = None,
+                       database: str | None = None) -> dict:
+    """The environment of a server with its own PREFECT_HOME and its database (an SQLite
+    file in ``home``, or the PostgreSQL URL ``database``): nothing of the user's own
+    Prefect profile is read or touched."""
     env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("PREFECT_")}
     env.update(OFFLINE_SETTINGS)
     env.update(SERVER_SETTINGS)
     env.update({"PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "true" if ui else "false",
-                "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+                "PREFECT_API_DATABASE_CONNECTION_URL": database_url(database, home),
                 "PREFECT_LOGGING_LEVEL": "WARNING"})
     return env
 
@@ -92,9 +113,10 @@ class LocalServer:
 
 
 def start_local_server(home: Path, *, port: int | None = None, ui: bool = False,
-                       timeout: float = 180.0) -> LocalServer:
+                       timeout: float = 180.0, database: str | None = None) -> LocalServer:
     """Start ``prefect server start`` on 127.0.0.1 with SERVER_SETTINGS, in its own
-    session (so ``stop`` ends it whole), and wait until its health check answers. Its
+    session (so ``stop`` ends it whole), on its SQLite file or on PostgreSQL ``database``,
+    and wait until its health check answers. Its
     output goes to ``home/server.log``, quoted in the error if it does not come up."""
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
@@ -104,7 +126,7 @@ def start_local_server(home: Path, *, port: int | None = None, ui: bool = False,
     with open(log_path, "w") as log:
         process = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start",
                                     "--host", "127.0.0.1", "--port", str(port)],
-                                   env=server_environment(home, ui=ui), stdout=log, stderr=subprocess.STDOUT,
+                                   env=server_environment(home, ui=ui, database=database), stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     server = LocalServer(process, f"http://127.0.0.1:{port}/api", home, 0.0)
     while True:

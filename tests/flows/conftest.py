@@ -133,3 +133,19 @@ def train_code(workspace: Path, config, **kwargs) -> str:
         """
 
 
+def wait_for_api(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:
+    """Wait until a server started in ``process`` answers ``url/health``; fail with the
+    end of its log if it exits or does not answer in ``timeout`` seconds."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
+        except OSError:
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"the server did not answer in {timeout:.0f} s: " \
+                                                f"{log_path.read_text()[-3000:]}"
+            time.sleep(0.5)

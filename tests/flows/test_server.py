@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 
 from flows.server import SERVER_SETTINGS, apply_server_settings, free_port
-from tests.flows.conftest import REPO
+from tests.flows.conftest import REPO, wait_for_api
 
 
 def _server_settings(api_url: str) -> dict:
@@ -55,15 +54,7 @@ def test_nirsflow_server_starts_a_ui_server_with_the_settings_and_its_own_databa
                             stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "nirsflow server did not answer in 120 s"
-                time.sleep(0.5)
+        wait_for_api(url, proc, tmp_path / "server.log")
         _assert_batched(_server_settings(url))
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
             assert b"<html" in page.read(2000).lower()  # the UI is served
