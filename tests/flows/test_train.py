@@ -197,3 +197,40 @@ def test_a_workspace_that_cannot_be_opened_fails_the_flow_with_the_store_error(p
     state = train(workspace=str(not_a_folder), config=GRID_2, return_state=True)
     assert state.is_failed()
     assert "is a file, expected a folder" in state.message and str(not_a_folder) in state.message
+
+
+def test_fits_on_a_dask_cluster_land_the_same_and_a_fit_that_raises_fails_its_pipeline(prefect_server, tmp_path,
+                                                                                       monkeypatch):
+    """``executor="dask://local"``: the fits go to a LocalCluster through distributed.Client,
+    the dataset is scattered once for all the run's folds, the store is written by the
+    hooks as on threads, number for number; a fold that raises there fails its pipeline."""
+    import distributed
+
+    from nirs.executors import close_executors
+
+    scattered = []
+    real_scatter = distributed.Client.scatter
+    monkeypatch.setattr(distributed.Client, "scatter",
+                        lambda self, data, **kw: (scattered.append(len(data)), real_scatter(self, data, **kw))[1])
+    test_X = np.random.default_rng(0).normal(3.0, 0.3, (5, 597))
+    found = {}
+    try:
+        for executor in ("threads", "dask://local"):
+            ws = tmp_path / executor.replace(":", "").replace("/", "")
+            state = train(workspace=str(ws), config=GRID_WITH_FAILURE, export=False, executor=executor, processes=2,
+                          return_state=True)
+            assert state.is_completed(), state.message
+            with WorkspaceStore(ws) as store:
+                pipes = store.list_pipelines().sort("name")
+                assert pipes["status"].to_list() == ["completed", "failed"]
+                error = pipes["error"][1]
+                assert "n_components" in error and "PLSRegression" in error and "fold_" in error
+                chain = store.get_chains_for_pipeline(pipes["pipeline_id"][0])["chain_id"][0]
+                found[executor] = (store.replay_chain(chain, test_X), pipes["best_val"][0])
+                logs = " ".join(m for m in store.get_logs()["message"] if m)
+                assert f"folds fitted on {'threads (2)' if executor == 'threads' else 'dask://local'}" in logs
+    finally:
+        close_executors()
+    assert scattered == [1]  # one dataset: one scatter, for the 6 fits of the dask run
+    np.testing.assert_array_equal(found["threads"][0], found["dask://local"][0])
+    assert found["threads"][1] == found["dask://local"][1]
