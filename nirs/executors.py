@@ -47,6 +47,7 @@ class ExecutorError(ConfigError):
 
 
 def default_workers() -> int:
+    """flows.workers.DEFAULT_WORKERS (nirs may not import flows): cores - 1, at least 2."""
     return max(2, (os.cpu_count() or 2) - 1)
 
 
