@@ -16,7 +16,7 @@ and spec (``fold_executor``) and shared by the pipelines that run at the same ti
   (its ``allowed-failures``), and a fit that raises fails its pipeline. The workers
   need nirsflow installed, as the flow's machine has it.
 
-The default, and figures behind it, are in ``DEFAULT_EXECUTOR``'s comment.
+The default, and the figures behind it, are in ``DEFAULT_EXECUTOR``'s comment.
 """
 
 from __future__ import annotations
@@ -33,11 +33,22 @@ from .training import FoldPlan, fit_fold
 
 __all__ = ["DEFAULT_EXECUTOR", "ExecutorError", "parse_spec", "fold_executor", "describe_executor", "close_executors"]
 
-#: Measured with bench/flow_bench.py (20 pipelines x 5 folds of PLS on Tablet, 2 cores,
-#: local Prefect server, 2 pipelines at a time, medians of 3), the train flow's wall time
-#: against the plain core and its store: see the figures in ``FIGURES`` below.
+#: Threads, on the numbers. bench/flow_bench.py, 20 pipelines x 5 PLS folds on Tablet,
+#: 2 cores shared with other work (load average 5-8), local Prefect server, 2 pipelines
+#: at a time, medians of 5 alternating runs; the train flow's wall time over the plain
+#: core and its store, three bench runs:
+#:
+#:     threads            1.13x  1.02x  1.58x   CPU 5.2-6.1 s, ~220-300 ms per pipeline
+#:     loky, 2 processes  1.11x  1.24x  1.59x   CPU 4.8-6.1 s, ~240-300 ms per pipeline
+#:     dask://local (2)   2.37x    -    2.15x   27-66 ms of wall time per fit over the core
+#:     (a task per fold, issue 4's shape, same machine that hour: 1.21-1.35x, CPU 7.9-8.8 s)
+#:
+#: Threads and loky tie on fast fits (their spread is the machine's load); threads start
+#: nothing (loky's first run: ~7-11 s to start its workers) and copy nothing, so threads
+#: are the default and ``processes=N`` (loky) is for slow fits, where processes use the
+#: cores that a GIL-bound fit cannot (a random-forest grid: a third faster on 2 cores).
+#: Every executor gives the same scores and replays, to the bit.
 DEFAULT_EXECUTOR = "threads"
-FIGURES = """(filled in from bench/flow_bench.py)"""
 
 _KEPT_DATASETS = 4  # scattered datasets a Dask executor keeps on the cluster
 
