@@ -21,8 +21,8 @@ in-process record keyed by the Prefect flow-run id:
 * ``run_failed`` / ``run_crashed`` / ``run_cancelled``: ``fail_run`` with the status
   and Prefect's message.
 
-Only the flow-run process writes the store (the hooks run there; fold tasks only
-return fitted objects). A cancellation hook may run in a runner process instead, after
+Only the flow-run process writes the store (the hooks run there; the executors that
+fit the folds, in threads, processes or a Dask cluster, only return fitted objects). A cancellation hook may run in a runner process instead, after
 it killed the flow's process: then there is no book, and the hook finds the run by its
 flow-run id in the store.
 """

@@ -55,10 +55,14 @@ def test_train_writes_run_pipelines_chains_predictions_artifacts_with_prefect_id
         assert pipes.height == 2 and set(pipes["status"]) == {"completed"}
         assert set(pipes["flow_run_id"]) == {flow_run_id}
         # every pipeline row names its own Prefect task run, and that task run is the pipeline's
+        spans = []
         for task_run_id, name in zip(pipes["task_run_id"], pipes["name"]):
             task_run = _recorded_task_run(prefect_client, task_run_id)
             assert str(task_run.flow_run_id) == flow_run_id
             assert task_run.name == f"tablet1 · {name}" and task_run.state.is_completed()
+            spans.append((task_run.start_time, task_run.end_time))
+        # max_concurrency=2 (the default): the two pipelines ran at the same time
+        assert max(start for start, _ in spans) < min(end for _, end in spans), spans
 
         chains = store.sql("SELECT c.chain_id, c.task_run_id, c.metadata, p.task_run_id AS p_task "
                            "FROM chains c JOIN pipelines p USING (pipeline_id)")
@@ -173,8 +177,8 @@ def test_the_train_flow_runs_its_folds_on_a_process_pool_too(prefect_server, wor
 
 
 def test_fits_in_worker_processes_store_the_same_chains_as_fits_in_the_flow(prefect_server, tmp_path):
-    """``processes=2``: the fold tasks stay in the flow process, their fits move to workers;
-    what lands in the store is the same, number for number."""
+    """``processes=2``: the pipeline tasks stay in the flow process, their fold fits move to
+    loky workers; what lands in the store is the same, number for number."""
     test_X = np.random.default_rng(0).normal(3.0, 0.3, (5, 597))
     replayed = {}
     for processes in (0, 2):
