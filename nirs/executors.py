@@ -132,8 +132,11 @@ class DaskFits:
             found = self._scattered.get(key)
             if found is None:
                 # once per dataset: every fold of every pipeline then sends only its plan.
-                # hash=False: tokenizing the spectra would cost a pass over them for nothing
-                [found] = self.client.scatter([(dataset, test)], hash=False)
+                # broadcast: a copy on every worker at once (each would fetch one for its
+                # first fit anyway), so a worker that dies takes no dataset with it and
+                # Dask can rerun its fits elsewhere. hash=False: tokenizing the spectra
+                # would cost a pass over them for nothing
+                [found] = self.client.scatter([(dataset, test)], hash=False, broadcast=True)
                 self._scattered[key] = found
                 while len(self._scattered) > _KEPT_DATASETS:
                     self._scattered.popitem(last=False)  # its last reference: Dask frees it
