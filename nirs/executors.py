@@ -34,20 +34,25 @@ from .training import FoldPlan, fit_fold
 __all__ = ["DEFAULT_EXECUTOR", "ExecutorError", "parse_spec", "fold_executor", "describe_executor", "close_executors"]
 
 #: Threads, on the numbers. bench/flow_bench.py, 20 pipelines x 5 PLS folds on Tablet,
-#: 2 cores shared with other work (load average 5-8), local Prefect server, 2 pipelines
-#: at a time, medians of 5 alternating runs; the train flow's wall time over the plain
-#: core and its store, three bench runs:
+#: 2 cores shared with other engineers' test suites (load average 3-8), local Prefect
+#: server, medians of 5-7 alternating runs; the train flow's wall time over the plain core
+#: and its store, one column per bench run (2 pipelines at a time):
 #:
-#:     threads            1.13x  1.02x  1.58x   CPU 5.2-6.1 s, ~220-300 ms per pipeline
-#:     loky, 2 processes  1.11x  1.24x  1.59x   CPU 4.8-6.1 s, ~240-300 ms per pipeline
-#:     dask://local (2)   2.37x    -    2.15x   27-66 ms of wall time per fit over the core
-#:     (a task per fold, issue 4's shape, same machine that hour: 1.21-1.35x, CPU 7.9-8.8 s)
+#:     threads            1.13x  1.02x  1.58x  1.60x  1.57x  1.51x   CPU 4.9-6.1 s (220-300 ms a pipeline)
+#:     loky, 2 processes  1.11x  1.24x  1.59x  1.59x  1.23x  1.51x   CPU 4.8-6.1 s (240-300 ms a pipeline)
+#:     dask://local (2)   2.37x    -    2.15x    -      -      -     27-66 ms of wall time a fit over the core
+#:     a task per fold (issue 4's shape, same hour): 1.21-1.35x, CPU 7.9-8.8 s
 #:
-#: Threads and loky tie on fast fits (their spread is the machine's load); threads start
-#: nothing (loky's first run: ~7-11 s to start its workers) and copy nothing, so threads
-#: are the default and ``processes=N`` (loky) is for slow fits, where processes use the
-#: cores that a GIL-bound fit cannot (a random-forest grid: a third faster on 2 cores).
-#: Every executor gives the same scores and replays, to the bit.
+#: Without the flow run's own start and end (~0.5-1 s, most of it Prefect joining its
+#: heartbeat thread, deployments/README.md), the body is 1.05-1.27x. Threads and loky
+#: tie across runs (one quiet window gave loky 1.21-1.23x against 1.39-1.58x, the next
+#: tied at 1.51x; the machine's load decides more than the executor); threads start
+#: nothing (loky: 3-11 s to start its workers in each new process, e.g. every
+#: ``nirsflow train``) and copy nothing. So threads are the default, and ``processes=N``
+#: (loky) is for slow fits, where processes use the cores a GIL-bound fit cannot (a
+#: random-forest grid ran a third faster on 2 cores). max_concurrency 1-4 changed
+#: little (threads 1.39-1.58x, loky 1.21-1.51x). Every executor gives the same scores and
+#: replays, to the bit.
 DEFAULT_EXECUTOR = "threads"
 
 _KEPT_DATASETS = 4  # scattered datasets a Dask executor keeps on the cluster
