@@ -74,9 +74,9 @@ class CalibrationDiagnostics:
         return int(self.rotations.shape[1])
 
     @property
-    def jackson_mudholkar_h0(self) -> float:
+    def jackson_mudholkar_h0(self) -> float | None:
         t1, t2, t3 = self.theta
-        return float(1.0 - 2.0 * t1 * t3 / (3.0 * t2 * t2)) if t2 > 0 else float("nan")
+        return float(1.0 - 2.0 * t1 * t3 / (3.0 * t2 * t2)) if t2 > 0 else None
 
     def statistics(self, Xf) -> tuple[np.ndarray, np.ndarray]:
         """(T², Q) of every row of Xf; each row's numbers depend on that row alone."""

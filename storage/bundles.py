@@ -464,7 +464,8 @@ def _check_chain(path: Path, manifest: dict) -> None:
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise bad("'n_features' must be a positive integer")
     try:
-        referenced = referenced_artifacts(steps, chain.get("fold_artifacts") or {}, chain.get("shared_artifacts") or {})
+        referenced = referenced_artifacts(steps, chain.get("fold_artifacts") or {}, chain.get("shared_artifacts") or {},
+                                          chain.get("metadata"))
     except Exception as exc:
         raise bad(str(exc)) from None
     listed = set(manifest["artifacts"])
@@ -524,8 +525,11 @@ class Bundle:
     def versions(self) -> dict:
         return dict(self.manifest.get("versions") or {})
 
-    def predict(self, X, wavelengths=None) -> np.ndarray:
-        return self._replayable.replay(X, wavelengths)[0]
+    def predict(self, X, wavelengths=None, *, diagnostics: bool = False):
+        """Predictions; with ``diagnostics=True`` a ``(predictions, checks)`` pair, checks
+        as ``WorkspaceStore.replay_chain(..., diagnostics=True)`` gives them."""
+        out = self._replayable.replay(X, wavelengths, diagnostics=diagnostics)
+        return (out[0], out[2]) if diagnostics else out[0]
 
     def predict_proba(self, X, wavelengths=None) -> np.ndarray:
         """Mean class probabilities; columns follow ``bundle.classes``."""

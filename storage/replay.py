@@ -25,6 +25,11 @@ from .versions import version_mismatch
 
 Loader = Callable[[str], Any]
 
+#: The key in a chain's metadata of its outlier checks' artifacts, ``{fold_id: artifact_id}``
+#: (``nirs.diagnostics.CalibrationDiagnostics``, one per fold, built at training): apart
+#: from fold_artifacts, which hold the steps the replay rule runs.
+DIAGNOSTICS = "diagnostics"
+
 
 @contextmanager
 def _said_by_the_store() -> Iterator[None]:
@@ -65,19 +70,41 @@ class ReplayableChain:
                                       self.name)
         return {} if source is None else {"resampled_from": rule.grid_text(source)}
 
-    def replay(self, X, wavelengths=None) -> tuple[np.ndarray, np.ndarray | None]:
+    @property
+    def diagnostics(self) -> dict:
+        """{fold_id: artifact id} of the chain's outlier checks ({} for a chain without)."""
+        metadata = self.chain.get("metadata")
+        found = metadata.get(DIAGNOSTICS) if isinstance(metadata, dict) else None
+        return found if isinstance(found, dict) else {}
+
+    @property
+    def has_diagnostics(self) -> bool:
+        return bool(self.diagnostics) and all(f in self.diagnostics for f in self._folds())
+
+    def replay(self, X, wavelengths=None, diagnostics: bool = False):
         """(predictions, class probabilities or None): labels in their original type for
-        a classifier, whose probability columns follow ``classes``."""
+        a classifier, whose probability columns follow ``classes``. With ``diagnostics``,
+        a third item: the outlier checks of every row ({t2, q, t2_ratio, q_ratio, y_out,
+        flag}; ``nirs.diagnostics``), each fold's evaluated on the spectra its model saw
+        and merged with the predictions' weights."""
         chain = self.chain
         with _said_by_the_store():
+            if diagnostics and not self.has_diagnostics:
+                raise ReplayError(f"{self.name} has no outlier checks for its folds {self._folds()} (it was "
+                                  "trained before they were recorded); train it again to get them")
             X = rule.fit_to_grid(X, self.trained_grid, chain.get("n_features"), wavelengths, self.name)
             folds = self._folds()
             weights = chain.get("fold_weights")
-            outputs = self._fold_outputs(X, folds)
-        combined = rule.combine(outputs, None if not weights else [weights.get(f, 1.0) for f in folds])
-        if self.task_type == "classification":
-            return rule.labels_from_proba(combined, self.classes), combined
-        return combined, None
+            weights = None if not weights else [weights.get(f, 1.0) for f in folds]
+            checks: list | None = [] if diagnostics else None
+            outputs = self._fold_outputs(X, folds, checks)
+        combined = rule.combine(outputs, weights)
+        pred, proba = ((rule.labels_from_proba(combined, self.classes), combined)
+                       if self.task_type == "classification" else (combined, None))
+        if not diagnostics:
+            return pred, proba
+        first, *others = [self.load(self.diagnostics[f]) for f in folds]
+        return pred, proba, first.combine(checks, weights, None if proba is not None else pred, others)
 
     def preprocess(self, X, wavelengths=None, fold: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """X and its grid after the transformer steps of one fold (the first replayed fold
@@ -115,11 +142,12 @@ class ReplayableChain:
             raise ReplayError(f"{self.name} has no artifact for step {step_idx} of {fold}")
         return shared
 
-    def _fold_outputs(self, X: np.ndarray, folds: list[str]) -> list[np.ndarray]:
+    def _fold_outputs(self, X: np.ndarray, folds: list[str], checks: list | None = None) -> list[np.ndarray]:
         """Each fold's output (``nirs.replay.fold_output``). Folds that share a fitted
         prefix (a stateless SNV saved once) share its output, kept only until the last fold
         that needs it has used it: a chunk being scored costs a few copies of itself, not
-        one per fold and step."""
+        one per fold and step. Given a list ``checks``, each fold's outlier checks of the
+        spectra its model saw are appended to it (the preprocessing is not run twice)."""
         transformers = self._transformers()
         y_steps = [s["step_idx"] for s in self._steps() if s.get("kind") == "y_transformer"]
         prefixes: dict[str, list[tuple]] = {}
@@ -145,4 +173,7 @@ class ReplayableChain:
             model = self.load(self._artifact(fold, self.chain["model_step_idx"]))
             outputs.append(rule.fold_output(model, Xf, self.task_type or "regression", self.classes,
                                             [self.load(self._artifact(fold, idx)) for idx in y_steps]))
+            if checks is not None:
+                checks.append(self.load(self.diagnostics[fold]).evaluate(
+                    Xf, outputs[-1] if self.task_type != "classification" else None))
         return outputs
