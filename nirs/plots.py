@@ -22,6 +22,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+save_figure = _save  # for the pictures drawn elsewhere (tasks.outliers)
+
+
 def _rmse_r2(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
     resid = y_pred - y_true
     rmse = float(np.sqrt(np.mean(resid ** 2)))
