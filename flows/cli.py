@@ -483,6 +483,24 @@ def promote(dataset: str = typer.Argument(..., help="The dataset whose alias mov
 
 @app.command()
 @friendly
+def drift(dataset: str = typer.Argument(..., help="The dataset (its inbox and outbox folder's name)."),
+          workspace: Path = WorkspaceOption,
+          outbox: Path = typer.Option(None, help="Root of outbox/ [default: the workspace]"),
+          days: int = typer.Option(28, help="How many days back."),
+          png: Path = typer.Option(None, help="Also draw the share flagged per day into this PNG."),
+          as_json: bool = JsonOption) -> None:
+    """Share of scored spectra flagged by the outlier checks, per chain and day (UTC), read
+    from the dataset's results in outbox/."""
+    from tasks.outliers import drift as drift_table, drift_picture
+
+    table = drift_table(Path(outbox or _workspace(workspace)), dataset, days=days)
+    if png is not None:
+        typer.echo(f"picture: {drift_picture(table, png, dataset)}", err=True)
+    _emit(table, as_json, title=f"{dataset}: spectra flagged per day (last {days} days)")
+
+
+@app.command()
+@friendly
 def gc(workspace: Path = WorkspaceOption, grace: float = typer.Option(3600.0, help="Seconds an unreferenced artifact is kept."),
        dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would go."),
        as_json: bool = JsonOption) -> None:

@@ -30,7 +30,7 @@ evaluations the way the replay rule merges their predictions (a weighted mean).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -52,14 +52,16 @@ COLUMNS = ("t2", "q", "t2_ratio", "q_ratio", "flag")
 class CalibrationDiagnostics:
     """What prediction-time checks need of one fitted fold. Spectra X (as the fold's model
     sees them, after its preprocessing) go to scores ``T = ((X - mean) / scale) @ rotations``,
-    back to ``T @ loadings.T``; ``score_cov_inv`` is the inverse covariance of the
+    back to ``T @ loadings_t``; ``score_cov_inv`` is the inverse covariance of the
     calibration scores."""
 
     method: str  # "pls" (the model's latent space) or "pca" (of the preprocessed spectra)
     mean: np.ndarray  # (p,)
     scale: np.ndarray  # (p,)
     rotations: np.ndarray  # (p, a)
-    loadings: np.ndarray  # (p, a)
+    # (a, p), stored transposed and C-contiguous: numpy's matmul hands only contiguous
+    # operands to BLAS, and a transposed view went through its own loop, 15x slower
+    loadings_t: np.ndarray
     score_cov_inv: np.ndarray  # (a, a)
     n_calibration: int
     t2_limits: dict  # {0.95: limit, 0.99: limit}
@@ -80,15 +82,18 @@ class CalibrationDiagnostics:
 
     def statistics(self, Xf) -> tuple[np.ndarray, np.ndarray]:
         """(T², Q) of every row of Xf; each row's numbers depend on that row alone."""
-        # einsum, not @: BLAS picks its kernel (and so its summation order) by the matrix's
-        # shape, so a row's product can differ in the last bit between a chunk of 7 rows and
-        # the whole file; numpy's own einsum loop sums each row the same way whatever the rows
-        Xc = (np.asarray(Xf, dtype=np.float64) - self.mean) / self.scale
-        T = np.einsum("ij,jk->ik", Xc, self.rotations, optimize=False)
+        # in place: a chunk of spectra is the largest thing here; each copy of it costs
+        # about as much as the arithmetic
+        Xc = np.subtract(np.asarray(Xf, dtype=np.float64), self.mean)
+        Xc /= self.scale
+        T = _rowwise(Xc, self.rotations)
         t2 = np.einsum("ij,jk,ik->i", T, self.score_cov_inv, T, optimize=False)
-        residual = Xc - np.einsum("ik,jk->ij", T, self.loadings, optimize=False)
-        q = np.einsum("ij,ij->i", residual, residual, optimize=False)
-        return t2, q
+        Xc -= _rowwise(T, self.loadings_t)  # the residual
+        return t2, np.einsum("ij,ij->i", Xc, Xc, optimize=False)
+
+    @property
+    def loadings(self) -> np.ndarray:
+        return self.loadings_t.T
 
     def evaluate(self, Xf, y_pred=None) -> dict:
         """{t2, q, t2_ratio, q_ratio (to the 95 % limits), y_out, flag} per row."""
@@ -120,6 +125,16 @@ class CalibrationDiagnostics:
                 "y_min": None if self.y_min is None else self.y_min.tolist(),
                 "y_max": None if self.y_max is None else self.y_max.tolist(),
                 "calibration_flagged": float(self.calibration_flagged)}
+
+
+def _rowwise(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """A @ B one row at a time, as a stack of (1, k) @ (k, m) products. Not ``A @ B``:
+    BLAS picks its kernel, and so its order of summation, by the matrix's shape, so a row's
+    product can differ in the last bit between a chunk of 7 rows and the whole file (seen
+    here); a stack calls the same small product for every row whatever the rows around it,
+    and costs about what one big product does (numpy's own einsum loop, the other row-wise
+    way, was 4x slower)."""
+    return np.matmul(A[:, None, :], B)[:, 0, :]
 
 
 def flags_of(t2_ratio, q_ratio, y_out) -> np.ndarray:
@@ -234,9 +249,10 @@ def build_diagnostics(Xf, model, y=None) -> CalibrationDiagnostics | None:
             y2 = y_arr.astype(np.float64).reshape(n, -1)
             y_min, y_max = y2.min(axis=0), y2.max(axis=0)
     diag = CalibrationDiagnostics(
-        method=method, mean=mean, scale=scale, rotations=rotations, loadings=loadings, score_cov_inv=score_cov_inv,
+        method=method, mean=mean, scale=scale, rotations=np.ascontiguousarray(rotations), loadings_t=np.ascontiguousarray(loadings.T),
+        score_cov_inv=score_cov_inv,
         n_calibration=n, t2_limits={lv: t2_limit(n, a, lv) for lv in LEVELS},
         q_limits={lv: q_limit_box(theta[0], theta[1], lv) for lv in LEVELS}, theta=theta,
         y_min=y_min, y_max=y_max, calibration_flagged=0.0)
     flagged = diag.evaluate(Xf, None if y_min is None else y)["flag"] != "ok"
-    return CalibrationDiagnostics(**{**diag.__dict__, "calibration_flagged": float(np.mean(flagged))})
+    return replace(diag, calibration_flagged=float(np.mean(flagged)))

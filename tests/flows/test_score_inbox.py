@@ -162,10 +162,10 @@ def test_non_numeric_cell_names_row_and_column_in_the_note_and_the_ui(inbox, pre
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     arts = prefect_client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(summary["flow_run_id"])])))
-    (table,) = [a for a in arts if a.type == "table"]
+    (table,) = [a for a in arts if a.type == "table" and a.key.endswith("-rejected")]
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert rows[0]["file"] == "tablet/typo.csv" and rows[0]["row"] == 4 and rows[0]["column"] == "620"
-    (markdown,) = [a for a in arts if a.type == "markdown"]
+    (markdown,) = [a for a in arts if a.type == "markdown" and a.key.startswith("score-inbox")]
     assert "| 1 | 1 | 0 | 0 | 0 | 0 | 10 |" in markdown.data and "tablet/typo.csv" in markdown.data
 
 
