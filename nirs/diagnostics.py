@@ -81,15 +81,47 @@ class CalibrationDiagnostics:
         return float(1.0 - 2.0 * t1 * t3 / (3.0 * t2 * t2)) if t2 > 0 else None
 
     def statistics(self, Xf) -> tuple[np.ndarray, np.ndarray]:
-        """(T², Q) of every row of Xf; each row's numbers depend on that row alone."""
-        # in place: a chunk of spectra is the largest thing here; each copy of it costs
-        # about as much as the arithmetic
-        Xc = np.subtract(np.asarray(Xf, dtype=np.float64), self.mean)
-        Xc /= self.scale
-        T = _rowwise(Xc, self.rotations)
+        """(T², Q) of every row of Xf; each row's numbers depend on that row alone.
+
+        With z = X - mean, w = 1/scale²: T = z @ (rotations / scale) and, expanding the
+        residual r = z / scale - T @ loadings_t,
+        Q = sum(z² w) - 2 T·(z @ (loadings_t.T / scale)) + T (loadings_t loadings_t.T) Tᵀ.
+        One pass to centre, one product and one weighted sum of squares: a third of the
+        passes over the chunk that forming r takes (each costs about what the arithmetic
+        does), and centred first, so no large mean cancels."""
+        a = self.n_components
+        z = np.subtract(np.asarray(Xf, dtype=np.float64), self.mean)
+        both = _rowwise(z, self._projection)
+        T, zl = both[:, :a], both[:, a:]
         t2 = np.einsum("ij,jk,ik->i", T, self.score_cov_inv, T, optimize=False)
-        Xc -= _rowwise(T, self.loadings_t)  # the residual
-        return t2, np.einsum("ij,ij->i", Xc, Xc, optimize=False)
+        q = (np.einsum("ij,ij,j->i", z, z, self._weights, optimize=False) - 2.0 * np.einsum("ij,ij->i", T, zl)
+             + np.einsum("ij,jk,ik->i", T, self._loadings_gram, T, optimize=False))
+        return t2, np.maximum(q, 0.0)  # a rounding below 0 is a residual of 0
+
+    @property
+    def _projection(self) -> np.ndarray:
+        """(p, 2a): [rotations / scale, loadings_t.T / scale], C-contiguous."""
+        return self._derived("_proj", lambda: np.ascontiguousarray(
+            np.hstack([self.rotations, self.loadings_t.T]) / self.scale[:, None]))
+
+    @property
+    def _weights(self) -> np.ndarray:
+        return self._derived("_w", lambda: 1.0 / (self.scale * self.scale))
+
+    @property
+    def _loadings_gram(self) -> np.ndarray:
+        return self._derived("_g", lambda: self.loadings_t @ self.loadings_t.T)
+
+    def _derived(self, name: str, make):
+        """Matrices computed once per loaded object, and never pickled (__getstate__)."""
+        found = self.__dict__.get(name)
+        if found is None:
+            found = make()
+            object.__setattr__(self, name, found)
+        return found
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     @property
     def loadings(self) -> np.ndarray:
