@@ -78,11 +78,28 @@ def test_a_file_over_its_threshold_raises_an_event_and_says_so_in_the_state(inbo
     assert "flagged" in flow_run.tags
 
 
-def test_drift_per_day_is_a_query_and_a_table(inbox: Inbox):
+def test_drift_per_day_is_a_query_and_a_table_and_unchecked_rows_do_not_count(inbox: Inbox):
     from flows.cli import app
+    from nirs.config import expand
+    from nirs.datasets import load_tablet
+    from nirs.training import fit_pipeline
+    from storage.chain_builder import record_trace
+    from tests.flows.scoring_fixtures import SNV_PLS_5FOLD
 
     inbox.drop_csv("tablet/day-1.csv")
     inbox.run(chunk_rows=100)
+    # a chain trained before the checks were recorded: its results have null checks
+    trace = fit_pipeline(load_tablet(instrument=1)[0], expand(SNV_PLS_5FOLD)[0])
+    trace.diagnostics, trace.dataset_name = None, "tablet"
+    with inbox.store() as store:
+        bare = record_trace(store, store.begin_run("before the checks"), trace)["chain_id"]
+        store.set_alias("tablet", "production", bare, changed_by="tests", reason="an old chain")
+    inbox.drop_csv("tablet/day-1-old-chain.csv")
+    summary = inbox.run(chunk_rows=100)
+    assert summary["counts"]["scored"] == 1 and summary["flagged"] == [] and summary["alerts"] == []
+    (old,) = [p for p in inbox.results("tablet") if p.name.startswith("day-1-old-chain")]
+    df = pl.read_parquet(old)
+    assert all(df[c].null_count() == len(df) for c in CHECKS)
     result = CliRunner().invoke(app, ["drift", "tablet", "--workspace", str(inbox.workspace), "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
