@@ -26,6 +26,9 @@ __all__ = ["DEFAULT_ALERT_SHARE", "ALERT_EVENT", "flagged_rows", "outlier_pictur
 DEFAULT_ALERT_SHARE = 0.30
 #: The Prefect event an automation can match (see README, "An alert on flagged spectra").
 ALERT_EVENT = "nirsflow.scoring.flagged"
+#: The run's picture shows at most this many points, one colour per file up to this many files.
+MAX_PICTURE_POINTS = 20_000
+MAX_PICTURE_FILES = 12
 
 
 def flagged_rows(scored: list[dict]) -> list[dict]:
@@ -48,8 +51,12 @@ def outlier_picture(points: dict[str, dict], path: Path, title: str = "") -> Pat
     from nirs.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    for name, p in points.items():
-        t2, q = np.asarray(p["t2_ratio"], float), np.asarray(p["q_ratio"], float)
+    total = sum(len(p["t2_ratio"]) for p in points.values())
+    step = max(1, -(-total // MAX_PICTURE_POINTS))  # a run of many files: every step-th point of each
+    series = points if len(points) <= MAX_PICTURE_FILES else {
+        f"{len(points)} files": {k: [v for p in points.values() for v in p[k]] for k in ("t2_ratio", "q_ratio")}}
+    for name, p in series.items():
+        t2, q = np.asarray(p["t2_ratio"], float)[::step], np.asarray(p["q_ratio"], float)[::step]
         ax.scatter(np.maximum(t2, 1e-3), np.maximum(q, 1e-3), s=8, alpha=0.6, label=f"{name} ({len(t2)})")
     ax.axvline(1.0, color="k", lw=1, ls="--")
     ax.axhline(1.0, color="k", lw=1, ls="--")
