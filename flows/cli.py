@@ -439,12 +439,16 @@ def replay(chain: str = typer.Argument(..., help="Chain id (8 digits are enough)
         chain_id = store.resolve_chain(chain)
         info = store.get_chain(chain_id)
         columns = {"sample_id": data.sample_ids}
-        if info["task_type"] == "classification":
-            labels, proba = store.replay_chain(chain_id, data.X, wavelengths=data.wavelengths, return_proba=True)
-            columns["prediction"] = labels
-            columns.update({f"proba_{c}": proba[:, j] for j, c in enumerate(info["classes"])})
-        else:
-            columns["prediction"] = store.replay_chain(chain_id, data.X, wavelengths=data.wavelengths)
+        checked = bool((info.get("metadata") or {}).get("diagnostics"))  # a chain trained with the outlier checks
+        classify = info["task_type"] == "classification"
+        out_ = store.replay_chain(chain_id, data.X, wavelengths=data.wavelengths, return_proba=classify,
+                                  diagnostics=checked)
+        out_ = out_ if isinstance(out_, tuple) else (out_,)
+        columns["prediction"] = out_[0]
+        if classify:
+            columns.update({f"proba_{c}": out_[1][:, j] for j, c in enumerate(info["classes"])})
+        if checked:
+            columns.update({k: out_[-1][k] for k in ("t2", "q", "t2_ratio", "q_ratio")}, flag=out_[-1]["flag"].tolist())
     frame = pl.DataFrame(columns)
     if out is not None:
         from storage import atomic_path

@@ -60,6 +60,9 @@ def test_replay_a_file_with_the_production_alias(ws, tmp_path):
     predictions = pl.read_parquet(out)
     assert predictions["sample_id"].to_list() == [f"t{i}" for i in range(5)]
     assert np.all(np.abs(predictions["prediction"].to_numpy() - test.y[:5]) < 10)
+    # the outlier checks, as replay_chain(..., diagnostics=True) gives them
+    assert predictions.columns[-5:] == ["t2", "q", "t2_ratio", "q_ratio", "flag"]
+    assert set(predictions["flag"]) <= {"ok", "t2", "q", "both", "y_range"} and predictions["t2"].min() > 0
 
 
 def test_replaying_a_chain_fitted_under_another_scikit_learn_warns_in_one_line(ws, tmp_path):
