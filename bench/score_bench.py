@@ -278,7 +278,8 @@ def main() -> None:
              f"{1000 * (flow_s - plain_s) / args.files:+.1f} ms"),
             ("fixed cost of one flow run (an empty inbox)", f"{fixed_s:.2f} s"),
         ]
-        rows += diagnostics_cost(workspace, chain_id, files[:20], scratch / "diag-out")
+        moved = [workspace / "processed" / "tablet" / p.name for p in files[:20]]  # where the flow put them
+        rows += diagnostics_cost(workspace, chain_id, moved, scratch / "diag-out")
 
         if args.big_gb > 0:
             big_inbox = scratch / "big-inbox"

@@ -90,13 +90,39 @@ class CalibrationDiagnostics:
         passes over the chunk that forming r takes (each costs about what the arithmetic
         does), and centred first, so no large mean cancels."""
         a = self.n_components
-        z = np.subtract(np.asarray(Xf, dtype=np.float64), self.mean)
-        both = _rowwise(z, self._projection)
-        T, zl = both[:, :a], both[:, a:]
+        X = np.asarray(Xf, dtype=np.float64)
+        w = self._weights
+        if self._centred_already:
+            # the spectra the model sees are centred already (a scaler before it): the mean
+            # goes through the products instead of a pass over the chunk; with |mean| under
+            # a tenth of a std, expanding sum((x - m)² w) loses no digit that matters
+            m = self.mean
+            both = _rowwise(X, self._projection_and_mean)
+            T, zl = both[:, :a] - self._mean_through[:a], both[:, a:2 * a] - self._mean_through[a:]
+            zz = np.einsum("ij,ij,j->i", X, X, w, optimize=False) - 2.0 * both[:, 2 * a] + float(np.sum(m * m * w))
+        else:
+            z = np.subtract(X, self.mean)
+            both = _rowwise(z, self._projection)
+            T, zl = both[:, :a], both[:, a:]
+            zz = np.einsum("ij,ij,j->i", z, z, w, optimize=False)
         t2 = np.einsum("ij,jk,ik->i", T, self.score_cov_inv, T, optimize=False)
-        q = (np.einsum("ij,ij,j->i", z, z, self._weights, optimize=False) - 2.0 * np.einsum("ij,ij->i", T, zl)
-             + np.einsum("ij,jk,ik->i", T, self._loadings_gram, T, optimize=False))
+        q = zz - 2.0 * np.einsum("ij,ij->i", T, zl) + np.einsum("ij,jk,ik->i", T, self._loadings_gram, T, optimize=False)
         return t2, np.maximum(q, 0.0)  # a rounding below 0 is a residual of 0
+
+    @property
+    def _centred_already(self) -> bool:
+        return self._derived("_c", lambda: bool(np.max(np.abs(self.mean) / self.scale) <= 0.1))
+
+    @property
+    def _projection_and_mean(self) -> np.ndarray:
+        """(p, 2a + 1): the projection, and mean * w for the cross term of the expansion."""
+        return self._derived("_pm", lambda: np.ascontiguousarray(
+            np.hstack([self._projection, (self.mean * self._weights)[:, None]])))
+
+    @property
+    def _mean_through(self) -> np.ndarray:
+        """mean @ projection: what the uncentred product has in excess."""
+        return self._derived("_mt", lambda: self.mean @ self._projection)
 
     @property
     def _projection(self) -> np.ndarray:

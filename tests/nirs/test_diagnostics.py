@@ -50,9 +50,15 @@ def _by_hand(T, E, n, a, t_new, e_new):
     return t2, q, t2_lim, q_lim, 1 - 2 * th1 * th3 / (3 * th2 ** 2)
 
 
-def test_pls_statistics_agree_with_a_computation_by_hand(tablet):
+@pytest.mark.parametrize("scaled", [False, True], ids=["snv", "snv-scaler"])
+def test_pls_statistics_agree_with_a_computation_by_hand(tablet, scaled):
+    from sklearn.preprocessing import StandardScaler
+
     train, test = tablet
     Xs, Xt = _snv(train.X), _snv(test.X)
+    if scaled:  # spectra centred before the model: the other way through the products
+        scaler = StandardScaler().fit(Xs)
+        Xs, Xt = scaler.transform(Xs), scaler.transform(Xt)
     model = PLSRegression(8).fit(Xs, train.y)
     diag = build_diagnostics(Xs, model, train.y)
     assert diag.method == "pls" and diag.n_components == 8
