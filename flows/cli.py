@@ -32,6 +32,8 @@ app.add_typer(export_app, name="export")
 WorkspaceOption = typer.Option(None, "--workspace", "-w", envvar="NIRSFLOW_WORKSPACE",
                                help="Workspace folder [default: ./workspace]")
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
+VerboseOption = typer.Option(False, "--verbose", "-v", help="Show Prefect's log lines on the terminal (they always "
+                                                          "go to the UI and to <workspace>/logs/nirsflow.log).")
 
 
 def _workspace(value: Path | None) -> Path:
@@ -142,8 +144,9 @@ def _emit(rows: Any, as_json: bool, *, title: str = "") -> None:
 # -- commands -------------------------------------------------------------------------
 @app.command()
 @friendly
-def demo(workspace: Path = WorkspaceOption) -> None:
+def demo(workspace: Path = WorkspaceOption, verbose: bool = VerboseOption) -> None:
     """Train a small grid on the real Tablet NIR set, promote the best chain, print the leaderboard."""
+    _quiet(_workspace(workspace), verbose)
     temporary_api()
     from flows import stopping
     from flows.demo import run_demo
@@ -165,7 +168,7 @@ def train(config: str = typer.Argument(..., help="A config file (.json/.yaml), o
           max_pipelines: int = typer.Option(1000, help="Refuse configs that expand to more."),
           processes: int = typer.Option(0, help="Fit folds in this many worker processes (worth it for slow "
                                                 "models; 0: in this process)."),
-          as_json: bool = JsonOption) -> None:
+          as_json: bool = JsonOption, verbose: bool = VerboseOption) -> None:
     """Train a config on datasets through the Prefect train flow."""
     from flows.preflight import check_training
 
@@ -180,6 +183,7 @@ def train(config: str = typer.Argument(..., help="A config file (.json/.yaml), o
     template = None if is_file else config
     # everything the run would refuse, refused now: no server, no run recorded
     check_training(specs, config=config_arg, template=template, workspace=workspace, max_pipelines=max_pipelines)
+    _quiet(workspace, verbose)
     temporary_api()
     from flows.train import train as train_flow
 
@@ -201,8 +205,12 @@ def train(config: str = typer.Argument(..., help="A config file (.json/.yaml), o
     if summary.get("message"):
         typer.echo(summary["message"])
     if best:
-        typer.echo(f"best: {best.get('pipeline')} on {best.get('dataset')}: {best.get('metric')} "
-                   f"CV {best.get('cv_score')}, test {best.get('test_score')} (chain {best.get('chain_id')})")
+        from nirs.metrics import score_name
+
+        scores = ", ".join(f"{score_name(best.get('metric'), part)} {value:.4g}" for part, value in
+                           (("val", best.get("cv_score")), ("test", best.get("test_score"))) if value is not None)
+        typer.echo(f"best: {best.get('pipeline')} on {best.get('dataset')}: {scores} "
+                   f"(chain {str(best.get('chain_id'))[:8]})")
     _stopped_after_the_run()
 
 
@@ -212,6 +220,13 @@ def _stopped_after_the_run() -> None:
     from flows import stopping
 
     stopping.raise_if_stopped()
+
+
+def _quiet(workspace: Path, verbose: bool) -> None:
+    """Prefect's log lines to the workspace's log file, a progress bar on the terminal."""
+    from flows.terminal import route_prefect_logs
+
+    route_prefect_logs(workspace, verbose)
 
 
 def _dataset_spec(item: str, target: str | None, id_column: str, test: Path | None):
@@ -237,7 +252,7 @@ def score(inbox: Path = typer.Argument(None, help="The inbox folder: one sub-fol
           workspace: Path = WorkspaceOption, alias: str = "production",
           outbox: Path = typer.Option(None, help="Root of outbox/, processed/, rejected/ [default: the workspace]"),
           csv: bool = typer.Option(False, "--csv", help="Also write each result as CSV."),
-          as_json: bool = JsonOption) -> None:
+          as_json: bool = JsonOption, verbose: bool = VerboseOption) -> None:
     """Score the spectra files waiting in an inbox (the score_inbox flow, once)."""
     workspace = _workspace(workspace).absolute()
     inbox = (inbox or workspace / "inbox").absolute()
@@ -245,6 +260,7 @@ def score(inbox: Path = typer.Argument(None, help="The inbox folder: one sub-fol
         raise UserError(f"inbox {inbox} is not a folder; files go in {inbox}/<dataset>/")
     if not (workspace / "store.duckdb").exists():
         raise UserError(f"no workspace at {workspace} (no store.duckdb); run `nirsflow demo` or pass --workspace")
+    _quiet(workspace, verbose)
     temporary_api()
     from flows.score_inbox import score_inbox
 

@@ -111,6 +111,7 @@ def run_demo(workspace: Path, echo=print) -> dict:
     echo("  library/templates/      the demo's template")
     echo("  exports/                the run report (YAML) and the best chain's .n4a bundle")
     echo("  outbox/ processed/      the scored files and their inputs")
+    echo("  logs/nirsflow.log       Prefect's log lines (also in the UI; `nirsflow demo -v` prints them)")
     w = "" if workspace == Path("workspace").absolute() else f" -w {workspace}"
     echo(f"Next: nirsflow show {best_chain[:8]}{w} | nirsflow plot tablet1:production{w} | nirsflow score{w} "
          f"(scores what you drop into {inbox}/<dataset>/) | README: the Prefect UI")

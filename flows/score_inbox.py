@@ -525,7 +525,8 @@ def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: st
                 run.wait(f, f"still being written: size or mtime changed between two looks {settle_seconds:g} s apart")
             if stable:
                 run.progress = Progress(len(stable), key=artifact_key("progress", Path(inbox).name),
-                                        description=f"score inbox {Path(inbox).name}: files")
+                                        description=f"Scoring {len(stable)} files of {inbox}: share handled",
+                                        label="scoring", unit="files")
             try:
                 for f in stable:
                     run.admit(f)

@@ -152,7 +152,8 @@ def train(workspace: str, datasets: list[Any] | None = None, config: Any = None,
         book.store_failed("log_step planned", exc)
 
     progress = Progress(len(work), key=artifact_key("train-progress", what),
-                        description=f"{what}: pipelines trained of {len(work)}")
+                        description=f"Training {what} on {', '.join(loaded)}: share of the {len(work)} "
+                                    "pipelines done")
 
     def submit(item):
         entry, p, train_set, test_set = item
@@ -183,7 +184,7 @@ def train(workspace: str, datasets: list[Any] | None = None, config: Any = None,
         task(label, entry.key, train_set, p, quote(futures), test=test_set,
              refit=None if refit_future is None else quote(refit_future), plan_error=plan_error,
              return_state=True)  # a failed pipeline is recorded by its hooks; the run goes on
-        progress.step()
+        progress.step(entry=entry)
 
     pending: deque = deque()
     for item in work:

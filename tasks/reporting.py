@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 import math
 import re
-import sys
-import time
 from pathlib import Path
+
+from tasks.progress import Progress  # noqa: F401 - the flows' progress, re-exported
 
 log = logging.getLogger("nirsflow.reporting")
 
@@ -56,48 +56,6 @@ def _round(value):
 
 def _fmt(value) -> str:
     return "—" if value is None else f"{value:.4g}"
-
-
-class Progress:
-    """A progress artifact, updated at most every ``every`` seconds (and at the end), and a
-    progress bar on the terminal when there is one (quiet in logs, CI and served runs)."""
-
-    def __init__(self, total: int, key: str, description: str, every: float = 1.0) -> None:
-        self.total, self.done, self.every = max(total, 1), 0, every
-        self._last = 0.0
-        self.artifact_id = None
-        self._bar = None
-        if sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TimeElapsedColumn
-
-            self._bar = Bar("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), transient=False)
-            self._bar_task = self._bar.add_task(description[:60], total=self.total)
-            self._bar.start()
-        try:
-            from prefect.artifacts import create_progress_artifact
-
-            self.artifact_id = create_progress_artifact(0.0, key=key, description=description)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("no progress artifact: %s", exc)
-
-    def step(self, n: int = 1, *, force: bool = False) -> None:
-        self.done += n
-        if self._bar is not None:
-            self._bar.update(self._bar_task, completed=min(self.done, self.total))
-            if self.done >= self.total:
-                self._bar.stop()
-                self._bar = None
-        now = time.monotonic()
-        if self.artifact_id is None or (not force and now - self._last < self.every and self.done < self.total):
-            return
-        self._last = now
-        try:
-            from prefect.artifacts import update_progress_artifact
-
-            update_progress_artifact(self.artifact_id, 100.0 * min(self.done, self.total) / self.total)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("progress not updated: %s", exc)
 
 
 def publish_leaderboard(rows: list[dict], key: str, description: str):
@@ -161,6 +119,9 @@ def tag_flow_run(tags) -> None:
     idle and seconds under CPU load on this machine (bench/flow_bench.py)."""
     from prefect.context import FlowRunContext
 
+    from tasks import engine_logs
+
+    engine_logs.install()  # the score_inbox flow defines no run hooks: its chatter is demoted here
     ctx = FlowRunContext.get()
     try:
         merged = sorted(set(ctx.flow_run.tags or []) | set(tags))

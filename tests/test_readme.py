@@ -82,3 +82,35 @@ def test_a_second_demo_says_what_its_own_run_did(demo_run, tmp_path):
     assert dict(zip(by_chain["chain_id"], by_chain["len"])) == {first: 2, second: 2}
     assert re.search(r"Inbox: 2 files scored, 212 tablets, RMSE [0-9.]+ against", done.stdout)
     assert len(list((workspace / "outbox" / "tablet1").glob(f"*.{second[:8]}.parquet"))) == 2
+
+
+def test_the_demo_keeps_the_terminal_quiet_and_prefects_logs_in_a_file(demo_run):
+    """Prefect's log lines go to the UI and to workspace/logs/nirsflow.log, not to the
+    terminal; hooks and completed task runs log at DEBUG, so they are in neither."""
+    workspace, done = demo_run
+    assert len(done.stderr.splitlines()) < 15, done.stderr
+    assert "Finished in state" not in done.stderr and "Running hook" not in done.stderr
+    log = (workspace / "logs" / "nirsflow.log").read_text()
+    assert "Flow run 'train" in log and "Finished in state Completed" in log
+    assert "Running hook" not in log and "finished running successfully" not in log
+    assert "logs/nirsflow.log" in done.stdout  # the demo says where they went
+
+
+def test_verbose_brings_prefects_logs_back_to_the_terminal(tmp_path):
+    from nirs.datasets import load_tablet
+    from tests.conftest import run_cli
+
+    train_set, _ = load_tablet(instrument=1)
+    import polars as pl
+
+    frame = pl.DataFrame({"sample_id": train_set.sample_ids[:90], "content": train_set.y[:90]}).with_columns(
+        [pl.Series(f"{w:g}", train_set.X[:90, j]) for j, w in enumerate(train_set.wavelengths)])
+    frame.write_csv(tmp_path / "wheat.csv")
+    (tmp_path / "grid.yaml").write_text("pipeline:\n  - SNV\n  - split: {class: KFold, params: {n_splits: 3}}\n"
+                                        "  - model: {class: PLSRegression, params: {n_components: 3}}\n")
+    args = ["train", str(tmp_path / "grid.yaml"), str(tmp_path / "wheat.csv"), "--target", "content"]
+    quiet = run_cli(*args, "-w", str(tmp_path / "quiet"))
+    loud = run_cli(*args, "-w", str(tmp_path / "loud"), "-v")
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
+    assert "Flow run 'train" not in quiet.stderr and "Flow run 'train" in loud.stderr
+    assert "RMSECV" in quiet.stdout  # the result, named as a chemometrician names it
