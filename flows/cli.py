@@ -70,6 +70,9 @@ def temporary_api() -> None:
     server = TemporaryServer.start()
     stopping.on_forced_exit(server.stop)
     use_api(server.url)
+    from flows.server import TEMPORARY_API_MARK
+
+    os.environ[TEMPORARY_API_MARK] = "1"  # no UI link to print: the server goes with the command
     stopping.raise_if_stopped()
 
 
@@ -211,6 +214,11 @@ def train(config: str = typer.Argument(..., help="A config file (.json/.yaml), o
                            (("val", best.get("cv_score")), ("test", best.get("test_score"))) if value is not None)
         typer.echo(f"best: {best.get('pipeline')} on {best.get('dataset')}: {scores} "
                    f"(chain {str(best.get('chain_id'))[:8]})")
+    from flows.server import run_link
+
+    link = run_link(summary.get("flow_run_id"))
+    if link:
+        typer.echo(f"in the Prefect UI: {link}")
     _stopped_after_the_run()
 
 

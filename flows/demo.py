@@ -50,6 +50,25 @@ def write_sample_inbox(inbox: Path) -> list[Path]:
     return written
 
 
+def next_commands(workspace: Path, chain_id: str, flow_run_id=None) -> list[str]:
+    """What to type next, each line pasteable as it is (the UI link when a server that
+    outlives the command ran the flows)."""
+    import shlex
+
+    from flows.server import run_link
+
+    w = "" if workspace == Path("workspace").absolute() else f" -w {shlex.quote(str(workspace))}"
+    lines = ["", "Next (paste any line):",
+             f"  nirsflow top{w}",
+             f"  nirsflow show {chain_id[:8]}{w}",
+             f"  nirsflow plot {DATASET}:production{w}",
+             f"  nirsflow score{w}    # scores the files you drop into {shlex.quote(str(workspace / 'inbox'))}/<dataset>/"]
+    link = run_link(flow_run_id)
+    lines.append(f"The training run in the Prefect UI: {link}" if link else
+                 "To watch runs in the Prefect UI, start `nirsflow server` and export PREFECT_API_URL (README: Prefect).")
+    return lines
+
+
 def run_demo(workspace: Path, echo=print) -> dict:
     from flows.score_inbox import score_inbox
     from flows.train import train
@@ -112,7 +131,6 @@ def run_demo(workspace: Path, echo=print) -> dict:
     echo("  exports/                the run report (YAML) and the best chain's .n4a bundle")
     echo("  outbox/ processed/      the scored files and their inputs")
     echo("  logs/nirsflow.log       Prefect's log lines (also in the UI; `nirsflow demo -v` prints them)")
-    w = "" if workspace == Path("workspace").absolute() else f" -w {workspace}"
-    echo(f"Next: nirsflow show {best_chain[:8]}{w} | nirsflow plot tablet1:production{w} | nirsflow score{w} "
-         f"(scores what you drop into {inbox}/<dataset>/) | README: the Prefect UI")
+    for line in next_commands(workspace, best_chain, summary.get("flow_run_id")):
+        echo(line)
     return {"run_id": run_id, "chain_id": best_chain, "inbox_rmse": rmse, "scored": scored}

@@ -114,3 +114,32 @@ def test_verbose_brings_prefects_logs_back_to_the_terminal(tmp_path):
     assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
     assert "Flow run 'train" not in quiet.stderr and "Flow run 'train" in loud.stderr
     assert "RMSECV" in quiet.stdout  # the result, named as a chemometrician names it
+
+
+def test_the_demo_ends_with_commands_that_can_be_pasted(demo_run):
+    import shlex
+
+    from tests.conftest import run_cli
+
+    workspace, done = demo_run
+    tail = done.stdout[done.stdout.index("Next (paste any line):"):].splitlines()[1:]
+    assert not [line for line in tail if "..." in line or "…" in line]
+    commands = [shlex.split(line, comments=True) for line in tail if line.startswith("  nirsflow ")]
+    assert [c[1] for c in commands] == ["top", "show", "plot", "score"]
+    for command in commands[:3]:  # score would move the inbox; its line parses, which is the point
+        ran = run_cli(*command[1:])
+        assert ran.returncode == 0, (command, ran.stderr)
+    assert "nirsflow server" in tail[-1]  # a temporary server: no UI link, but how to get one
+
+
+def test_a_run_link_is_the_ui_address_of_the_flow_run(monkeypatch):
+    from flows.server import TEMPORARY_API_MARK, run_link
+
+    monkeypatch.delenv(TEMPORARY_API_MARK, raising=False)
+    monkeypatch.delenv("PREFECT_UI_URL", raising=False)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api/")
+    assert run_link("abc") == "http://127.0.0.1:4200/runs/flow-run/abc"
+    monkeypatch.setenv("PREFECT_UI_URL", "https://prefect.lab.example/")
+    assert run_link("abc") == "https://prefect.lab.example/runs/flow-run/abc"
+    monkeypatch.setenv(TEMPORARY_API_MARK, "1")
+    assert run_link("abc") is None
