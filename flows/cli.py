@@ -366,31 +366,53 @@ def import_bundle(bundle: Path, workspace: Path = WorkspaceOption,
     typer.echo(json.dumps({"chain_id": chain_id}) if as_json else chain_id)
 
 
+RUN_STATUSES = ("running", "completed", "failed", "crashed", "cancelled")
+
+
 @app.command()
 @friendly
-def runs(workspace: Path = WorkspaceOption, status: str = typer.Option(None, help="running, completed, failed, crashed"),
+def runs(workspace: Path = WorkspaceOption,
+         status: str = typer.Option(None, help="Only runs in this state: " + ", ".join(RUN_STATUSES) + "."),
          as_json: bool = JsonOption) -> None:
     """List the runs of a workspace, newest first."""
+    if status is not None and status not in RUN_STATUSES:
+        raise UserError(f"--status {status!r} is not a run status; use one of {', '.join(RUN_STATUSES)}")
     with _open(workspace) as store:
-        _emit(store.list_runs(status=status).select("run_id", "name", "status", "created_at", "completed_at", "error"),
-              as_json, title="runs")
+        frame = store.list_runs(status=status).select("run_id", "created_at", "name", "status", "completed_at",
+                                                      "error", "flow_run_id")
+    if not as_json:  # 8 digits, which every command accepts; JSON keeps the whole ids
+        import polars as pl
+
+        frame = frame.select(pl.col("run_id").str.slice(0, 8).alias("run"),
+                             pl.col("created_at").dt.strftime("%Y-%m-%d %H:%M").alias("started (UTC)"),
+                             "name", "status", pl.col("error").str.slice(0, 40))
+    _emit(frame, as_json, title="runs")
 
 
 @app.command()
 @friendly
 def top(n: int = typer.Option(10, "-n", help="How many."), workspace: Path = WorkspaceOption,
-        partition: str = "val", dataset: str = typer.Option(None, help="Only this dataset."),
+        partition: str = typer.Option("val", help="Rank by the scores of this partition: val (cross-validation) "
+                                                  "or test."),
+        dataset: str = typer.Option(None, help="Only this dataset."),
         fold: str = typer.Option("avg", help="'avg' ranks the folds combined; 'all' ranks every fold."),
         as_json: bool = JsonOption) -> None:
-    """The best predictions (ranked in the direction of their metric)."""
+    """The best chains (ranked in the direction of their metric), with what tells them apart."""
+    from tasks.leaderboard import all_params, render, rows_from_store
+
     with _open(workspace) as store:
         frame = store.top_predictions(n, partition=partition, dataset_name=dataset,
                                       fold_id=None if fold == "all" else fold)
-        frame = frame.select("dataset_name", "model_name", "preprocessings", "fold_id", "metric", "val_score",
-                             "test_score", "chain_id")
-        if not as_json:  # 8 digits, which every command accepts; JSON keeps the whole id
-            frame = frame.with_columns(frame["chain_id"].str.slice(0, 8).alias("chain_id"))
-        _emit(frame, as_json, title=f"top {n} ({partition})")
+        rows = rows_from_store(store, frame)
+    if as_json:
+        extra = [{"rank": r["rank"], "short_id": (r["chain_id"] or "")[:8], "pipeline": r["pipeline"],
+                  "params": all_params(r["config"]), "run": r["run"], "aliases": r["aliases"]} for r in rows]
+        payload = [{**e, **f} for e, f in zip(extra, frame.select(
+            "dataset_name", "model_name", "preprocessings", "fold_id", "metric", "val_score", "test_score",
+            "chain_id", "pipeline_id").to_dicts())]
+        typer.echo(json.dumps(payload, default=str, indent=2))
+        return
+    typer.echo(render(rows, title=f"top {n} ({'cross-validation' if partition == 'val' else partition})"))
 
 
 @app.command()

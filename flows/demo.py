@@ -91,10 +91,11 @@ def run_demo(workspace: Path, echo=print) -> dict:
         previous = previous["chain_id"][0] if previous.height else None
         store.set_alias(DATASET, "production", best_chain, changed_by="nirsflow demo",
                         reason=f"best CV RMSE {board['val_score'][0]:.3f} in run {run_id}")
-        leaderboard = board.select(
-            pl.col("preprocessings"), pl.col("model_name").alias("model"),
-            pl.col("val_score").round(3).alias("cv_rmse"), pl.col("test_score").round(3).alias("test_rmse"),
-            pl.col("chain_id").str.slice(0, 8).alias("chain"))  # 8 digits: every command accepts them
+        from tasks.leaderboard import render, rows_from_store
+
+        leaderboard = render(rows_from_store(store, board),
+                             title="Leaderboard: RMSECV (5-fold cross-validation), RMSEP (the 212 held-out "
+                                   "tablets), mg")
 
     files = write_sample_inbox(inbox)
     echo(f"Scoring {len(files)} files dropped into {inbox / DATASET} with the production chain ...")
@@ -112,9 +113,8 @@ def run_demo(workspace: Path, echo=print) -> dict:
         errors = frame["prediction"].to_numpy() - np.array([truth[s] for s in frame["sample_id"]])
         rmse = float(np.sqrt(np.mean(errors ** 2)))
 
-    with pl.Config(tbl_rows=20, fmt_str_lengths=40, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
-        echo("\nLeaderboard (RMSE: 5-fold cross-validation, and the 212 held-out tablets):")
-        echo(str(leaderboard))
+    echo("")
+    echo(leaderboard)
     echo(f"\nProduction chain for '{DATASET}': {best_chain}" + (f" (was {previous[:8]}, from an earlier run)"
                                                                if previous and previous != best_chain else ""))
     if results:

@@ -34,7 +34,8 @@ def rank_value(metric: str | None, value: float | None) -> float:
 
 
 def leaderboard_rows(entries) -> list[dict]:
-    """Completed pipelines ranked by their cross-validated score, then the failed ones."""
+    """Completed pipelines ranked by their cross-validated score, then the failed ones
+    (the run summary's form; ``board`` turns them into what tables show)."""
     done = sorted((e for e in entries if e.status == "completed"),
                   key=lambda e: (rank_value(e.metric, e.best_val), rank_value(e.metric, e.best_test), e.key))
     failed = [e for e in entries if e.status != "completed"]
@@ -42,12 +43,21 @@ def leaderboard_rows(entries) -> list[dict]:
     for rank, e in enumerate(done, start=1):
         rows.append({"rank": rank, "pipeline": e.name, "dataset": e.dataset_name, "status": e.status,
                      "metric": e.metric, "cv_score": _round(e.best_val), "test_score": _round(e.best_test),
-                     "fit_ms": e.duration_ms, "chain_id": e.chain_id, "error": ""})
+                     "fit_ms": e.duration_ms, "chain_id": e.chain_id, "error": "", "config": e.expanded_config})
     for e in failed:
         rows.append({"rank": None, "pipeline": e.name, "dataset": e.dataset_name, "status": e.status,
                      "metric": e.metric, "cv_score": None, "test_score": None, "fit_ms": e.duration_ms,
-                     "chain_id": None, "error": (e.error or e.store_error or "")[:300]})
+                     "chain_id": None, "error": (e.error or e.store_error or "")[:300], "config": e.expanded_config})
     return rows
+
+
+def board(rows: list[dict]) -> list[dict]:
+    """``leaderboard_rows`` as ``tasks.leaderboard`` rows (rank, RMSECV, RMSEP, chain first)."""
+    from tasks.leaderboard import board_row
+
+    return [board_row(rank=r["rank"], metric=r["metric"], cv=r["cv_score"], test=r["test_score"],
+                      chain_id=r["chain_id"], expanded_config=r.get("config"), dataset=r["dataset"],
+                      status=r["status"], error=(r["error"] or "")[:120]) for r in rows]
 
 
 def _round(value):
@@ -59,10 +69,12 @@ def _fmt(value) -> str:
 
 
 def publish_leaderboard(rows: list[dict], key: str, description: str):
+    from tasks.leaderboard import records
+
     try:
         from prefect.artifacts import create_table_artifact
 
-        return create_table_artifact(rows or [{"rank": None, "pipeline": "(none)"}], key=key,
+        return create_table_artifact(records(board(rows)) or [{"#": None, "pipeline": "(none)"}], key=key,
                                      description=description)
     except Exception as exc:  # noqa: BLE001
         log.warning("no leaderboard artifact: %s", exc)
@@ -71,21 +83,26 @@ def publish_leaderboard(rows: list[dict], key: str, description: str):
 
 def markdown_report(*, title: str, run_id: str | None, flow_run_name: str, workspace: Path, rows: list[dict],
                     counts: dict, wall_s: float, exports: dict, top: int = 5) -> str:
+    from nirs.metrics import score_name
+    from tasks.leaderboard import markdown
+
     done = [r for r in rows if r["status"] == "completed"]
     failed = [r for r in rows if r["status"] != "completed"]
     fit_s = sum((r["fit_ms"] or 0) for r in rows) / 1000
-    lines = [f"# {title}", "",
-             f"- run `{run_id}` in workspace `{workspace}`, flow run `{flow_run_name}`",
-             f"- pipelines: **{counts.get('completed', 0)} completed**, **{counts.get('failed', 0)} failed**, "
-             f"{counts.get('planned', 0)} planned; {counts.get('store_errors', 0)} store write errors",
-             f"- wall time {wall_s:.1f} s; fitting time {fit_s:.1f} s (summed over folds, in parallel)", ""]
+    lines = [f"# {title}", ""]
     if done:
-        lines += [f"## Best chains (top {min(top, len(done))} by cross-validated score)", "",
-                  "| rank | pipeline | dataset | metric | CV | test | chain |",
-                  "|---:|---|---|---|---:|---:|---|"]
-        for r in done[:top]:
-            lines.append(f"| {r['rank']} | {r['pipeline']} | {r['dataset']} | {r['metric']} | "
-                         f"{_fmt(r['cv_score'])} | {_fmt(r['test_score'])} | `{r['chain_id']}` |")
+        best = done[0]
+        named = ", ".join(f"**{score_name(best['metric'], part)} {_fmt(value)}**" for part, value in
+                          (("val", best["cv_score"]), ("test", best["test_score"])) if value is not None)
+        lines += [f"Best chain `{best['chain_id'][:8]}`: {named} "
+                  f"(`nirsflow show {best['chain_id'][:8]} -w {workspace}`)", ""]
+    lines += [f"- pipelines: **{counts.get('completed', 0)} completed**, **{counts.get('failed', 0)} failed**, "
+              f"{counts.get('planned', 0)} planned; {counts.get('store_errors', 0)} store write errors",
+              f"- wall time {wall_s:.1f} s; fitting time {fit_s:.1f} s (summed over folds, in parallel)",
+              f"- run `{(run_id or '')[:8]}` in workspace `{workspace}`, flow run `{flow_run_name}`", ""]
+    if done:
+        lines += [f"## Best chains (top {min(top, len(done))} by cross-validated score)", ""]
+        lines += markdown(board(done[:top]))
         lines.append("")
     if failed:
         lines += ["## Failed pipelines", "", "| pipeline | dataset | error |", "|---|---|---|"]
@@ -96,11 +113,33 @@ def markdown_report(*, title: str, run_id: str | None, flow_run_name: str, works
             lines.append(f"| … | | {len(failed) - 50} more in the store's logs |")
         lines.append("")
     if exports:
-        lines += ["## Exports", ""]
+        lines += ["## Exports", "", "Paths relative to the workspace; the command that opens or writes each "
+                  "again:", ""]
         for label, path in exports.items():
-            lines.append(f"- {label}: [`{path}`](file://{path})")
+            lines.append(f"- {label}: `{_relative(path, workspace)}` — `{_command_for(path, workspace)}`")
         lines.append("")
     return "\n".join(lines)
+
+
+def _relative(path, workspace: Path) -> str:
+    try:
+        return str(Path(path).relative_to(workspace))
+    except ValueError:
+        return str(path)
+
+
+def _command_for(path, workspace: Path) -> str:
+    """The command that writes (or shows) an export again: a browser cannot open file://
+    links from the UI, a terminal can run this."""
+    path = Path(path)
+    w = f" -w {workspace}"
+    if path.suffix == ".n4a":
+        return f"nirsflow export chain {path.stem[:8]}{w}"
+    if path.suffix in (".yaml", ".yml"):
+        return f"nirsflow export run {path.stem[:8]}{w}"
+    if path.suffix == ".png":
+        return f"nirsflow plot {path.parent.name[:8]}{w}"
+    return f"ls {path}"
 
 
 def publish_markdown(markdown: str, key: str, description: str):

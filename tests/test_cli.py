@@ -34,7 +34,7 @@ def test_runs_and_top(ws):
     assert len(top) == 3 and {t["fold_id"] for t in top} == {"avg"}
     assert top[0]["val_score"] <= top[1]["val_score"] <= top[2]["val_score"]   # rmse: lower first
     table = run_cli("top", "-n", "2", "-w", ws)
-    assert "PLSRegression" in table.stdout and table.returncode == 0
+    assert "PLS" in table.stdout and "RMSECV" in table.stdout and table.returncode == 0
 
 
 def test_show_run_pipeline_and_chain(ws):
@@ -207,3 +207,28 @@ def test_serve_check_lists_the_deployments_of_the_config(ws):
     assert done.returncode == 0, done.stderr
     for name in ("score-inbox", "gc", "vacuum", "reconcile"):
         assert name in done.stdout
+
+
+def test_top_tells_rows_apart_in_100_columns(ws):
+    table = run_cli("top", "-n", "9", "-w", ws)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    header = next(line for line in lines if "RMSECV" in line)
+    assert header.split()[:4] == ["#", "RMSECV", "RMSEP", "chain"]  # rank, scores and id first
+    rows = [line for line in lines if line.strip()[:1].isdigit()]
+    assert len(rows) == 9 and len({line.split()[3] for line in rows}) == 9
+    assert all(len(line.split()[3]) == 8 for line in rows)  # short ids, whole on one line
+    # what the rows differ by: the preprocessing and the number of components
+    assert {r.split("n_components=")[1].split()[0] for r in rows} == {"6", "8", "10"}
+    assert sum("tablet1:production" in line for line in rows) == 1  # the production marker
+    top = _json("top", "-n", "2", "-w", ws)
+    assert top[0]["rank"] == 1 and top[0]["short_id"] == top[0]["chain_id"][:8]
+    assert top[0]["params"]["n_components"] in (6, 8, 10) and top[0]["run"].startswith("demo")
+
+
+def test_runs_names_the_valid_statuses_and_json_has_the_flow_run(ws):
+    bogus = run_cli("runs", "--status", "bogus", "-w", ws)
+    assert bogus.returncode == 1 and "completed, failed" in bogus.stderr
+    runs = _json("runs", "-w", ws)
+    assert runs[0]["flow_run_id"]
