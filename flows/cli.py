@@ -433,8 +433,17 @@ def show(item: str = typer.Argument(..., help="A run, pipeline or chain: its id,
         except NotFoundError:
             raise UserError(f"{item} is not a run, pipeline or chain id (nor 8 digits of one, nor DATASET:ALIAS) "
                             f"in {store.path}; list them with `nirsflow runs` or `nirsflow top`") from None
+        if kind == "chain":
+            from tasks.chain_report import chain_lines, chain_report
+
+            report = chain_report(store, item)
+            if not as_json:
+                typer.echo("\n".join(chain_lines(report)))
+                return
         record = {"run": store.get_run, "pipeline": store.get_pipeline, "chain": store.get_chain}[kind](item)
         record = {k: v for k, v in record.items() if not k.startswith("_")}
+        if kind == "chain":  # the stored record, and what show prints of it
+            record.update({k: report[k] for k in ("scores", "aliases", "dataset", "wavelength_range", "run")})
         if as_json:
             typer.echo(json.dumps({"kind": kind, **record}, default=_jsonable, indent=2))
             return

@@ -22,7 +22,7 @@ _SHORT = {"SavitzkyGolay": "SG", "StandardScaler": "autoscale", "PLSRegression":
 _SKIPPED = ("split",)  # the cross-validation scheme is the same for every row worth ranking
 
 
-def _steps(expanded_config: Any) -> list[tuple[str, str, dict]]:
+def config_steps(expanded_config: Any) -> list[tuple[str, str, dict]]:
     """(role, short class name, params) of each step of an expanded pipeline config."""
     if isinstance(expanded_config, str):
         expanded_config = json.loads(expanded_config)
@@ -43,11 +43,11 @@ def _steps(expanded_config: Any) -> list[tuple[str, str, dict]]:
 
 def pipeline_label(expanded_config: Any) -> str:
     """``SNV > autoscale > PLS``: the steps in order, without the cross-validation."""
-    return " > ".join(_SHORT.get(name, name) for role, name, _ in _steps(expanded_config) if role not in _SKIPPED)
+    return " > ".join(_SHORT.get(name, name) for role, name, _ in config_steps(expanded_config) if role not in _SKIPPED)
 
 
 def _flat_params(expanded_config: Any) -> dict[str, Any]:
-    return {f"{name}.{key}": value for role, name, params in _steps(expanded_config) if role not in _SKIPPED
+    return {f"{name}.{key}": value for role, name, params in config_steps(expanded_config) if role not in _SKIPPED
             for key, value in params.items()}
 
 

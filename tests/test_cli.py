@@ -232,3 +232,18 @@ def test_runs_names_the_valid_statuses_and_json_has_the_flow_run(ws):
     assert bogus.returncode == 1 and "completed, failed" in bogus.stderr
     runs = _json("runs", "-w", ws)
     assert runs[0]["flow_run_id"]
+
+
+def test_show_chain_reads_as_a_calibration_report(ws):
+    shown = run_cli("show", "tablet1:production", "-w", ws)
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout
+    assert "model PLSRegression(n_components=" in text and "KFold(n_splits=5" in text
+    assert "600–1792 nm" in text and "scikit-learn" in text and "aliases      tablet1:production" in text
+    header = next(line for line in text.splitlines() if "RPD" in line).split()
+    assert header == ["n", "RMSE", "R²", "bias", "SEP", "RPD", "slope"]
+    cv = next(line for line in text.splitlines() if line.strip().startswith("RMSECV")).split()
+    test = next(line for line in text.splitlines() if line.strip().startswith("RMSEP")).split()
+    assert cv[1] == "400" and test[1] == "212" and 1.5 < float(cv[2]) < 3.5 and 0.9 < float(test[3]) <= 1
+    chain = _json("show", "tablet1:production", "-w", ws)
+    assert chain["aliases"] == ["tablet1:production"] and chain["scores"]["test"]["n"] == 212
