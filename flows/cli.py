@@ -610,8 +610,15 @@ def check(workspace: Path = WorkspaceOption, repair: bool = typer.Option(False, 
 def plot(chain: str = typer.Argument(..., help="Chain id (8 digits are enough), or DATASET:ALIAS."),
          workspace: Path = WorkspaceOption,
          out: Path = typer.Option(None, help="Folder for the PNGs [default: <workspace>/exports/plots/<chain>]"),
-         data: Path = typer.Option(None, help="A spectra file to draw before/after preprocessing.")) -> None:
-    """Predicted vs observed and residuals of a chain (and spectra before/after its preprocessing)."""
+         data: Path = typer.Option(None, help="A spectra file to draw before/after the spectral preprocessing "
+                                              "[default: the chain's training spectra, when they can still be read]."),
+         target: str = typer.Option(None, help="The analyte's name for the axes [default: the training data's "
+                                               "target column]."),
+         unit: str = typer.Option(None, help="The analyte's unit for the axes, e.g. '%' or 'mg' [default: none, or "
+                                             "the built-in set's]."),
+         as_json: bool = JsonOption) -> None:
+    """Predicted vs observed and residuals of a chain (RMSECV, RMSEP, bias, slope, R², n), and its
+    spectra before/after its spectral preprocessing."""
     from tasks.reporting import plot_chain
 
     with _open(workspace) as store:
@@ -623,9 +630,13 @@ def plot(chain: str = typer.Argument(..., help="Chain id (8 digits are enough), 
             from nirs.readers import read_spectra
 
             spectra = read_spectra(data)
-        written = plot_chain(store, chain_id, out or store.path / "exports" / "plots" / chain_id, spectra)
+        written = plot_chain(store, chain_id, out or store.path / "exports" / "plots" / chain_id, spectra,
+                             analyte=target, unit=unit)
         if not written:
             raise UserError(f"chain {chain_id} has no stored 'avg' predictions to plot")
+    if as_json:
+        typer.echo(json.dumps({"chain_id": chain_id, "files": [str(p) for p in written]}, indent=2))
+        return
     for path in written:
         typer.echo(str(path))
 

@@ -268,9 +268,15 @@ class Chains:
             return pred, proba
         return pred
 
-    def preprocess_chain(self, chain_id: str, X, wavelengths=None, *, fold: str | None = None):
-        """``(X, grid)`` after the chain's preprocessing (one fold's), e.g. to plot it."""
-        return self._replayable(chain_id).preprocess(X, wavelengths, fold)
+    def preprocess_chain(self, chain_id: str, X, wavelengths=None, *, fold: str | None = None,
+                         spectral_only: bool = False):
+        """``(X, grid)`` after the chain's preprocessing (one fold's), e.g. to plot it;
+        ``spectral_only``: after its leading spectral steps only (SNV, SG, ..., not the
+        scaler after them; ``spectral_steps_of_chain`` names them)."""
+        return self._replayable(chain_id).preprocess(X, wavelengths, fold, spectral_only=spectral_only)
+
+    def spectral_steps_of_chain(self, chain_id: str) -> list[str]:
+        return self._replayable(chain_id).spectral_steps()
 
     def load_chain(self, chain_id: str) -> ReplayableChain:
         """A stored chain with every fitted artifact it references loaded (and hash-checked)

@@ -79,15 +79,34 @@ class ReplayableChain:
             return rule.labels_from_proba(combined, self.classes), combined
         return combined, None
 
-    def preprocess(self, X, wavelengths=None, fold: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    def preprocess(self, X, wavelengths=None, fold: str | None = None,
+                   spectral_only: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """X and its grid after the transformer steps of one fold (the first replayed fold
-        by default): what that fold's model sees."""
+        by default): what that fold's model sees. ``spectral_only``: only the leading
+        spectral steps (``spectral_steps``), the spectra a chemist would plot, without the
+        per-wavelength scaling that follows them."""
         with _said_by_the_store():
             X = rule.fit_to_grid(X, self.trained_grid, self.chain.get("n_features"), wavelengths, self.name)
             grid = self.trained_grid
-            for idx in self._transformers():
+            steps = self._transformers()
+            if spectral_only:
+                steps = steps[:len(self.spectral_steps())]
+            for idx in steps:
                 X, grid = rule.transform_with_grid(self.load(self._artifact(fold or self._folds()[0], idx)), X, grid)
         return X, grid
+
+    def spectral_steps(self) -> list[str]:
+        """The class names of the leading transformer steps that work on whole spectra
+        (nirsflow's own operators: SNV, MSC, Savitzky-Golay, ...), up to the first other
+        one (a scikit-learn scaler or projection, which works wavelength by wavelength)."""
+        names = []
+        by_idx = {s["step_idx"]: s for s in self._steps()}
+        for idx in self._transformers():
+            operator = by_idx[idx].get("operator_class", "")
+            if not operator.startswith("nirs."):
+                break
+            names.append(operator.rsplit(".", 1)[-1])
+        return names
 
     # -- the chain's layout ------------------------------------------------------------------
     def _folds(self) -> list[str]:

@@ -142,6 +142,7 @@ class WorkspaceStore:
     get_chains_for_pipeline = _by("_chains", Chains.get_chains_for_pipeline)
     replay_chain = _by("_chains", Chains.replay_chain)
     preprocess_chain = _by("_chains", Chains.preprocess_chain)
+    spectral_steps_of_chain = _by("_chains", Chains.spectral_steps_of_chain)
     load_chain = _by("_chains", Chains.load_chain)
 
     # -- aliases (storage/aliases.py), scored inbox files (storage/scored_files.py) ------------------

@@ -10,6 +10,7 @@ import math
 import re
 from pathlib import Path
 
+from tasks.chain_plots import plot_chain  # noqa: F401 - re-exported for the train flow
 from tasks.progress import Progress  # noqa: F401 - the flows' progress, re-exported
 
 log = logging.getLogger("nirsflow.reporting")
@@ -167,29 +168,3 @@ def tag_flow_run(tags) -> None:
         ctx.client.update_flow_run(ctx.flow_run.id, tags=merged)
     except Exception as exc:  # noqa: BLE001 - tags are for the UI only
         log.warning("could not tag the flow run: %s", exc)
-
-
-def plot_chain(store, chain_id: str, folder: Path, data=None) -> list[Path]:
-    """PNGs of a regression chain from its stored "avg" predictions: predicted vs observed
-    (1:1 line, RMSE, R²) and residuals; with ``data`` (a SpectraDataset), its spectra
-    before and after the chain's preprocessing. Classification chains get none."""
-    from nirs import plots
-
-    info = store.get_chain(chain_id)
-    if info["task_type"] == "classification":
-        return []
-    sets = {}
-    for partition, label in (("val", "cross-validation"), ("test", "test")):
-        rows = store.query_predictions(chain_id=chain_id, fold_id="avg", partition=partition)
-        if rows.height:
-            arrays = store.get_prediction_arrays(rows["prediction_id"][0])
-            sets[label] = (arrays["y_true"], arrays["y_pred"])
-    if not sets:
-        return []
-    title = f"{info['preprocessings'] or '-'} > {info['model_class'].rsplit('.', 1)[-1]}"
-    written = [plots.predicted_vs_observed(sets, Path(folder) / "predicted_vs_observed.png", title),
-               plots.residuals(sets, Path(folder) / "residuals.png", title)]
-    if data is not None:
-        after, grid = store.preprocess_chain(chain_id, data.X, data.wavelengths)
-        written.append(plots.spectra(data.wavelengths, data.X, after, grid, Path(folder) / "spectra.png", title))
-    return written

@@ -247,3 +247,36 @@ def test_show_chain_reads_as_a_calibration_report(ws):
     assert cv[1] == "400" and test[1] == "212" and 1.5 < float(cv[2]) < 3.5 and 0.9 < float(test[3]) <= 1
     chain = _json("show", "tablet1:production", "-w", ws)
     assert chain["aliases"] == ["tablet1:production"] and chain["scores"]["test"]["n"] == 212
+
+
+def test_plots_name_the_analyte_its_unit_and_the_chain(ws):
+    """Read back from the figures before they are saved: what a chemometrician looks for."""
+    from storage import WorkspaceStore
+    from tasks.chain_plots import chain_figures
+
+    with WorkspaceStore(ws) as store:
+        chain_id = store.resolve_chain("tablet1:production")
+        figures = chain_figures(store, chain_id, unit="mg/tablet")
+        steps = store.spectral_steps_of_chain(chain_id)
+    ax = figures["predicted_vs_observed"].axes[0]
+    assert ax.get_xlabel() == "Observed active ingredient (mg/tablet)"
+    assert ax.get_ylabel() == "Predicted active ingredient (mg/tablet)"
+    title = ax.get_title()
+    assert chain_id[:8] in title and "tablet1" in title and "n_components=" in title and "PLS" in title
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[0].startswith("cross-validation: RMSECV ") and "n 400" in legend[0]
+    assert legend[1].startswith("test: RMSEP ") and "n 212" in legend[1]
+    assert all(word in legend[1] for word in ("bias", "slope", "R²"))
+    top, bottom = figures["spectra"].axes  # no --data: the training spectra of the built-in set
+    assert top.get_xlabel() == bottom.get_xlabel() == "Wavelength (nm)"
+    assert top.get_ylabel() == "Raw absorbance (AU)" and steps and "StandardScaler" not in steps
+    assert bottom.get_title().startswith(f"After {' + '.join(steps)}")
+    # the spectral preprocessing only: SNV-corrected spectra have mean 0 and sd 1 each,
+    # which autoscaling per wavelength would have destroyed
+    lines = np.array([line.get_ydata() for line in bottom.get_lines()])
+    if steps == ["SNV"]:
+        assert np.allclose(lines.mean(axis=1), 0, atol=1e-9) and np.allclose(lines.std(axis=1), 1, atol=1e-6)
+    for figure in figures.values():
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)

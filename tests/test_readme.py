@@ -143,3 +143,9 @@ def test_a_run_link_is_the_ui_address_of_the_flow_run(monkeypatch):
     assert run_link("abc") == "https://prefect.lab.example/runs/flow-run/abc"
     monkeypatch.setenv(TEMPORARY_API_MARK, "1")
     assert run_link("abc") is None
+
+
+def test_readme_says_the_spectra_plot_needs_no_data_option():
+    text = (ROOT / "README.md").read_text()
+    assert "drawn from its training data without any option" in text
+    assert "needs `--data`" not in text
