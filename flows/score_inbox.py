@@ -99,7 +99,7 @@ from storage import InvalidInputError, NotFoundError, ReplayableChain, Workspace
 from tasks.reporting import Progress, artifact_key, tag_flow_run
 from tasks.scoring import (FileChanged, InboxFile, ScoreJob, ScoringLock,
                            discover, move_file, plan_destination, result_paths, same_bytes_exists,
-                           score_file_task, sha256_of, sweep_partials, write_note)
+                           scan_inbox, score_file_task, sha256_of, sweep_partials, write_note)
 
 class ScoringIncomplete(RuntimeError):
     """Some files could neither be scored nor set aside (a store write, the outbox...);
@@ -116,12 +116,19 @@ class NothingScored(RuntimeError):
 
 
 def _flow_run_name() -> str:
+    """``score · tablet1 (2 files)``: the datasets whose files wait in the inbox as the run
+    is created (``score · nothing waiting`` for an empty inbox), as train runs are named."""
     from prefect.runtime import flow_run
 
     try:
-        return f"score inbox · {Path(flow_run.parameters['inbox']).name}"
+        files, _ = scan_inbox(Path(flow_run.parameters["inbox"]).expanduser())
+        datasets = sorted({f.dataset or "(top level)" for f in files.values()})
+        if not datasets:
+            return "score · nothing waiting"
+        shown = ", ".join(datasets[:3]) + (f" +{len(datasets) - 3}" if len(datasets) > 3 else "")
+        return f"score · {shown} ({len(files)} file{'s' if len(files) != 1 else ''})"
     except Exception:  # noqa: BLE001 - a name must never stop a run
-        return "score inbox"
+        return "score"
 
 
 def _now() -> str:
@@ -515,6 +522,8 @@ def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: st
         stable = stable[:max_files] if max_files is not None else stable
         logger.info("%d files ready in %s, %d still changing, %d left for the next run", len(stable), inbox_path,
                     len(changing), len(later))
+        # the UI filters runs by dataset: tagged as train runs are
+        tag_flow_run(["nirsflow", "score", *sorted({f"dataset:{f.dataset}" for f in stable + changing if f.dataset})])
         scoring_started = time.perf_counter()
         with WorkspaceStore(workspace, lock_timeout=lock_timeout, idle=1.0) as store:
             run = InboxRun(store, root, alias=alias, csv=csv, chunk_rows=int(chunk_rows),

@@ -166,5 +166,6 @@ def tag_flow_run(tags) -> None:
     try:
         merged = sorted(set(ctx.flow_run.tags or []) | set(tags))
         ctx.client.update_flow_run(ctx.flow_run.id, tags=merged)
+        ctx.flow_run.tags = merged  # a later call merges with these, not with the tags at the start
     except Exception as exc:  # noqa: BLE001 - tags are for the UI only
         log.warning("could not tag the flow run: %s", exc)
