@@ -116,10 +116,23 @@ def markdown_report(*, title: str, run_id: str | None, flow_run_name: str, works
     if exports:
         lines += ["## Exports", "", "Paths relative to the workspace; the command that opens or writes each "
                   "again:", ""]
+        plots = {label: path for label, path in exports.items() if str(path).endswith(".png")}
         for label, path in exports.items():
-            lines.append(f"- {label}: `{_relative(path, workspace)}` — `{_command_for(path, workspace)}`")
+            if label not in plots:
+                lines.append(f"- {_short_ids(label)}: `{_relative(path, workspace)}` — "
+                             f"`{_command_for(path, workspace)}`")
+        if plots:  # one line for a chain's figures: they share a folder and a command
+            first = Path(next(iter(plots.values())))
+            names = ", ".join(Path(p).name for p in plots.values())
+            lines.append(f"- plots of the best chain ({names}): `{_relative(first.parent, workspace)}/` — "
+                         f"`{_command_for(first, workspace)}`")
         lines.append("")
     return "\n".join(lines)
+
+
+def _short_ids(text: str) -> str:
+    """Whole ids (uuid4) in a label cut to the 8 digits every command accepts."""
+    return re.sub(r"\b([0-9a-f]{8})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", r"\1", text)
 
 
 def _relative(path, workspace: Path) -> str:
