@@ -39,7 +39,7 @@ from storage import PipelineLibrary
 from tasks.data import describe_spec, load_dataset, normalize_spec
 from tasks.lifecycle import (PipelineEntry, RunDescription, StoreWriteError, current_book, pipeline_hooks,
                              run_hooks)
-from tasks.reporting import (Progress, artifact_key, leaderboard_rows, markdown_report, plot_chain,
+from tasks.reporting import (Progress, artifact_key, best_scores, leaderboard_rows, markdown_report, plot_chain,
                              publish_leaderboard, publish_markdown, tag_flow_run)
 from tasks.training import fit_fold_task, plan_pipeline_folds, refit_plan, train_pipeline
 
@@ -247,7 +247,8 @@ def run_state(summary: dict, entries: list):
 
     failed = [e for e in entries if e.status != "completed"]
     if not failed:
-        return Completed(message=f"{len(entries)} pipelines completed", data=summary)
+        return Completed(message=f"{len(entries)} pipelines completed{best_scores(summary.get('best'))}",
+                         data=summary)
     first = failed[0]
     why = f"first error ({first.dataset_name} · {first.name}): {(first.error or first.store_error or '?')[:500]}"
     if len(failed) == len(entries):

@@ -52,6 +52,17 @@ def leaderboard_rows(entries) -> list[dict]:
     return rows
 
 
+def best_scores(best: dict | None) -> str:
+    """``; best RMSECV 2.459, RMSEP 2.304 (chain f7953b69)``, for a run's state message (the
+    runs list shows it); empty without a best pipeline."""
+    from nirs.metrics import score_name
+
+    if not best or best.get("cv_score") is None:
+        return ""
+    test = "" if best.get("test_score") is None else f", {score_name(best['metric'], 'test')} {best['test_score']:.4g}"
+    return f"; best {score_name(best['metric'], 'val')} {best['cv_score']:.4g}{test} (chain {best['chain_id'][:8]})"
+
+
 def board(rows: list[dict]) -> list[dict]:
     """``leaderboard_rows`` as ``tasks.leaderboard`` rows (rank, RMSECV, RMSEP, chain first)."""
     from tasks.leaderboard import board_row
