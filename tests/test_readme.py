@@ -149,3 +149,12 @@ def test_readme_says_the_spectra_plot_needs_no_data_option():
     text = (ROOT / "README.md").read_text()
     assert "drawn from its training data without any option" in text
     assert "needs `--data`" not in text
+
+
+def test_readme_shows_the_ui_screenshots_it_links():
+    text = (ROOT / "README.md").read_text()
+    shots = re.findall(r"\]\((docs/[^)]+\.png)\)", text)
+    assert len(shots) >= 2
+    for shot in shots:
+        path = ROOT / shot
+        assert path.is_file() and 10_000 < path.stat().st_size < 200_000, shot  # there, and small
