@@ -257,7 +257,8 @@ def _dataset_spec(item: str, target: str | None, id_column: str, test: Path | No
 @friendly
 def score(inbox: Path = typer.Argument(None, help="The inbox folder: one sub-folder per dataset "
                                                   "[default: <workspace>/inbox]"),
-          workspace: Path = WorkspaceOption, alias: str = "production",
+          workspace: Path = WorkspaceOption,
+          alias: str = typer.Option("production", help="The alias that names each dataset's chain."),
           outbox: Path = typer.Option(None, help="Root of outbox/, processed/, rejected/ [default: the workspace]"),
           csv: bool = typer.Option(False, "--csv", help="Also write each result as CSV."),
           as_json: bool = JsonOption, verbose: bool = VerboseOption) -> None:
@@ -347,22 +348,43 @@ def server(port: int = typer.Option(4200, help="Port on 127.0.0.1."),
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{home}/prefect.db"
     apply_server_settings(env)
     env.setdefault("PREFECT_UI_API_URL", f"http://127.0.0.1:{port}/api")  # the UI finds its API on any port
+    _port_is_free(port)
     typer.echo(f"Prefect server with its UI on http://127.0.0.1:{port}, its database in {home}; clients need "
                f"PREFECT_API_URL=http://127.0.0.1:{port}/api")
     prefect = Path(sys.executable).parent / "prefect"
     os.execve(str(prefect), [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env)
 
 
+def _port_is_free(port: int) -> None:
+    """Say so before announcing an address another program answers on."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            typer.echo(f"error: port {port} on 127.0.0.1 is in use (another server?); pass --port with a free one",
+                       err=True)
+            raise typer.Exit(1) from None
+
+
 @app.command(name="import")
 @friendly
-def import_bundle(bundle: Path, workspace: Path = WorkspaceOption,
+def import_bundle(bundle: Path = typer.Argument(..., help="The .n4a bundle (from `nirsflow export chain`)."),
+                  workspace: Path = WorkspaceOption,
                   trusted: bool = typer.Option(False, "--trusted", help="Accept a bundle whose signature cannot be "
                                                                          "checked (hashes and names are still checked)."),
                   strict: bool = typer.Option(False, "--strict", help="Refuse another scikit-learn minor version."),
                   as_json: bool = JsonOption) -> None:
     """Bring a .n4a bundle into the workspace; prints the new chain id."""
+    from storage import BundleTrustError
+
     with _open(workspace, must_exist=False) as store:
-        chain_id = store.import_bundle(bundle, trusted=trusted, strict=strict)
+        try:
+            chain_id = store.import_bundle(bundle, trusted=trusted, strict=strict)
+        except BundleTrustError as exc:  # the library's words (trusted=True, key=) as options of this command
+            raise UserError(str(exc).replace(" or pass key=", "").replace("pass trusted=True", "pass --trusted")
+                            .replace("trusted=True", "--trusted")) from None
     typer.echo(json.dumps({"chain_id": chain_id}) if as_json else chain_id)
 
 
@@ -481,7 +503,8 @@ def _summary(key: str, value) -> str:
 def replay(chain: str = typer.Argument(..., help="Chain id (8 digits are enough), or DATASET:ALIAS such as "
                                                 "tablet1:production."),
            file: Path = typer.Argument(..., help="Spectra file (CSV/TSV, Parquet, JCAMP-DX)."),
-           workspace: Path = WorkspaceOption, id_column: str = "sample_id",
+           workspace: Path = WorkspaceOption,
+           id_column: str = typer.Option("sample_id", help="Sample id column of the file."),
            out: Path = typer.Option(None, help="Write the predictions here (.csv or .parquet)."),
            as_json: bool = JsonOption) -> None:
     """Predict the spectra of a file with a stored chain."""
@@ -515,7 +538,8 @@ def replay(chain: str = typer.Argument(..., help="Chain id (8 digits are enough)
 @friendly
 def promote(dataset: str = typer.Argument(..., help="The dataset whose alias moves (its inbox folder's name)."),
             chain: str = typer.Argument(..., help="Chain id (8 digits are enough), or DATASET:ALIAS."),
-            workspace: Path = WorkspaceOption, alias: str = "production",
+            workspace: Path = WorkspaceOption,
+            alias: str = typer.Option("production", help="The alias to move (production, staging, ...)."),
             reason: str = typer.Option(None, help="Why, for the alias history."),
             force: bool = typer.Option(False, "--force", help="Accept a chain trained on another dataset."),
             as_json: bool = JsonOption) -> None:
@@ -666,7 +690,9 @@ def export_run(run: str = typer.Argument(..., help="Run id (8 digits are enough)
 @export_app.command("predictions")
 @friendly
 def export_predictions(workspace: Path = WorkspaceOption, out: Path = typer.Option(None, help="Parquet path"),
-                       dataset: str = None, partition: str = None, run: str = None,
+                       dataset: str = typer.Option(None, help="Only this dataset."),
+                       partition: str = typer.Option(None, help="Only this partition: train, val or test."),
+                       run: str = typer.Option(None, help="Only this run (its id)."),
                        arrays: bool = typer.Option(False, "--arrays", help="Include y_true, y_pred, ... as lists."),
                        as_json: bool = JsonOption) -> None:
     """Predictions as Parquet (filtered by dataset, partition, run)."""
