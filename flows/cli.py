@@ -204,7 +204,9 @@ def train(config: str = typer.Argument(..., help="A config file (.json/.yaml), o
         typer.echo(json.dumps(summary, default=str, indent=2))
         return
     best = summary.get("best") or {}
-    typer.echo(f"run {summary['run_id']}: {summary['counts']}")
+    counts = summary["counts"]
+    typer.echo(f"run {summary['run_id'][:8]}: {counts.get('completed', 0)} pipelines completed, "
+               f"{counts.get('failed', 0)} failed ({summary.get('wall_s', 0):.0f} s)")
     if summary.get("message"):
         typer.echo(summary["message"])
     if best:

@@ -281,3 +281,26 @@ def test_plots_name_the_analyte_its_unit_and_the_chain(ws):
         import matplotlib.pyplot as plt
 
         plt.close(figure)
+
+
+def test_every_json_output_parses(ws, tmp_path):
+    """Each command that takes --json prints one JSON document on stdout, nothing else."""
+    from nirs.datasets import load_tablet
+
+    _, test = load_tablet(instrument=1)
+    spectra = tmp_path / "three.csv"
+    pl.DataFrame({"sample_id": ["a", "b", "c"]}).with_columns(
+        [pl.Series(f"{w:g}", test.X[:3, j]) for j, w in enumerate(test.wavelengths)]).write_csv(spectra)
+    run_id = _json("runs", "-w", ws)[0]["run_id"]
+    commands = [["runs"], ["top", "-n", "2"], ["show", "tablet1:production"], ["show", run_id[:8]],
+                ["replay", "tablet1:production", str(spectra)], ["plot", "tablet1:production", "--out", str(tmp_path)],
+                ["export", "run", run_id[:8], "--out", str(tmp_path / "run.yaml")],
+                ["export", "chain", "tablet1:production", "--out", str(tmp_path / "c.n4a")],
+                ["export", "predictions", "--out", str(tmp_path / "p.parquet")],
+                ["gc", "--dry-run"], ["check"], ["promote", "tablet1", "tablet1:production"]]
+    for command in commands:
+        payload = _json(*command, "-w", ws)
+        assert payload, command
+    plotted = _json("plot", "tablet1:production", "--out", str(tmp_path), "-w", ws)
+    assert {p.rsplit("/", 1)[-1] for p in plotted["files"]} == {"predicted_vs_observed.png", "residuals.png",
+                                                                 "spectra.png"}
