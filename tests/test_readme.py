@@ -129,7 +129,10 @@ def test_the_demo_ends_with_commands_that_can_be_pasted(demo_run):
     for command in commands[:3]:  # score would move the inbox; its line parses, which is the point
         ran = run_cli(*command[1:])
         assert ran.returncode == 0, (command, ran.stderr)
-    assert "nirsflow server" in tail[-1]  # a temporary server: no UI link, but how to get one
+    # a lasting server (one a test session started, say): the run's page; a temporary one,
+    # gone with the command: how to get a server with the UI
+    assert re.fullmatch(r"The training run in the Prefect UI: http://\S+/runs/flow-run/[0-9a-f-]{36}", tail[-1]) \
+        or "nirsflow server" in tail[-1], tail[-1]
 
 
 def test_a_run_link_is_the_ui_address_of_the_flow_run(monkeypatch):
