@@ -514,11 +514,11 @@ class Bundle:
 
     @property
     def task_type(self) -> str | None:
-        return self.chain.get("task_type")
+        return self._replayable.task_type
 
     @property
     def classes(self) -> list | None:
-        return self.chain.get("classes")
+        return self._replayable.classes
 
     @property
     def versions(self) -> dict:

@@ -49,6 +49,7 @@ def referenced_artifacts(steps: list, fold_artifacts: dict, shared_artifacts: di
     walk(shared_artifacts)
     for step in steps:
         walk(step.get("artifact_id"))
+        walk(step.get("artifact_ids"))  # the spec's original lists each step's artifacts
     return found
 
 
