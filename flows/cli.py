@@ -342,6 +342,20 @@ def import_bundle(bundle: Path, workspace: Path = WorkspaceOption,
     typer.echo(json.dumps({"chain_id": chain_id}) if as_json else chain_id)
 
 
+@app.command(name="import-workspace")
+@friendly
+def import_workspace(path: Path = typer.Argument(..., help="A nirs4all 0.7 workspace folder (store.duckdb, artifacts/)."),
+                     workspace: Path = WorkspaceOption, as_json: bool = JsonOption) -> None:
+    """Bring a nirs4all workspace's runs, pipelines, chains, predictions and logs into this
+    workspace (run again: nothing changes); prints what was imported, and what was skipped and why."""
+    with _open(workspace, must_exist=False) as store:
+        report = store.import_workspace(path)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        typer.echo("\n".join(report.lines()))
+
+
 @app.command()
 @friendly
 def runs(workspace: Path = WorkspaceOption, status: str = typer.Option(None, help="running, completed, failed, crashed"),

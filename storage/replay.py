@@ -121,6 +121,22 @@ class ReplayableChain:
                 X, grid = self._apply(key, X, grid)
         return X, grid
 
+    def describe(self) -> dict:
+        """Check that every replayed fold can be replayed as laid out (its steps, artifacts
+        and model; ``ReplayError`` naming what cannot) without any spectra, and say what the
+        chain is: ``{"task_type", "classes", "n_features"}`` (the width its first fitted
+        object was fitted on, None when it does not say)."""
+        with _said_by_the_store():
+            folds = self._folds()
+            for fold in folds:
+                self._fold_ops(fold)
+                self._artifacts(fold, self.chain["model_step_idx"])
+            first = next((key for key in self._fold_ops(folds[0]) if isinstance(key, str)),
+                         self._artifacts(folds[0], self.chain["model_step_idx"])[0])
+            width = getattr(self.load(first), "n_features_in_", None)
+            return {"task_type": self.task_type, "classes": self.classes,
+                    "n_features": None if width is None else int(width)}
+
     # -- the chain's layout ------------------------------------------------------------------
     def _fit_to_grid(self, X, wavelengths) -> np.ndarray:
         X = rule.fit_to_grid(X, self.trained_grid, self.chain.get("n_features"), wavelengths, self.name)
