@@ -48,7 +48,7 @@ from .base import new_id, now, to_json
 from .chains import Chains, referenced_artifacts
 from .connection import Connector
 from .errors import ReplayError, WorkspaceError
-from .operations import Insert
+from .operations import Insert, Update
 from .replay import ReplayableChain
 from .versions import FITTED_VERSIONS
 
@@ -161,6 +161,8 @@ class Imports:
                 chain_id = self._save_chain(known[("pipeline", row["pipeline_id"])], row, plan, ids, str(source))
                 writer.record("chain", row["chain_id"], chain_id)
                 report.chains[row["chain_id"]] = chain_id
+                writer.relink(chain_id, [p["prediction_id"] for p in tables["predictions"]
+                                         if p["chain_id"] == row["chain_id"]])
             arrays_of = {row["prediction_id"]: row for row in tables["prediction_arrays"]}
             for row in tables["predictions"]:
                 writer.prediction(row, arrays_of.get(row["prediction_id"]))
@@ -361,6 +363,14 @@ class _Writer:
         self.con.remember_row("pipelines", pipeline_id, (pipeline_id, run_id))
         self.con.remember("pipelines", pipeline_id, "dataset_name", row["dataset_name"])
         self.record("pipeline", row["pipeline_id"], pipeline_id)
+
+    def relink(self, chain_id: str, source_predictions: list[str]) -> None:
+        """Predictions an earlier import brought without their chain (it was damaged then)
+        point at it now that it is here."""
+        for source_id in source_predictions:
+            local = self.known.get(("prediction", source_id))
+            if local is not None:
+                self.con.buffer(Update("predictions", "prediction_id", local, ("chain_id",), [chain_id]))
 
     def prediction(self, row: dict, stored: dict | None) -> None:
         if ("pipeline", row["pipeline_id"]) not in self.known:

@@ -105,6 +105,8 @@ def test_a_damaged_copy_reports_the_damaged_chains_and_imports_the_rest(store, s
     shutil.copy(artifact_file(copy_fixture(source.parent / "pristine"), "regression", "fold_1"), truncated)
     again = store.import_workspace(source)
     assert CHAINS["regression"] in again.chains and again.imported["run"] == 0
+    relinked = store.query_predictions(dataset_name="tablet")
+    assert relinked.height == 3 and set(relinked["chain_id"]) == {again.chains[CHAINS["regression"]]}
 
 
 def test_an_imported_chain_refuses_the_wrong_width_with_the_stores_error(store, source):
