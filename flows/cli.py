@@ -336,7 +336,8 @@ def import_bundle(bundle: Path, workspace: Path = WorkspaceOption,
                                                                          "checked (hashes and names are still checked)."),
                   strict: bool = typer.Option(False, "--strict", help="Refuse another scikit-learn minor version."),
                   as_json: bool = JsonOption) -> None:
-    """Bring a .n4a bundle into the workspace; prints the new chain id."""
+    """Bring a .n4a bundle (nirsflow's, or nirs4all 1.4's with --trusted) into the workspace; prints its chain
+    id here (the same bundle again: the same id, nothing added)."""
     with _open(workspace, must_exist=False) as store:
         chain_id = store.import_bundle(bundle, trusted=trusted, strict=strict)
     typer.echo(json.dumps({"chain_id": chain_id}) if as_json else chain_id)
