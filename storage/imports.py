@@ -154,6 +154,11 @@ class Imports:
                     report.already_imported["chain"] += 1
                     report.chains[row["chain_id"]] = known[("chain", row["chain_id"])]
                     continue
+                if not plan:  # seen imported before the transaction, no longer: the next import brings it
+                    report.skipped.append({"kind": "chain", "id": row["chain_id"], "name": None,
+                                           "reason": "its record of an earlier import changed meanwhile; "
+                                                     "import again"})
+                    continue
                 ids = {a: self._chains.save_artifact_bytes(checked.data[a], "joblib", by_artifact[a]["operator_class"],
                                                            by_artifact[a]["artifact_type"] or "model")
                        for a in sorted(plan["source_artifacts"])}
