@@ -58,16 +58,37 @@ def test_the_spec_walkthrough_with_a_splitter_step_runs_on_nirsflow(tmp_path, mo
         model_step_idx=2, model_class="sklearn.cross_decomposition.PLSRegression", preprocessings="StandardScaler",
         fold_strategy="per_fold", fold_artifacts={f"fold_{k}": m for k, m in enumerate(model_ids)},
         shared_artifacts={"0": [scaler_id]})
+    pred_id = store.save_prediction(pipeline_id, chain_id, dataset_name="wheat", fold_id="fold_0", partition="val",
+                                    val_score=0.95, metric="r2", y_true=y[:10], y_pred=y[:10] * 0.99)
     store.complete_pipeline(pipeline_id, best_val=0.95, best_test=0.93, metric="r2", duration_ms=120)
     store.complete_run(run_id, summary={"total_pipelines": 1})
 
+    # Queries (return polars.DataFrame)
+    top = store.top_predictions(n=5, metric="val_score")
+    preds = store.query_predictions(dataset_name="wheat", partition="val")
+    runs = store.list_runs(status="completed")
+    assert top["prediction_id"].to_list() == [pred_id] and preds.height == 1 and runs.height == 1
+
+    # Chain replay (in-workspace prediction): the splitter is not applied, the folds averaged
     y_pred = store.replay_chain(chain_id, X_new)
     expected = np.mean([m.predict(scaler.transform(X_new)).ravel() for m in models], axis=0)
     np.testing.assert_allclose(y_pred, expected, rtol=0, atol=1e-9)
-    exported = store.export_chain(chain_id, Path("exports/model.n4a"))
-    assert exported.is_file()
-    store.delete_run(run_id)
-    store.gc_artifacts()
+
+    # Export (on demand): the bundle predicts as the store does
+    from storage import load_bundle
+
+    store.export_chain(chain_id, Path("exports/model.n4a"))  # signed with the workspace's key
+    monkeypatch.setenv("NIRSFLOW_BUNDLE_KEY", (Path("workspace") / ".nirsflow" / "bundle.key").read_text())
+    np.testing.assert_allclose(load_bundle(Path("exports/model.n4a")).predict(X_new), y_pred, rtol=0, atol=1e-12)
+    store.export_pipeline_config(pipeline_id, Path("exports/config.json"))
+    store.export_run(run_id, Path("exports/run.yaml"))
+    store.export_predictions_parquet(Path("exports/results.parquet"), dataset_name="wheat", partition="val")
+    assert all(Path("exports", f).is_file() for f in ("config.json", "run.yaml", "results.parquet"))
+
+    # Cleanup
+    assert store.delete_run(run_id) > 0
+    store.gc_artifacts(grace=0)
+    assert store.list_artifacts().height == 0
     store.close()
 
 
