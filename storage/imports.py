@@ -256,7 +256,7 @@ class _ArtifactCheck:
             return f"artifact {artifact_id}: its file artifacts/{relative} is missing"
         data = file.read_bytes()
         found = hashlib.sha256(data).hexdigest()
-        if found != row["content_hash"]:
+        if found != str(row["content_hash"]).removeprefix("sha256:"):  # the runner's rows say "sha256:<hex>"
             return (f"artifact {artifact_id}: its file artifacts/{relative} is truncated or altered "
                     f"({len(data)} bytes hashing to {found[:12]}…, recorded {str(row['content_hash'])[:12]}…)")
         try:
@@ -277,6 +277,7 @@ def _plan_chain(row: dict, by_artifact: dict[str, dict], checked: _ArtifactCheck
         _json(row["shared_artifacts"]) or {}
     if not isinstance(steps, list) or not isinstance(folds, dict) or not isinstance(shared, dict):
         raise _Skip("its steps, fold_artifacts or shared_artifacts are malformed")
+    steps = [_runner_step(s) if isinstance(s, dict) else s for s in steps]
     if "_source_map" in shared:
         raise _Skip("it is a multi-source chain (shared_artifacts has a _source_map), which nirsflow cannot replay")
     if not folds:
@@ -303,6 +304,20 @@ def _plan_chain(row: dict, by_artifact: dict[str, dict], checked: _ArtifactCheck
     versions = {"scikit-learn": getattr(model, "_sklearn_version", None), "nirs4all": "0.7"}
     return {"steps": steps, "fold_strategy": strategy, "fold_artifacts": folds, "shared_artifacts": shared,
             "source_artifacts": referenced, "versions": versions, **described}
+
+
+def _runner_step(step: dict) -> dict:
+    """A step as nirs4all's runner wrote it (its second writer format, beside the store
+    API's): a short ``operator_class`` with the class path in ``params["class"]``, and
+    ``_FullTrainFoldSplitter``, its marker of a refit's one fold over all the data, which
+    is a splitter (never applied at prediction time) of a nirs4all module."""
+    params = step.get("params")
+    if "." not in str(step.get("operator_class")) and isinstance(params, dict) and isinstance(params.get("class"), str):
+        step = {**step, "operator_class": params["class"], "params": params.get("params") or {},
+                "recorded_as": {"operator_class": step.get("operator_class"), "params": params}}
+    if step.get("operator_class") == "_FullTrainFoldSplitter" and not step.get("artifact_ids"):
+        step = {**step, "kind": "splitter"}
+    return step
 
 
 def _mapped(value: Any, ids: dict[str, str]) -> Any:

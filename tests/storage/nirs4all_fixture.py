@@ -14,11 +14,13 @@ FIXTURE = Path(__file__).resolve().parents[1] / "data" / "nirs4all_fixture"
 FACTS = json.loads((FIXTURE / "facts.json").read_text())
 
 
-def copy_fixture(dest: Path) -> Path:
-    """A copy of the original's workspace folder at `dest` (store.duckdb unzipped)."""
+def copy_fixture(dest: Path, which: str = "") -> Path:
+    """A copy of the original's workspace folder at `dest` (store.duckdb unzipped): the one
+    written through the store's API, or with ``which="runner"`` the one its runner wrote."""
+    origin = FIXTURE / which
     dest.mkdir(parents=True)
-    shutil.copytree(FIXTURE / "artifacts", dest / "artifacts")
-    with gzip.open(FIXTURE / "store.duckdb.gz") as src, open(dest / "store.duckdb", "wb") as out:
+    shutil.copytree(origin / "artifacts", dest / "artifacts")
+    with gzip.open(origin / "store.duckdb.gz") as src, open(dest / "store.duckdb", "wb") as out:
         shutil.copyfileobj(src, out)
     return dest
 

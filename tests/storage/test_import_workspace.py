@@ -154,3 +154,16 @@ def test_what_is_not_a_nirs4all_workspace_is_refused_and_nothing_lands(store, tm
     with pytest.raises(WorkspaceError, match="not a nirs4all 0.7 workspace: table runs lacks columns config"):
         store.import_workspace(tmp_path / "older")
     assert store.list_runs().height == 0
+
+
+def test_a_workspace_written_by_the_runner_imports_and_replays_as_the_original(store, tmp_path):
+    # nirs4all's runner writes chains its own way: short class names with the path in params,
+    # "sha256:" hashes, its refit marker splitter, a refit model under fold_final
+    report = store.import_workspace(copy_fixture(tmp_path / "runner", "runner"))
+    assert report.skipped == [] and report.imported["chain"] == 2
+    X_new = load("X_new")[:, ::3]
+    for name, source_chain in FACTS["runner_chains"].items():
+        chain_id = report.chains[source_chain]
+        np.testing.assert_allclose(store.replay_chain(chain_id, X_new), load(f"original_runner_{name}"),
+                                   rtol=0, atol=1e-9)
+        assert store.get_chain(chain_id)["fold_strategy"] == ("refit" if name == "pipeline_refit" else "per_fold")
