@@ -453,11 +453,15 @@ def replay(chain: str = typer.Argument(..., help="Chain id (8 digits are enough)
     with _open(workspace) as store:
         chain_id = store.resolve_chain(chain)
         info = store.get_chain(chain_id)
+        task, classes = info["task_type"], info["classes"]
+        if task is None:  # saved as the spec's API saves it, without its task: what its model is
+            loaded = store.load_chain(chain_id)
+            task, classes = loaded.task_type, loaded.classes
         columns = {"sample_id": data.sample_ids}
-        if info["task_type"] == "classification":
+        if task == "classification":
             labels, proba = store.replay_chain(chain_id, data.X, wavelengths=data.wavelengths, return_proba=True)
             columns["prediction"] = labels
-            columns.update({f"proba_{c}": proba[:, j] for j, c in enumerate(info["classes"])})
+            columns.update({f"proba_{c}": proba[:, j] for j, c in enumerate(classes)})
         else:
             columns["prediction"] = store.replay_chain(chain_id, data.X, wavelengths=data.wavelengths)
     frame = pl.DataFrame(columns)

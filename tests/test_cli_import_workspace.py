@@ -46,6 +46,26 @@ def test_import_workspace_then_top_and_replay(tmp_path):
     assert refused.returncode == 1 and refused.stderr.startswith("error: ") and "not a folder" in refused.stderr
 
 
+def test_replay_of_a_classifier_saved_without_its_task_gives_labels_and_probabilities(tmp_path):
+    from tests.storage.test_spec_chains import _classifier_chain
+
+    X, grid = load("X_new"), load("wavelengths")
+    labels = np.array(["low", "high"] * (len(X) // 2))
+    ws = tmp_path / "workspace"
+    with WorkspaceStore(ws) as store:
+        chain_id, scaler, models = _classifier_chain(store, X, labels)
+        assert store.get_chain(chain_id)["task_type"] is None
+    spectra = tmp_path / "same.csv"
+    pl.DataFrame({"sample_id": [f"s{i}" for i in range(len(X))],
+                  **{f"{w:g}": X[:, j] for j, w in enumerate(grid)}}).write_csv(spectra)
+    done = run_cli("replay", chain_id[:8], str(spectra), "-w", str(ws), "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    proba = np.mean([m.predict_proba(scaler.transform(X)) for m in models], axis=0)
+    np.testing.assert_allclose([[r["proba_high"], r["proba_low"]] for r in rows], proba, rtol=0, atol=1e-12)
+    assert [r["prediction"] for r in rows] == models[0].classes_[proba.argmax(axis=1)].tolist()
+
+
 def test_a_reader_in_another_process_sees_the_import_whole_or_not_at_all(tmp_path):
     source = copy_fixture(tmp_path / "n4a")
     ws = tmp_path / "workspace"
