@@ -85,3 +85,15 @@ def test_a_reader_in_another_process_sees_the_import_whole_or_not_at_all(tmp_pat
     assert importer.returncode == 0, err
     assert seen <= {(0, 0, 0, 0), (2, 3, 6, 19)}, seen
     assert (2, 3, 6, 19) in seen and json.loads(out)["imported"]["run"] == 2
+
+
+def test_import_a_nirs4all_bundle_needs_trusted_and_an_old_one_is_refused_saying_why(tmp_path):
+    bundles = ROOT / "tests" / "data" / "nirs4all_bundles"
+    ws = str(tmp_path / "workspace")
+    refused = run_cli("import", str(bundles / "nirs4all-1.4.10.n4a"), "-w", ws)
+    assert refused.returncode == 1 and "does not sign its bundles" in refused.stderr
+    first = json.loads(run_cli("import", str(bundles / "nirs4all-1.4.10.n4a"), "-w", ws, "--trusted", "--json").stdout)
+    again = json.loads(run_cli("import", str(bundles / "nirs4all-1.4.10.n4a"), "-w", ws, "--trusted", "--json").stdout)
+    assert first == again and len(first["chain_id"]) == 36
+    old = run_cli("import", str(bundles / "nirs4all-0.7.1.n4a"), "-w", ws, "--trusted")
+    assert old.returncode == 1 and old.stderr.startswith("error: ") and "nirs4all 0.7's export_chain" in old.stderr
