@@ -7,8 +7,9 @@ nirs4all loader reads). Run each with a venv holding that release::
 
 Each writes ``nirs4all-<version>.n4a`` beside this script (a StandardScaler fitted once, a
 KFold splitter step, three PLS(5) fold models, saved through the spec's API) and
-``nirs4all-<version>.expected.npy`` (kept for 1.4.10; 0.7.1's bundle is only refused): the folds' average on ``Xtest1[:24]``, computed in
-memory, with the store's own ``replay_chain`` checked against it.
+``nirs4all-<version>.expected.npy``: the folds' average on ``Xtest1[:24]``, computed in
+memory, with the store's own ``replay_chain`` checked against it (kept for 1.4.10 only:
+0.7.1's bundle is only ever refused).
 """
 
 from __future__ import annotations
