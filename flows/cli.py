@@ -378,7 +378,8 @@ def import_bundle(bundle: Path = typer.Argument(..., help="The .n4a bundle (from
                                                                          "checked (hashes and names are still checked)."),
                   strict: bool = typer.Option(False, "--strict", help="Refuse another scikit-learn minor version."),
                   as_json: bool = JsonOption) -> None:
-    """Bring a .n4a bundle into the workspace; prints the new chain id."""
+    """Bring a .n4a bundle (nirsflow's, or nirs4all 1.4's with --trusted) into the workspace; prints its chain
+    id here (the same bundle again: the same id, nothing added)."""
     from storage import BundleTrustError
 
     with _open(workspace, must_exist=False) as store:
@@ -388,6 +389,20 @@ def import_bundle(bundle: Path = typer.Argument(..., help="The .n4a bundle (from
             raise UserError(str(exc).replace(" or pass key=", "").replace("pass trusted=True", "pass --trusted")
                             .replace("trusted=True", "--trusted")) from None
     typer.echo(json.dumps({"chain_id": chain_id}) if as_json else chain_id)
+
+
+@app.command(name="import-workspace")
+@friendly
+def import_workspace(path: Path = typer.Argument(..., help="A nirs4all 0.7 workspace folder (store.duckdb, artifacts/)."),
+                     workspace: Path = WorkspaceOption, as_json: bool = JsonOption) -> None:
+    """Bring a nirs4all workspace's runs, pipelines, chains, predictions and logs into this
+    workspace (run again: nothing changes); prints what was imported, and what was skipped and why."""
+    with _open(workspace, must_exist=False) as store:
+        report = store.import_workspace(path)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        typer.echo("\n".join(report.lines()))
 
 
 RUN_STATUSES = ("running", "completed", "failed", "crashed", "cancelled")
@@ -518,11 +533,15 @@ def replay(chain: str = typer.Argument(..., help="Chain id (8 digits are enough)
     with _open(workspace) as store:
         chain_id = store.resolve_chain(chain)
         info = store.get_chain(chain_id)
+        task, classes = info["task_type"], info["classes"]
+        if task is None:  # saved as the spec's API saves it, without its task: what its model is
+            loaded = store.load_chain(chain_id)
+            task, classes = loaded.task_type, loaded.classes
         columns = {"sample_id": data.sample_ids}
-        if info["task_type"] == "classification":
+        if task == "classification":
             labels, proba = store.replay_chain(chain_id, data.X, wavelengths=data.wavelengths, return_proba=True)
             columns["prediction"] = labels
-            columns.update({f"proba_{c}": proba[:, j] for j, c in enumerate(info["classes"])})
+            columns.update({f"proba_{c}": proba[:, j] for j, c in enumerate(classes)})
         else:
             columns["prediction"] = store.replay_chain(chain_id, data.X, wavelengths=data.wavelengths)
     frame = pl.DataFrame(columns)

@@ -49,6 +49,7 @@ def referenced_artifacts(steps: list, fold_artifacts: dict, shared_artifacts: di
     walk(shared_artifacts)
     for step in steps:
         walk(step.get("artifact_id"))
+        walk(step.get("artifact_ids"))  # the spec's original lists each step's artifacts
     return found
 
 
@@ -260,7 +261,11 @@ class Chains:
         """Predict new spectra with a stored chain (the rule: ``nirs.replay``).
 
         Returns predictions; for a classifier with ``return_proba=True``, a
-        ``(labels, probabilities)`` pair whose columns follow ``get_chain(...)["classes"]``."""
+        ``(labels, probabilities)`` pair whose columns follow the chain's classes (for a
+        chain saved without them, its models' ``classes_``). Spectra given with their grid
+        are resampled onto a chain's training grid when they cover it, refused otherwise; a
+        chain saved without a grid takes spectra as they are, of its width (``ReplayError``
+        before any transform runs)."""
         pred, proba = self._replayable(chain_id).replay(X, wavelengths)
         if return_proba:
             if proba is None:
