@@ -103,7 +103,7 @@ from tasks.outliers import (drift, drift_picture, emit_alert, flagged_rows, outl
 from tasks.reporting import Progress, artifact_key, tag_flow_run
 from tasks.scoring import (FileChanged, InboxFile, ScoreJob, ScoringLock,
                            discover, move_file, plan_destination, result_paths, same_bytes_exists,
-                           score_file_task, sha256_of, sweep_partials, write_note)
+                           scan_inbox, score_file_task, sha256_of, sweep_partials, write_note)
 
 class ScoringIncomplete(RuntimeError):
     """Some files could neither be scored nor set aside (a store write, the outbox...);
@@ -120,12 +120,19 @@ class NothingScored(RuntimeError):
 
 
 def _flow_run_name() -> str:
+    """``score · tablet1 (2 files)``: the datasets whose files wait in the inbox as the run
+    is created (``score · nothing waiting`` for an empty inbox), as train runs are named."""
     from prefect.runtime import flow_run
 
     try:
-        return f"score inbox · {Path(flow_run.parameters['inbox']).name}"
+        files, _ = scan_inbox(Path(flow_run.parameters["inbox"]).expanduser())
+        datasets = sorted({f.dataset or "(top level)" for f in files.values()})
+        if not datasets:
+            return "score · nothing waiting"
+        shown = ", ".join(datasets[:3]) + (f" +{len(datasets) - 3}" if len(datasets) > 3 else "")
+        return f"score · {shown} ({len(files)} file{'s' if len(files) != 1 else ''})"
     except Exception:  # noqa: BLE001 - a name must never stop a run
-        return "score inbox"
+        return "score"
 
 
 def _now() -> str:
@@ -570,6 +577,8 @@ def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: st
         stable = stable[:max_files] if max_files is not None else stable
         logger.info("%d files ready in %s, %d still changing, %d left for the next run", len(stable), inbox_path,
                     len(changing), len(later))
+        # the UI filters runs by dataset: tagged as train runs are
+        tag_flow_run(["nirsflow", "score", *sorted({f"dataset:{f.dataset}" for f in stable + changing if f.dataset})])
         scoring_started = time.perf_counter()
         with WorkspaceStore(workspace, lock_timeout=lock_timeout, idle=1.0) as store:
             run = InboxRun(store, root, alias=alias, csv=csv, chunk_rows=int(chunk_rows),
@@ -580,7 +589,8 @@ def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: st
                 run.wait(f, f"still being written: size or mtime changed between two looks {settle_seconds:g} s apart")
             if stable:
                 run.progress = Progress(len(stable), key=artifact_key("progress", Path(inbox).name),
-                                        description=f"score inbox {Path(inbox).name}: files")
+                                        description=f"Scoring {len(stable)} files of {inbox}: share handled",
+                                        label="scoring", unit="files")
             try:
                 for f in stable:
                     run.admit(f)

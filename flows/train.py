@@ -39,7 +39,7 @@ from storage import PipelineLibrary
 from tasks.data import describe_spec, load_dataset, normalize_spec
 from tasks.lifecycle import (PipelineEntry, RunDescription, StoreWriteError, current_book, pipeline_hooks,
                              run_hooks)
-from tasks.reporting import (Progress, artifact_key, leaderboard_rows, markdown_report, plot_chain,
+from tasks.reporting import (Progress, artifact_key, best_scores, leaderboard_rows, markdown_report, plot_chain,
                              publish_leaderboard, publish_markdown, tag_flow_run)
 from tasks.training import fit_fold_task, plan_pipeline_folds, refit_plan, train_pipeline
 
@@ -152,7 +152,8 @@ def train(workspace: str, datasets: list[Any] | None = None, config: Any = None,
         book.store_failed("log_step planned", exc)
 
     progress = Progress(len(work), key=artifact_key("train-progress", what),
-                        description=f"{what}: pipelines trained of {len(work)}")
+                        description=f"Training {what} on {', '.join(loaded)}: share of the {len(work)} "
+                                    "pipelines done")
 
     def submit(item):
         entry, p, train_set, test_set = item
@@ -183,7 +184,7 @@ def train(workspace: str, datasets: list[Any] | None = None, config: Any = None,
         task(label, entry.key, train_set, p, quote(futures), test=test_set,
              refit=None if refit_future is None else quote(refit_future), plan_error=plan_error,
              return_state=True)  # a failed pipeline is recorded by its hooks; the run goes on
-        progress.step()
+        progress.step(entry=entry)
 
     pending: deque = deque()
     for item in work:
@@ -246,7 +247,8 @@ def run_state(summary: dict, entries: list):
 
     failed = [e for e in entries if e.status != "completed"]
     if not failed:
-        return Completed(message=f"{len(entries)} pipelines completed", data=summary)
+        return Completed(message=f"{len(entries)} pipelines completed{best_scores(summary.get('best'))}",
+                         data=summary)
     first = failed[0]
     why = f"first error ({first.dataset_name} · {first.name}): {(first.error or first.store_error or '?')[:500]}"
     if len(failed) == len(entries):

@@ -63,6 +63,7 @@ from typing import Any, Callable, Iterable
 import joblib
 import numpy as np
 
+from . import nirs4all_bundles
 from .artifacts import FORMATS
 from .atomic import atomic_path, fsync_folder
 from .chains import FOLD_STRATEGIES, referenced_artifacts
@@ -265,6 +266,8 @@ def read_bundle(path: str | Path, *, keys: Iterable[tuple[bytes, str]] = (), tru
             infos = zf.infolist()
             _check_names(path, infos)
             by_name = {info.filename: info for info in infos}
+            if nirs4all_bundles.is_nirs4all_bundle(by_name):
+                return nirs4all_bundles.read(path, zf, by_name, trusted)
             if MANIFEST not in by_name:
                 raise BundleError(f"bundle {path} has no {MANIFEST}; it is not a nirsflow bundle")
             manifest_bytes = _read(zf, by_name[MANIFEST], path)
@@ -515,11 +518,11 @@ class Bundle:
 
     @property
     def task_type(self) -> str | None:
-        return self.chain.get("task_type")
+        return self._replayable.task_type
 
     @property
     def classes(self) -> list | None:
-        return self.chain.get("classes")
+        return self._replayable.classes
 
     @property
     def versions(self) -> dict:

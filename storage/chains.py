@@ -53,6 +53,7 @@ def referenced_artifacts(steps: list, fold_artifacts: dict, shared_artifacts: di
         walk(metadata.get(DIAGNOSTICS))
     for step in steps:
         walk(step.get("artifact_id"))
+        walk(step.get("artifact_ids"))  # the spec's original lists each step's artifacts
     return found
 
 
@@ -265,20 +266,30 @@ class Chains:
         """Predict new spectra with a stored chain (the rule: ``nirs.replay``).
 
         Returns predictions; for a classifier with ``return_proba=True``, a
-        ``(labels, probabilities)`` pair whose columns follow ``get_chain(...)["classes"]``.
-        With ``diagnostics=True``, the outlier checks of every spectrum come last:
-        ``(predictions, [probabilities,] checks)``, checks a dict of arrays ``t2``, ``q``,
-        ``t2_ratio``, ``q_ratio`` (to the 95 % limits), ``y_out`` and ``flag`` (``ok``,
-        ``t2``, ``q``, ``both``, ``y_range``): the columns of a scored inbox file."""
+        ``(labels, probabilities)`` pair whose columns follow the chain's classes (for a
+        chain saved without them, its models' ``classes_``). Spectra given with their grid
+        are resampled onto a chain's training grid when they cover it, refused otherwise; a
+        chain saved without a grid takes spectra as they are, of its width (``ReplayError``
+        before any transform runs). With ``diagnostics=True``, the outlier checks of every
+        spectrum come last: ``(predictions, [probabilities,] checks)``, checks a dict of
+        arrays ``t2``, ``q``, ``t2_ratio``, ``q_ratio`` (to the 95 % limits), ``y_out`` and
+        ``flag`` (``ok``, ``t2``, ``q``, ``both``, ``y_range``): the columns of a scored
+        inbox file."""
         out = self._replayable(chain_id).replay(X, wavelengths, diagnostics=diagnostics)
         if return_proba and out[1] is None:
             raise ReplayError(f"chain {chain_id} is a regression chain: it has no probabilities")
         picked = (out[0], *((out[1],) if return_proba else ()), *out[2:])
         return picked[0] if len(picked) == 1 else picked
 
-    def preprocess_chain(self, chain_id: str, X, wavelengths=None, *, fold: str | None = None):
-        """``(X, grid)`` after the chain's preprocessing (one fold's), e.g. to plot it."""
-        return self._replayable(chain_id).preprocess(X, wavelengths, fold)
+    def preprocess_chain(self, chain_id: str, X, wavelengths=None, *, fold: str | None = None,
+                         spectral_only: bool = False):
+        """``(X, grid)`` after the chain's preprocessing (one fold's), e.g. to plot it;
+        ``spectral_only``: after its leading spectral steps only (SNV, SG, ..., not the
+        scaler after them; ``spectral_steps_of_chain`` names them)."""
+        return self._replayable(chain_id).preprocess(X, wavelengths, fold, spectral_only=spectral_only)
+
+    def spectral_steps_of_chain(self, chain_id: str) -> list[str]:
+        return self._replayable(chain_id).spectral_steps()
 
     def load_chain(self, chain_id: str) -> ReplayableChain:
         """A stored chain with every fitted artifact it references loaded (and hash-checked)

@@ -48,7 +48,7 @@ def flagged_rows(scored: list[dict]) -> list[dict]:
 def outlier_picture(points: dict[str, dict], path: Path, title: str = "") -> Path:
     """T² vs Q of every file's (thinned) spectra, each to its 95 % limit, log scales;
     the limits are the lines at 1: a point right of or above them is flagged."""
-    from nirs.plots import plt, save_figure
+    from nirs.plots import plt, save
 
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     total = sum(len(p["t2_ratio"]) for p in points.values())
@@ -67,7 +67,7 @@ def outlier_picture(points: dict[str, dict], path: Path, title: str = "") -> Pat
     ax.set_title(title or "Outlier checks of the scored spectra")
     if points:
         ax.legend(fontsize=7, loc="best")
-    return save_figure(fig, path)
+    return save(fig, path)
 
 
 def _result_files(root: Path, dataset: str, since: datetime) -> list[Path]:
@@ -109,7 +109,7 @@ def _drift_columns(path: Path) -> list:
 
 def drift_picture(table: pl.DataFrame, path: Path, dataset: str, threshold: float | None = None) -> Path:
     """Share flagged per day, one line per chain, with the alert threshold."""
-    from nirs.plots import plt, save_figure
+    from nirs.plots import plt, save
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for chain_id in table["chain_id"].unique(maintain_order=True).to_list():
@@ -122,7 +122,7 @@ def drift_picture(table: pl.DataFrame, path: Path, dataset: str, threshold: floa
     ax.set_title(f"{dataset}: flagged by the outlier checks, per day")
     ax.legend(fontsize=7)
     fig.autofmt_xdate()
-    return save_figure(fig, path)
+    return save(fig, path)
 
 
 def png_markdown(path: Path, alt: str) -> str:

@@ -3,6 +3,7 @@ what the Prefect UI gets."""
 
 from __future__ import annotations
 
+import json
 from uuid import UUID
 
 import numpy as np
@@ -102,6 +103,11 @@ def test_train_writes_run_pipelines_chains_predictions_artifacts_with_prefect_id
     assert {"table", "markdown", "progress"} <= kinds
     table = next(a for a in mine if a.type == "table")
     assert table.key == "leaderboard-config"
+    board = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert list(board[0])[:4] == ["#", "RMSECV", "RMSEP", "chain"] and len(board[0]["chain"]) == 8
+    flow_run = prefect_client.read_flow_run(UUID(flow_run_id))  # the runs list reads at a glance
+    assert flow_run.state.message.startswith("2 pipelines completed; best RMSECV ")
+    assert "RMSEP" in flow_run.state.message and "dataset:tablet1" in flow_run.tags
     progress = next(a for a in mine if a.type == "progress")
     assert float(progress.data) == pytest.approx(100.0)
 
