@@ -8,6 +8,11 @@
    loop's spectra per second; the per-file overhead in ms.
 2. One ~1 GB CSV input scored by the flow in a fresh process: its peak RSS (target
    <= 500 MB), next to the same process's RSS before the run (imports alone).
+3. The outlier checks (issue 20): the plain loop (read, replay, write) with the checks
+   (T², Q, ratios, flag: evaluated inside the fold loop on each fold's preprocessed
+   spectra) against the same loop without them, and replay alone with and without.
+   Target: with / without <= 1.3x. ``--diagnostics-only`` runs this part alone (no
+   Prefect server).
 
     python bench/score_bench.py                         # the issue's sizes
     python bench/score_bench.py --files 20 --big-gb 0.1 # smaller
@@ -124,6 +129,54 @@ def plain_loop(workspace: Path, chain_id: str, files: list[Path], out: Path) -> 
         return time.perf_counter() - started, n
 
 
+def diagnostics_cost(workspace: Path, chain_id: str, files: list[Path], out: Path, repeats: int = 3) -> list:
+    """Rows of the table: the plain loop and replay alone, without and with the checks
+    (best of `repeats`, alternating, so both see the same machine)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nirs.readers import read_spectra
+    from storage import WorkspaceStore
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = [read_spectra(p) for p in files]
+    n = sum(len(ds.X) for ds in data)
+    best = {}
+    with WorkspaceStore(workspace, idle=600) as store:
+        chain = store.load_chain(chain_id)
+        chain.replay(data[0].X[:1], data[0].wavelengths, diagnostics=True)  # warm-up: artifacts, imports
+
+        def loop(checks: bool, write: bool) -> float:
+            """write: the whole loop (read each file, replay, write); else replay alone."""
+            started = time.perf_counter()
+            for p, ds in zip(files, data):
+                if write:
+                    ds = read_spectra(p)
+                for i in range(0, len(ds.X), 500):  # the flow's chunk_rows
+                    pred, _, *diag = chain.replay(ds.X[i:i + 500], ds.wavelengths, diagnostics=checks)
+                    if write:
+                        cols = {"sample_id": ds.sample_ids[i:i + 500].astype(str).tolist(), "prediction": pred}
+                        if checks:
+                            cols.update({k: np.asarray(diag[0][k]) for k in ("t2", "q", "t2_ratio", "q_ratio")},
+                                        flag=diag[0]["flag"].tolist())
+                        pq.write_table(pa.table(cols), out / f"{p.stem}.{i}.parquet")
+            return time.perf_counter() - started
+
+        for _ in range(repeats):
+            for key in [(False, True), (True, True), (False, False), (True, False)]:
+                best[key] = min(best.get(key, float("inf")), loop(*key))
+    return [
+        ("outlier checks: workload", f"{len(files)} files, {n} spectra, chunks of 500, 5-fold SNV + scaler + PLS(8); "
+                                     f"best of {repeats}"),
+        ("  read-replay-write loop (as part 1's plain loop) without / with checks",
+         f"{best[(False, True)]:.3f} s / {best[(True, True)]:.3f} s"),
+        ("  with / without, loop (target <= 1.3)", f"{best[(True, True)] / best[(False, True)]:.2f}x"),
+        ("  replay alone without / with checks", f"{best[(False, False)]:.3f} s / {best[(True, False)]:.3f} s "
+                                                f"({best[(True, False)] / best[(False, False)]:.2f}x)"),
+    ]
+
+
 BIG_CODE = """
 import json, sys, time
 from flows.score_inbox import score_inbox
@@ -158,7 +211,20 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=0.0, help="settle_seconds of the 200-file run")
     ap.add_argument("--api-url", default=os.environ.get("PREFECT_API_URL"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--diagnostics-only", action="store_true", help="only part 3: the outlier checks' cost")
     args = ap.parse_args()
+    if args.diagnostics_only:
+        scratch = Path(tempfile.mkdtemp(prefix="score-bench-"))
+        try:
+            chain_id = build_workspace(scratch / "ws")
+            files = write_files(scratch / "inbox" / "tablet", args.files, args.spectra)
+            rows = diagnostics_cost(scratch / "ws", chain_id, files, scratch / "out")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        width = max(len(k) for k, _ in rows)
+        for k, v in rows:
+            print(f"{k:<{width}}  {v}")
+        return
 
     scratch = Path(tempfile.mkdtemp(prefix="score-bench-"))
     server = None
@@ -212,6 +278,8 @@ def main() -> None:
              f"{1000 * (flow_s - plain_s) / args.files:+.1f} ms"),
             ("fixed cost of one flow run (an empty inbox)", f"{fixed_s:.2f} s"),
         ]
+        moved = [workspace / "processed" / "tablet" / p.name for p in files[:20]]  # where the flow put them
+        rows += diagnostics_cost(workspace, chain_id, moved, scratch / "diag-out")
 
         if args.big_gb > 0:
             big_inbox = scratch / "big-inbox"

@@ -32,6 +32,8 @@ app.add_typer(export_app, name="export")
 WorkspaceOption = typer.Option(None, "--workspace", "-w", envvar="NIRSFLOW_WORKSPACE",
                                help="Workspace folder [default: ./workspace]")
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
+VerboseOption = typer.Option(False, "--verbose", "-v", help="Show Prefect's log lines on the terminal (they always "
+                                                          "go to the UI and to <workspace>/logs/nirsflow.log).")
 
 
 def _workspace(value: Path | None) -> Path:
@@ -68,6 +70,9 @@ def temporary_api() -> None:
     server = TemporaryServer.start()
     stopping.on_forced_exit(server.stop)
     use_api(server.url)
+    from flows.server import TEMPORARY_API_MARK
+
+    os.environ[TEMPORARY_API_MARK] = "1"  # no UI link to print: the server goes with the command
     stopping.raise_if_stopped()
 
 
@@ -142,8 +147,9 @@ def _emit(rows: Any, as_json: bool, *, title: str = "") -> None:
 # -- commands -------------------------------------------------------------------------
 @app.command()
 @friendly
-def demo(workspace: Path = WorkspaceOption) -> None:
+def demo(workspace: Path = WorkspaceOption, verbose: bool = VerboseOption) -> None:
     """Train a small grid on the real Tablet NIR set, promote the best chain, print the leaderboard."""
+    _quiet(_workspace(workspace), verbose)
     temporary_api()
     from flows import stopping
     from flows.demo import run_demo
@@ -168,7 +174,7 @@ def train(config: str = typer.Argument(..., help="A config file (.json/.yaml), o
           executor: str = typer.Option(None, help="Where fold fits run: threads (default), loky, dask://local, "
                                                   "or dask://HOST:PORT (a Dask scheduler; needs nirsflow[dask])."),
           max_concurrency: int = typer.Option(2, help="Pipelines trained at once (more for a cluster)."),
-          as_json: bool = JsonOption) -> None:
+          as_json: bool = JsonOption, verbose: bool = VerboseOption) -> None:
     """Train a config on datasets through the Prefect train flow."""
     from flows.preflight import check_training
 
@@ -186,6 +192,7 @@ def train(config: str = typer.Argument(..., help="A config file (.json/.yaml), o
     from nirs.executors import parse_spec
 
     parse_spec(executor, processes)  # a misspelt executor: one line, before any server
+    _quiet(workspace, verbose)
     temporary_api()
     from flows.train import train as train_flow
 
@@ -199,12 +206,23 @@ def train(config: str = typer.Argument(..., help="A config file (.json/.yaml), o
         typer.echo(json.dumps(summary, default=str, indent=2))
         return
     best = summary.get("best") or {}
-    typer.echo(f"run {summary['run_id']}: {summary['counts']}")
+    counts = summary["counts"]
+    typer.echo(f"run {summary['run_id'][:8]}: {counts.get('completed', 0)} pipelines completed, "
+               f"{counts.get('failed', 0)} failed ({summary.get('wall_s', 0):.0f} s)")
     if summary.get("message"):
         typer.echo(summary["message"])
     if best:
-        typer.echo(f"best: {best.get('pipeline')} on {best.get('dataset')}: {best.get('metric')} "
-                   f"CV {best.get('cv_score')}, test {best.get('test_score')} (chain {best.get('chain_id')})")
+        from nirs.metrics import score_name
+
+        scores = ", ".join(f"{score_name(best.get('metric'), part)} {value:.4g}" for part, value in
+                           (("val", best.get("cv_score")), ("test", best.get("test_score"))) if value is not None)
+        typer.echo(f"best: {best.get('pipeline')} on {best.get('dataset')}: {scores} "
+                   f"(chain {str(best.get('chain_id'))[:8]})")
+    from flows.server import run_link
+
+    link = run_link(summary.get("flow_run_id"))
+    if link:
+        typer.echo(f"in the Prefect UI: {link}")
     _stopped_after_the_run()
 
 
@@ -214,6 +232,13 @@ def _stopped_after_the_run() -> None:
     from flows import stopping
 
     stopping.raise_if_stopped()
+
+
+def _quiet(workspace: Path, verbose: bool) -> None:
+    """Prefect's log lines to the workspace's log file, a progress bar on the terminal."""
+    from flows.terminal import route_prefect_logs
+
+    route_prefect_logs(workspace, verbose)
 
 
 def _dataset_spec(item: str, target: str | None, id_column: str, test: Path | None):
@@ -236,10 +261,11 @@ def _dataset_spec(item: str, target: str | None, id_column: str, test: Path | No
 @friendly
 def score(inbox: Path = typer.Argument(None, help="The inbox folder: one sub-folder per dataset "
                                                   "[default: <workspace>/inbox]"),
-          workspace: Path = WorkspaceOption, alias: str = "production",
+          workspace: Path = WorkspaceOption,
+          alias: str = typer.Option("production", help="The alias that names each dataset's chain."),
           outbox: Path = typer.Option(None, help="Root of outbox/, processed/, rejected/ [default: the workspace]"),
           csv: bool = typer.Option(False, "--csv", help="Also write each result as CSV."),
-          as_json: bool = JsonOption) -> None:
+          as_json: bool = JsonOption, verbose: bool = VerboseOption) -> None:
     """Score the spectra files waiting in an inbox (the score_inbox flow, once)."""
     workspace = _workspace(workspace).absolute()
     inbox = (inbox or workspace / "inbox").absolute()
@@ -247,6 +273,7 @@ def score(inbox: Path = typer.Argument(None, help="The inbox folder: one sub-fol
         raise UserError(f"inbox {inbox} is not a folder; files go in {inbox}/<dataset>/")
     if not (workspace / "store.duckdb").exists():
         raise UserError(f"no workspace at {workspace} (no store.duckdb); run `nirsflow demo` or pass --workspace")
+    _quiet(workspace, verbose)
     temporary_api()
     from flows.score_inbox import score_inbox
 
@@ -334,6 +361,7 @@ def server(port: int = typer.Option(4200, help="Port on 127.0.0.1."),
         raise typer.Exit(2) from None
     apply_server_settings(env)
     env.setdefault("PREFECT_UI_API_URL", f"http://127.0.0.1:{port}/api")  # the UI finds its API on any port
+    _port_is_free(port)
     where = "on PostgreSQL" if database is not None else f"its database in {home}"
     typer.echo(f"Prefect server with its UI on http://127.0.0.1:{port}, {where}; clients need "
                f"PREFECT_API_URL=http://127.0.0.1:{port}/api")
@@ -341,44 +369,101 @@ def server(port: int = typer.Option(4200, help="Port on 127.0.0.1."),
     os.execve(str(prefect), [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env)
 
 
+def _port_is_free(port: int) -> None:
+    """Say so before announcing an address another program answers on."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            typer.echo(f"error: port {port} on 127.0.0.1 is in use (another server?); pass --port with a free one",
+                       err=True)
+            raise typer.Exit(1) from None
+
+
 @app.command(name="import")
 @friendly
-def import_bundle(bundle: Path, workspace: Path = WorkspaceOption,
+def import_bundle(bundle: Path = typer.Argument(..., help="The .n4a bundle (from `nirsflow export chain`)."),
+                  workspace: Path = WorkspaceOption,
                   trusted: bool = typer.Option(False, "--trusted", help="Accept a bundle whose signature cannot be "
                                                                          "checked (hashes and names are still checked)."),
                   strict: bool = typer.Option(False, "--strict", help="Refuse another scikit-learn minor version."),
                   as_json: bool = JsonOption) -> None:
-    """Bring a .n4a bundle into the workspace; prints the new chain id."""
+    """Bring a .n4a bundle (nirsflow's, or nirs4all 1.4's with --trusted) into the workspace; prints its chain
+    id here (the same bundle again: the same id, nothing added)."""
+    from storage import BundleTrustError
+
     with _open(workspace, must_exist=False) as store:
-        chain_id = store.import_bundle(bundle, trusted=trusted, strict=strict)
+        try:
+            chain_id = store.import_bundle(bundle, trusted=trusted, strict=strict)
+        except BundleTrustError as exc:  # the library's words (trusted=True, key=) as options of this command
+            raise UserError(str(exc).replace(" or pass key=", "").replace("pass trusted=True", "pass --trusted")
+                            .replace("trusted=True", "--trusted")) from None
     typer.echo(json.dumps({"chain_id": chain_id}) if as_json else chain_id)
+
+
+@app.command(name="import-workspace")
+@friendly
+def import_workspace(path: Path = typer.Argument(..., help="A nirs4all 0.7 workspace folder (store.duckdb, artifacts/)."),
+                     workspace: Path = WorkspaceOption, as_json: bool = JsonOption) -> None:
+    """Bring a nirs4all workspace's runs, pipelines, chains, predictions and logs into this
+    workspace (run again: nothing changes); prints what was imported, and what was skipped and why."""
+    with _open(workspace, must_exist=False) as store:
+        report = store.import_workspace(path)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        typer.echo("\n".join(report.lines()))
+
+
+RUN_STATUSES = ("running", "completed", "failed", "crashed", "cancelled")
 
 
 @app.command()
 @friendly
-def runs(workspace: Path = WorkspaceOption, status: str = typer.Option(None, help="running, completed, failed, crashed"),
+def runs(workspace: Path = WorkspaceOption,
+         status: str = typer.Option(None, help="Only runs in this state: " + ", ".join(RUN_STATUSES) + "."),
          as_json: bool = JsonOption) -> None:
     """List the runs of a workspace, newest first."""
+    if status is not None and status not in RUN_STATUSES:
+        raise UserError(f"--status {status!r} is not a run status; use one of {', '.join(RUN_STATUSES)}")
     with _open(workspace) as store:
-        _emit(store.list_runs(status=status).select("run_id", "name", "status", "created_at", "completed_at", "error"),
-              as_json, title="runs")
+        frame = store.list_runs(status=status).select("run_id", "created_at", "name", "status", "completed_at",
+                                                      "error", "flow_run_id")
+    if not as_json:  # 8 digits, which every command accepts; JSON keeps the whole ids
+        import polars as pl
+
+        frame = frame.select(pl.col("run_id").str.slice(0, 8).alias("run"),
+                             pl.col("created_at").dt.strftime("%Y-%m-%d %H:%M").alias("started (UTC)"),
+                             "name", "status", pl.col("error").str.slice(0, 40))
+    _emit(frame, as_json, title="runs")
 
 
 @app.command()
 @friendly
 def top(n: int = typer.Option(10, "-n", help="How many."), workspace: Path = WorkspaceOption,
-        partition: str = "val", dataset: str = typer.Option(None, help="Only this dataset."),
+        partition: str = typer.Option("val", help="Rank by the scores of this partition: val (cross-validation) "
+                                                  "or test."),
+        dataset: str = typer.Option(None, help="Only this dataset."),
         fold: str = typer.Option("avg", help="'avg' ranks the folds combined; 'all' ranks every fold."),
         as_json: bool = JsonOption) -> None:
-    """The best predictions (ranked in the direction of their metric)."""
+    """The best chains (ranked in the direction of their metric), with what tells them apart."""
+    from tasks.leaderboard import all_params, render, rows_from_store
+
     with _open(workspace) as store:
         frame = store.top_predictions(n, partition=partition, dataset_name=dataset,
                                       fold_id=None if fold == "all" else fold)
-        frame = frame.select("dataset_name", "model_name", "preprocessings", "fold_id", "metric", "val_score",
-                             "test_score", "chain_id")
-        if not as_json:  # 8 digits, which every command accepts; JSON keeps the whole id
-            frame = frame.with_columns(frame["chain_id"].str.slice(0, 8).alias("chain_id"))
-        _emit(frame, as_json, title=f"top {n} ({partition})")
+        rows = rows_from_store(store, frame)
+    if as_json:
+        extra = [{"rank": r["rank"], "short_id": (r["chain_id"] or "")[:8], "pipeline": r["pipeline"],
+                  "params": all_params(r["config"]), "run": r["run"], "aliases": r["aliases"]} for r in rows]
+        payload = [{**e, **f} for e, f in zip(extra, frame.select(
+            "dataset_name", "model_name", "preprocessings", "fold_id", "metric", "val_score", "test_score",
+            "chain_id", "pipeline_id").to_dicts())]
+        typer.echo(json.dumps(payload, default=str, indent=2))
+        return
+    typer.echo(render(rows, title=f"top {n} ({'cross-validation' if partition == 'val' else partition})"))
 
 
 @app.command()
@@ -399,8 +484,17 @@ def show(item: str = typer.Argument(..., help="A run, pipeline or chain: its id,
         except NotFoundError:
             raise UserError(f"{item} is not a run, pipeline or chain id (nor 8 digits of one, nor DATASET:ALIAS) "
                             f"in {store.path}; list them with `nirsflow runs` or `nirsflow top`") from None
+        if kind == "chain":
+            from tasks.chain_report import chain_lines, chain_report
+
+            report = chain_report(store, item)
+            if not as_json:
+                typer.echo("\n".join(chain_lines(report)))
+                return
         record = {"run": store.get_run, "pipeline": store.get_pipeline, "chain": store.get_chain}[kind](item)
         record = {k: v for k, v in record.items() if not k.startswith("_")}
+        if kind == "chain":  # the stored record, and what show prints of it
+            record.update({k: report[k] for k in ("scores", "aliases", "dataset", "wavelength_range", "run")})
         if as_json:
             typer.echo(json.dumps({"kind": kind, **record}, default=_jsonable, indent=2))
             return
@@ -438,7 +532,8 @@ def _summary(key: str, value) -> str:
 def replay(chain: str = typer.Argument(..., help="Chain id (8 digits are enough), or DATASET:ALIAS such as "
                                                 "tablet1:production."),
            file: Path = typer.Argument(..., help="Spectra file (CSV/TSV, Parquet, JCAMP-DX)."),
-           workspace: Path = WorkspaceOption, id_column: str = "sample_id",
+           workspace: Path = WorkspaceOption,
+           id_column: str = typer.Option("sample_id", help="Sample id column of the file."),
            out: Path = typer.Option(None, help="Write the predictions here (.csv or .parquet)."),
            as_json: bool = JsonOption) -> None:
     """Predict the spectra of a file with a stored chain."""
@@ -450,13 +545,21 @@ def replay(chain: str = typer.Argument(..., help="Chain id (8 digits are enough)
     with _open(workspace) as store:
         chain_id = store.resolve_chain(chain)
         info = store.get_chain(chain_id)
+        task, classes = info["task_type"], info["classes"]
+        if task is None:  # saved as the spec's API saves it, without its task: what its model is
+            loaded = store.load_chain(chain_id)
+            task, classes = loaded.task_type, loaded.classes
         columns = {"sample_id": data.sample_ids}
-        if info["task_type"] == "classification":
-            labels, proba = store.replay_chain(chain_id, data.X, wavelengths=data.wavelengths, return_proba=True)
-            columns["prediction"] = labels
-            columns.update({f"proba_{c}": proba[:, j] for j, c in enumerate(info["classes"])})
-        else:
-            columns["prediction"] = store.replay_chain(chain_id, data.X, wavelengths=data.wavelengths)
+        checked = bool((info.get("metadata") or {}).get("diagnostics"))  # a chain trained with the outlier checks
+        classify = task == "classification"
+        out_ = store.replay_chain(chain_id, data.X, wavelengths=data.wavelengths, return_proba=classify,
+                                  diagnostics=checked)
+        out_ = out_ if isinstance(out_, tuple) else (out_,)
+        columns["prediction"] = out_[0]
+        if classify:
+            columns.update({f"proba_{c}": out_[1][:, j] for j, c in enumerate(classes)})
+        if checked:
+            columns.update({k: out_[-1][k] for k in ("t2", "q", "t2_ratio", "q_ratio")}, flag=out_[-1]["flag"].tolist())
     frame = pl.DataFrame(columns)
     if out is not None:
         from storage import atomic_path
@@ -472,7 +575,8 @@ def replay(chain: str = typer.Argument(..., help="Chain id (8 digits are enough)
 @friendly
 def promote(dataset: str = typer.Argument(..., help="The dataset whose alias moves (its inbox folder's name)."),
             chain: str = typer.Argument(..., help="Chain id (8 digits are enough), or DATASET:ALIAS."),
-            workspace: Path = WorkspaceOption, alias: str = "production",
+            workspace: Path = WorkspaceOption,
+            alias: str = typer.Option("production", help="The alias to move (production, staging, ...)."),
             reason: str = typer.Option(None, help="Why, for the alias history."),
             force: bool = typer.Option(False, "--force", help="Accept a chain trained on another dataset."),
             as_json: bool = JsonOption) -> None:
@@ -491,6 +595,24 @@ def promote(dataset: str = typer.Argument(..., help="The dataset whose alias mov
         typer.echo(json.dumps({"dataset": dataset, "alias": alias, "chain_id": chain_id, "previous": previous}))
         return
     typer.echo(f"{dataset}/{alias} -> {chain_id}" + (f" (was {previous})" if previous else ""))
+
+
+@app.command()
+@friendly
+def drift(dataset: str = typer.Argument(..., help="The dataset (its inbox and outbox folder's name)."),
+          workspace: Path = WorkspaceOption,
+          outbox: Path = typer.Option(None, help="Root of outbox/ [default: the workspace]"),
+          days: int = typer.Option(28, help="How many days back."),
+          png: Path = typer.Option(None, help="Also draw the share flagged per day into this PNG."),
+          as_json: bool = JsonOption) -> None:
+    """Share of scored spectra flagged by the outlier checks, per chain and day (UTC), read
+    from the dataset's results in outbox/."""
+    from tasks.outliers import drift as drift_table, drift_picture
+
+    table = drift_table(Path(outbox or _workspace(workspace)), dataset, days=days)
+    if png is not None:
+        typer.echo(f"picture: {drift_picture(table, png, dataset)}", err=True)
+    _emit(table, as_json, title=f"{dataset}: spectra flagged per day (last {days} days)")
 
 
 @app.command()
@@ -567,8 +689,15 @@ def check(workspace: Path = WorkspaceOption, repair: bool = typer.Option(False, 
 def plot(chain: str = typer.Argument(..., help="Chain id (8 digits are enough), or DATASET:ALIAS."),
          workspace: Path = WorkspaceOption,
          out: Path = typer.Option(None, help="Folder for the PNGs [default: <workspace>/exports/plots/<chain>]"),
-         data: Path = typer.Option(None, help="A spectra file to draw before/after preprocessing.")) -> None:
-    """Predicted vs observed and residuals of a chain (and spectra before/after its preprocessing)."""
+         data: Path = typer.Option(None, help="A spectra file to draw before/after the spectral preprocessing "
+                                              "[default: the chain's training spectra, when they can still be read]."),
+         target: str = typer.Option(None, help="The analyte's name for the axes [default: the training data's "
+                                               "target column]."),
+         unit: str = typer.Option(None, help="The analyte's unit for the axes, e.g. '%' or 'mg' [default: none, or "
+                                             "the built-in set's]."),
+         as_json: bool = JsonOption) -> None:
+    """Predicted vs observed and residuals of a chain (RMSECV, RMSEP, bias, slope, R², n), and its
+    spectra before/after its spectral preprocessing."""
     from tasks.reporting import plot_chain
 
     with _open(workspace) as store:
@@ -580,9 +709,13 @@ def plot(chain: str = typer.Argument(..., help="Chain id (8 digits are enough), 
             from nirs.readers import read_spectra
 
             spectra = read_spectra(data)
-        written = plot_chain(store, chain_id, out or store.path / "exports" / "plots" / chain_id, spectra)
+        written = plot_chain(store, chain_id, out or store.path / "exports" / "plots" / chain_id, spectra,
+                             analyte=target, unit=unit)
         if not written:
             raise UserError(f"chain {chain_id} has no stored 'avg' predictions to plot")
+    if as_json:
+        typer.echo(json.dumps({"chain_id": chain_id, "files": [str(p) for p in written]}, indent=2))
+        return
     for path in written:
         typer.echo(str(path))
 
@@ -612,7 +745,9 @@ def export_run(run: str = typer.Argument(..., help="Run id (8 digits are enough)
 @export_app.command("predictions")
 @friendly
 def export_predictions(workspace: Path = WorkspaceOption, out: Path = typer.Option(None, help="Parquet path"),
-                       dataset: str = None, partition: str = None, run: str = None,
+                       dataset: str = typer.Option(None, help="Only this dataset."),
+                       partition: str = typer.Option(None, help="Only this partition: train, val or test."),
+                       run: str = typer.Option(None, help="Only this run (its id)."),
                        arrays: bool = typer.Option(False, "--arrays", help="Include y_true, y_pred, ... as lists."),
                        as_json: bool = JsonOption) -> None:
     """Predictions as Parquet (filtered by dataset, partition, run)."""

@@ -50,6 +50,25 @@ def write_sample_inbox(inbox: Path) -> list[Path]:
     return written
 
 
+def next_commands(workspace: Path, chain_id: str, flow_run_id=None) -> list[str]:
+    """What to type next, each line pasteable as it is (the UI link when a server that
+    outlives the command ran the flows)."""
+    import shlex
+
+    from flows.server import run_link
+
+    w = "" if workspace == Path("workspace").absolute() else f" -w {shlex.quote(str(workspace))}"
+    lines = ["", "Next (paste any line):",
+             f"  nirsflow top{w}",
+             f"  nirsflow show {chain_id[:8]}{w}",
+             f"  nirsflow plot {DATASET}:production{w}",
+             f"  nirsflow score{w}    # scores the files you drop into {shlex.quote(str(workspace / 'inbox'))}/<dataset>/"]
+    link = run_link(flow_run_id)
+    lines.append(f"The training run in the Prefect UI: {link}" if link else
+                 "To watch runs in the Prefect UI, start `nirsflow server` and export PREFECT_API_URL (README: Prefect).")
+    return lines
+
+
 def run_demo(workspace: Path, echo=print) -> dict:
     from flows.score_inbox import score_inbox
     from flows.train import train
@@ -72,10 +91,11 @@ def run_demo(workspace: Path, echo=print) -> dict:
         previous = previous["chain_id"][0] if previous.height else None
         store.set_alias(DATASET, "production", best_chain, changed_by="nirsflow demo",
                         reason=f"best CV RMSE {board['val_score'][0]:.3f} in run {run_id}")
-        leaderboard = board.select(
-            pl.col("preprocessings"), pl.col("model_name").alias("model"),
-            pl.col("val_score").round(3).alias("cv_rmse"), pl.col("test_score").round(3).alias("test_rmse"),
-            pl.col("chain_id").str.slice(0, 8).alias("chain"))  # 8 digits: every command accepts them
+        from tasks.leaderboard import render, rows_from_store
+
+        leaderboard = render(rows_from_store(store, board),
+                             title="Leaderboard: RMSECV (5-fold cross-validation), RMSEP (the 212 held-out "
+                                   "tablets), mg")
 
     files = write_sample_inbox(inbox)
     echo(f"Scoring {len(files)} files dropped into {inbox / DATASET} with the production chain ...")
@@ -93,9 +113,8 @@ def run_demo(workspace: Path, echo=print) -> dict:
         errors = frame["prediction"].to_numpy() - np.array([truth[s] for s in frame["sample_id"]])
         rmse = float(np.sqrt(np.mean(errors ** 2)))
 
-    with pl.Config(tbl_rows=20, fmt_str_lengths=40, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
-        echo("\nLeaderboard (RMSE: 5-fold cross-validation, and the 212 held-out tablets):")
-        echo(str(leaderboard))
+    echo("")
+    echo(leaderboard)
     echo(f"\nProduction chain for '{DATASET}': {best_chain}" + (f" (was {previous[:8]}, from an earlier run)"
                                                                if previous and previous != best_chain else ""))
     if results:
@@ -111,7 +130,7 @@ def run_demo(workspace: Path, echo=print) -> dict:
     echo("  library/templates/      the demo's template")
     echo("  exports/                the run report (YAML) and the best chain's .n4a bundle")
     echo("  outbox/ processed/      the scored files and their inputs")
-    w = "" if workspace == Path("workspace").absolute() else f" -w {workspace}"
-    echo(f"Next: nirsflow show {best_chain[:8]}{w} | nirsflow plot tablet1:production{w} | nirsflow score{w} "
-         f"(scores what you drop into {inbox}/<dataset>/) | README: the Prefect UI")
+    echo("  logs/nirsflow.log       Prefect's log lines (also in the UI; `nirsflow demo -v` prints them)")
+    for line in next_commands(workspace, best_chain, summary.get("flow_run_id")):
+        echo(line)
     return {"run_id": run_id, "chain_id": best_chain, "inbox_rmse": rmse, "scored": scored}

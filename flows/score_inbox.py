@@ -20,8 +20,10 @@ dataset is unknown). Folders below a dataset folder are not looked into. Hidden 
 and temporary names (``.x.csv``, ``x.csv.part``, ``.tmp``, ``.partial``, ``~``...) are
 never touched. A result has the columns ``sample_id``, ``prediction`` (the class label
 for classifiers, ``prediction_1..k`` for multi-target regression), ``proba_<class>`` for
-classifiers, ``dataset``, ``alias``, ``chain_id``, ``model_class``, ``input_file``,
-``input_sha256``, ``scored_at`` (UTC).
+classifiers, the outlier checks ``t2``, ``q``, ``t2_ratio``, ``q_ratio`` (to the 95 %
+limits) and ``flag`` (``ok``, ``t2``, ``q``, ``both``, ``y_range``; null for a chain
+trained before the checks were recorded; ``nirs.diagnostics``), ``dataset``, ``alias``,
+``chain_id``, ``model_class``, ``input_file``, ``input_sha256``, ``scored_at`` (UTC).
 
 When is a file ready? Only when its size, mtime and inode are the same at two looks
 ``settle_seconds`` apart (2 s by default), and still the same once it has been scored (a
@@ -96,10 +98,12 @@ from prefect.utilities.annotations import quote
 from flows.stopping import stops_cleanly
 from flows.workers import DEFAULT_WORKERS
 from storage import InvalidInputError, NotFoundError, ReplayableChain, WorkspaceStore
+from tasks.outliers import (drift, drift_picture, emit_alert, flagged_rows, outlier_picture, over_threshold,
+                            png_markdown, threshold_for)
 from tasks.reporting import Progress, artifact_key, tag_flow_run
 from tasks.scoring import (FileChanged, InboxFile, ScoreJob, ScoringLock,
                            discover, move_file, plan_destination, result_paths, same_bytes_exists,
-                           score_file_task, sha256_of, sweep_partials, write_note)
+                           scan_inbox, score_file_task, sha256_of, sweep_partials, write_note)
 
 class ScoringIncomplete(RuntimeError):
     """Some files could neither be scored nor set aside (a store write, the outbox...);
@@ -116,12 +120,19 @@ class NothingScored(RuntimeError):
 
 
 def _flow_run_name() -> str:
+    """``score · tablet1 (2 files)``: the datasets whose files wait in the inbox as the run
+    is created (``score · nothing waiting`` for an empty inbox), as train runs are named."""
     from prefect.runtime import flow_run
 
     try:
-        return f"score inbox · {Path(flow_run.parameters['inbox']).name}"
+        files, _ = scan_inbox(Path(flow_run.parameters["inbox"]).expanduser())
+        datasets = sorted({f.dataset or "(top level)" for f in files.values()})
+        if not datasets:
+            return "score · nothing waiting"
+        shown = ", ".join(datasets[:3]) + (f" +{len(datasets) - 3}" if len(datasets) > 3 else "")
+        return f"score · {shown} ({len(files)} file{'s' if len(files) != 1 else ''})"
     except Exception:  # noqa: BLE001 - a name must never stop a run
-        return "score inbox"
+        return "score"
 
 
 def _now() -> str:
@@ -162,6 +173,7 @@ class InboxRun:
         self.n_spectra = 0
         self.store_errors = 0
         self.progress = None  # a tasks.reporting.Progress over the files of this pass
+        self.points: dict[str, dict] = {}  # file -> its thinned (T², Q) ratios, for the run's picture
 
     def tick(self) -> None:
         """Move the progress (artifact, and bar on a terminal) to the files handled so far."""
@@ -319,7 +331,11 @@ class InboxRun:
                                   "seconds": round(outcome["seconds"], 3), "result": outcome["result_path"],
                                   "chain_id": outcome["chain_id"], "moved_to": str(dest),
                                   **({"resampled_from": outcome["resampled_from"]}
-                                     if "resampled_from" in outcome else {})})
+                                     if "resampled_from" in outcome else {}),
+                                  **({"flags": outcome["flags"], "n_flagged": outcome["n_flagged"]}
+                                     if "flags" in outcome else {})})
+        if "points" in outcome:
+            self.points[f.rel] = outcome["points"]
 
     def known(self, f: InboxFile, sha: str, record: dict) -> None:
         """Bytes the store has already scored: either this very file, scored and recorded
@@ -434,6 +450,13 @@ def _summary_markdown(summary: dict, tally: Tally) -> str:
             lines.append(f"| … {len(rows) - 100} more |" + " |" * (len(columns) - 1))
         lines.append("")
 
+    table("Outlier checks per file (flagged: over a 95 % limit of T² or Q, or outside the calibration range)",
+          flagged_rows(tally.scored), ["file", "spectra", "flagged", "share", "t2", "q", "both", "y_range"])
+    table("Alerts (flagged share over the dataset's threshold)", summary.get("alerts", []),
+          ["file", "flagged", "spectra", "share", "threshold"])
+    if summary.get("outlier_png"):
+        lines.extend(["## T² vs Q of the scored spectra", "", png_markdown(summary["outlier_png"], "T² vs Q"),
+                      "", f"`{summary['outlier_png']}`", ""])
     table("Rejected", tally.rejected, ["file", "stage", "row", "column", "expected", "found", "problem"])
     table("Waiting (left in the inbox)", tally.waiting, ["file", "reason"])
     table("Failed (left in the inbox)", tally.failed, ["file", "reason"])
@@ -441,9 +464,42 @@ def _summary_markdown(summary: dict, tally: Tally) -> str:
     return "\n".join(lines)
 
 
+def _pictures(summary: dict, run: "InboxRun", workspace: Path, thresholds: dict | None, logger) -> None:
+    """The run's T² vs Q picture, and each scored dataset's drift (share flagged per day
+    over four weeks, from its outbox) as a table and a picture, for the UI."""
+    plots = workspace / "exports" / "plots"
+    name = summary.get("flow_run_id") or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    try:
+        if run.points:
+            summary["outlier_png"] = str(outlier_picture(run.points, plots / "scoring" / f"{name}-outliers.png",
+                                                         f"Outlier checks: {Path(summary['inbox']).name}"))
+        summary["drift"] = {}
+        for dataset in sorted({item["file"].split("/", 1)[0] for item in run.tally.scored if "flags" in item}):
+            table = drift(Path(summary["root"]), dataset)
+            png = drift_picture(table, plots / "drift" / f"{dataset}.png", dataset, threshold_for(dataset, thresholds))
+            summary["drift"][dataset] = {"rows": table.with_columns(table["day"].cast(str)).to_dicts(), "png": str(png)}
+    except Exception as exc:  # noqa: BLE001 - pictures are a convenience; the outbox holds the numbers
+        logger.warning("no outlier pictures: %s: %s", type(exc).__name__, exc)
+
+
+def _publish_drift(summary: dict) -> None:
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    for dataset, found in (summary.get("drift") or {}).items():
+        key = artifact_key("drift", dataset)
+        create_table_artifact(found["rows"], key=key,
+                              description=f"{dataset}: spectra flagged by the outlier checks per day and chain "
+                                          "(last 4 weeks; `nirsflow drift` gives the same)")
+        create_markdown_artifact(f"# Drift of {dataset}\n\n{png_markdown(found['png'], 'share flagged per day')}\n\n"
+                                 f"`{found['png']}`\n", key=artifact_key(key, "picture"),
+                                 description=f"{dataset}: share of spectra flagged per day")
+
+
 def _publish(summary: dict, tally: Tally, logger) -> None:
     try:
         from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+        _publish_drift(summary)
 
         key = artifact_key("score-inbox", Path(summary["inbox"]).name)
         create_markdown_artifact(_summary_markdown(summary, tally), key=key,
@@ -464,7 +520,8 @@ def _publish(summary: dict, tally: Tally, logger) -> None:
 def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: str = "production",
                 settle_seconds: float = 2.0, csv: bool = False, chunk_rows: int = 500,
                 chunk_mb: float | None = 4.0, id_column: str | None = "sample_id", max_files: int | None = None,
-                window: int | None = None, lock_timeout: float = 60.0) -> dict[str, Any]:
+                window: int | None = None, lock_timeout: float = 60.0,
+                alert_thresholds: dict[str, float] | None = None) -> dict[str, Any]:
     """Score the stable files of ``inbox`` (see the module docstring for the layout).
 
     outbox: the folder that gets ``outbox/``, ``processed/``, ``rejected/`` (default: the
@@ -476,6 +533,9 @@ def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: st
     id_column: the sample-id column (None numbers the rows). max_files: at most this many
     files per run (the rest wait for the next).
     window: files in flight at once (default 2 x the task runner's threads).
+    alert_thresholds: {dataset: share}: a file whose share of spectra flagged by the outlier
+    checks passes its dataset's share (default 0.3) raises the ``nirsflow.scoring.flagged``
+    Prefect event and is named in the run's state message.
     """
     started = time.perf_counter()
     logger = get_run_logger()
@@ -495,6 +555,8 @@ def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: st
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows!r}")
     if chunk_mb is not None and not chunk_mb > 0:
         raise ValueError(f"chunk_mb must be more than 0 (or None), got {chunk_mb!r}")
+    for dataset in alert_thresholds or {}:
+        threshold_for(dataset, alert_thresholds)  # a bad threshold stops the run before any file moves
     summary: dict[str, Any] = {"inbox": str(inbox_path), "root": str(root), "alias": alias,
                                "flow_run_id": flow_run_id}
 
@@ -515,6 +577,8 @@ def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: st
         stable = stable[:max_files] if max_files is not None else stable
         logger.info("%d files ready in %s, %d still changing, %d left for the next run", len(stable), inbox_path,
                     len(changing), len(later))
+        # the UI filters runs by dataset: tagged as train runs are
+        tag_flow_run(["nirsflow", "score", *sorted({f"dataset:{f.dataset}" for f in stable + changing if f.dataset})])
         scoring_started = time.perf_counter()
         with WorkspaceStore(workspace, lock_timeout=lock_timeout, idle=1.0) as store:
             run = InboxRun(store, root, alias=alias, csv=csv, chunk_rows=int(chunk_rows),
@@ -525,7 +589,8 @@ def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: st
                 run.wait(f, f"still being written: size or mtime changed between two looks {settle_seconds:g} s apart")
             if stable:
                 run.progress = Progress(len(stable), key=artifact_key("progress", Path(inbox).name),
-                                        description=f"score inbox {Path(inbox).name}: files")
+                                        description=f"Scoring {len(stable)} files of {inbox}: share handled",
+                                        label="scoring", unit="files")
             try:
                 for f in stable:
                     run.admit(f)
@@ -541,7 +606,17 @@ def score_inbox(workspace: str, inbox: str, outbox: str | None = None, alias: st
                    scoring_seconds=round(scoring_s, 3), left_for_next_run=[f.rel for f in later],
                    swept=[str(p) for p in swept], scored=tally.scored, rejected=tally.rejected,
                    duplicates=tally.duplicates, recovered=tally.recovered, waiting=tally.waiting,
-                   failed=tally.failed, gone=tally.gone, store_errors=run.store_errors)
+                   failed=tally.failed, gone=tally.gone, store_errors=run.store_errors,
+                   flagged=flagged_rows(tally.scored), alerts=over_threshold(tally.scored, alert_thresholds))
+    for alert in summary["alerts"]:
+        logger.warning("%s: %d of %d spectra (%.0f %%) flagged by the outlier checks, over the %s threshold of "
+                       "%.0f %%", alert["file"], alert["flagged"], alert["spectra"], 100 * alert["share"],
+                       alert["dataset"], 100 * alert["threshold"])
+        try:
+            emit_alert(alert, flow_run_id)
+        except Exception as exc:  # noqa: BLE001 - said in the log; the state message still says it
+            logger.error("the alert event for %s was not sent: %s", alert["file"], exc)
+    _pictures(summary, run, Path(workspace).expanduser().absolute(), alert_thresholds, logger)
     _publish(summary, tally, logger)
     c = summary["counts"]
     logger.info("scored %d files (%d spectra, %s spectra/s), rejected %d, duplicates %d, recovered %d, "
@@ -572,13 +647,18 @@ def final_state(summary: dict, tally: Tally):
         parts.append(f"rejected {len(tally.rejected)}: " + "; ".join(
             f"{r['file']}: {r.get('problem') or r.get('message')}" for r in tally.rejected[:3])
             + ("; ..." if len(tally.rejected) > 3 else ""))
+    alerts = summary.get("alerts") or []
+    if alerts:
+        parts.append(f"{len(alerts)} over the flagged-share threshold: " + "; ".join(
+            f"{a['file']}: {a['flagged']} of {a['spectra']} spectra flagged ({100 * a['share']:.0f} % > "
+            f"{100 * a['threshold']:g} %)" for a in alerts[:3]) + ("; ..." if len(alerts) > 3 else ""))
     if no_chain:
         datasets = sorted({w["file"].split("/", 1)[0] for w in no_chain})
         parts.append(f"{len(no_chain)} waiting for a chain (no {summary['alias']!r} alias for "
                      f"{', '.join(datasets)})")
     message = "; ".join(parts)[:1000]
     summary["outcome"] = message
-    tags = (["rejected"] if tally.rejected else []) + (["waiting"] if no_chain else [])
+    tags = (["rejected"] if tally.rejected else []) + (["waiting"] if no_chain else []) + (["flagged"] if alerts else [])
     if tags:
         tag_flow_run(tags)
     if (tally.rejected or no_chain) and not (c["scored"] or c["recovered"] or c["duplicates"]):

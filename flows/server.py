@@ -170,3 +170,23 @@ def use_api(url: str) -> None:
     os.environ["PREFECT_API_URL"] = url
     if "prefect.context" in sys.modules:
         sys.modules["prefect.context"].refresh_global_settings_context()
+
+
+def run_link(flow_run_id) -> str | None:
+    """The UI page of a flow run on the server this process talks to, or None when that
+    is a temporary server (gone with the command) or there is none. ``PREFECT_UI_URL``
+    when set, else the API's address without ``/api``."""
+    if not flow_run_id or os.environ.get(TEMPORARY_API_MARK):
+        return None
+    ui = os.environ.get("PREFECT_UI_URL")
+    if not ui:
+        api = configured_api_url()
+        if not api:
+            return None
+        api = api.rstrip("/")
+        ui = api[:-len("/api")] if api.endswith("/api") else api
+    return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
+#: set in the environment of a command that started its own temporary server
+TEMPORARY_API_MARK = "NIRSFLOW_TEMPORARY_API"

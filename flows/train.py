@@ -38,7 +38,7 @@ from storage import PipelineLibrary
 from tasks.data import describe_spec, load_dataset, normalize_spec
 from tasks.lifecycle import (PipelineEntry, RunDescription, StoreWriteError, current_book, pipeline_hooks,
                              run_hooks)
-from tasks.reporting import (Progress, artifact_key, leaderboard_rows, markdown_report, plot_chain,
+from tasks.reporting import (Progress, artifact_key, best_scores, leaderboard_rows, markdown_report, plot_chain,
                              publish_leaderboard, publish_markdown, tag_flow_run)
 from tasks.training import train_pipeline
 
@@ -154,7 +154,8 @@ def train(workspace: str, datasets: list[Any] | None = None, config: Any = None,
         book.store_failed("log_step planned", exc)
 
     progress = Progress(len(work), key=artifact_key("train-progress", what),
-                        description=f"{what}: pipelines trained of {len(work)}")
+                        description=f"Training {what} on {', '.join(loaded)}: share of the {len(work)} "
+                                    "pipelines done")
     logger.info("folds fitted on %s; %d pipelines at a time", describe_executor(executor, fit_processes),
                 max(1, int(max_concurrency)))
     fold_executor(executor, fit_processes)  # a bad spec or an unreachable cluster fails the run here, once
@@ -170,9 +171,9 @@ def train(workspace: str, datasets: list[Any] | None = None, config: Any = None,
                                           "executor": executor, "processes": fit_processes})
             book.note_task_run(future.task_run_id, entry.key)
             futures.append(future)
-        for future in futures:  # a failed pipeline is recorded by its hooks; the run goes on
-            future.wait()
-            progress.step()
+        for (entry, *_), future in zip(work, futures):  # a failed pipeline is recorded by its hooks; the run goes on
+            future.wait()  # its hooks have run: the entry knows its scores
+            progress.step(entry=entry)
     progress.step(0, force=True)
 
     # -- what the UI shows ---------------------------------------------------------------
@@ -227,7 +228,8 @@ def run_state(summary: dict, entries: list):
 
     failed = [e for e in entries if e.status != "completed"]
     if not failed:
-        return Completed(message=f"{len(entries)} pipelines completed", data=summary)
+        return Completed(message=f"{len(entries)} pipelines completed{best_scores(summary.get('best'))}",
+                         data=summary)
     first = failed[0]
     why = f"first error ({first.dataset_name} · {first.name}): {(first.error or first.store_error or '?')[:500]}"
     if len(failed) == len(entries):

@@ -106,6 +106,41 @@ def rpd(y_true, y_pred) -> float | None:
     return _regression(y_true, y_pred)["rpd"]
 
 
+def slope(y_true, y_pred) -> float | None:
+    """Slope of the least-squares line of predicted on observed: 1 for a calibration that
+    neither compresses nor stretches the range (the line a predicted-vs-observed plot draws)."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    if y_true.size < 2 or float(np.var(y_true)) == 0.0:
+        return None
+    return _finite(np.polyfit(y_true, y_pred, 1)[0])
+
+
+#: What a chemometrician calls the primary error of each partition: the root mean squared
+#: error of cross-validation (RMSECV), of prediction on a test set (RMSEP), of calibration.
+_RMSE_NAMES = {"val": "RMSECV", "test": "RMSEP", "train": "RMSEC"}
+_SHORT_NAMES = {"r2": "R²", "bias": "bias", "sep": "SEP", "rpd": "RPD", "mae": "MAE", "slope": "slope",
+                "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "f1": "F1", "log_loss": "log loss"}
+_PARTITION_WORDS = {"val": "CV", "test": "test", "train": "calibration"}
+
+
+def score_name(metric: str | None, partition: str = "val") -> str:
+    """The name of a score as a chemometrician writes it: ``rmse`` on ``val`` is RMSECV, on
+    ``test`` RMSEP; other metrics get their partition in words ("accuracy (CV)")."""
+    metric = (metric or "").lower()
+    if metric == "rmse" and partition in _RMSE_NAMES:
+        return _RMSE_NAMES[partition]
+    return f"{_SHORT_NAMES.get(metric, metric or 'score')} ({_PARTITION_WORDS.get(partition, partition)})"
+
+
+def regression_summary(y_true, y_pred) -> dict:
+    """Everything a predicted-vs-observed figure or a chain's report states: n, RMSE, R²,
+    bias, SEP, RPD (as defined above) and the slope."""
+    out = _regression(y_true, y_pred)
+    return {"n": int(np.asarray(y_true).size), "rmse": out["rmse"], "r2": out["r2"], "bias": out["bias"],
+            "sep": out["sep"], "rpd": out["rpd"], "slope": slope(y_true, y_pred)}
+
+
 def accuracy(y_true, y_pred) -> float | None:
     return _classification(y_true, y_pred, None, None)["accuracy"]
 

@@ -26,6 +26,16 @@ The rule, for new spectra X:
    * classification: ``predict_proba`` aligned to the chain's classes through the model's
      ``classes_`` (a class the fold never saw gets 0), or the one-hot of ``predict`` for a
      model without ``predict_proba``.
+   Steps saved with no fitted artifact, as the spec's original records every step of a
+   pipeline (`step_role`): a splitter (an object with ``split`` and no ``transform``, e.g.
+   ``sklearn.model_selection.KFold``) is not applied at prediction time; a transformer
+   saved ``stateless`` is rebuilt from its ``operator_class`` and ``params`` (and fitted on
+   the input, which a stateless transformer learns nothing from) when its module is
+   trusted (`trusted_modules`: nirs and sklearn, plus ``NIRSFLOW_TRUSTED_MODULES``);
+   anything else is an error naming the step, never a step silently skipped.
+   A chain that does not say its task is a classifier when its fitted model has
+   ``classes_`` (scikit-learn's own mark of a classifier); its classes are then the
+   models' ``classes_``.
 4. Combined (`combine`): sum(w_f * out_f) / sum(w_f), equal weights unless given; a
    classifier's label is the class of highest mean probability, in its original type
    (`labels_from_proba`).
@@ -33,11 +43,14 @@ The rule, for new spectra X:
 
 from __future__ import annotations
 
+import importlib
+import os
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["GRID_RTOL", "ReplayError", "same_grid", "covers", "grid_text", "as_spectra", "check_input",
+__all__ = ["GRID_RTOL", "ReplayError", "DEFAULT_TRUSTED", "TRUSTED_ENV", "trusted_modules", "is_trusted",
+           "operator_class_of", "step_role", "rebuild_stateless", "is_classifier", "classes_of", "check_width", "same_grid", "covers", "grid_text", "as_spectra", "check_input",
            "resample", "fit_to_grid", "require_grid", "transform_with_grid", "fold_output", "replay_folds",
            "combine", "labels_from_proba", "predict_fold", "replay"]
 
@@ -194,6 +207,99 @@ def fold_output(model: Any, X: np.ndarray, task_type: str, classes: Sequence | N
     for scaler in y_transformers:
         pred = np.asarray(scaler.inverse_transform(pred), dtype=np.float64).reshape(n, -1)
     return pred[:, 0] if pred.shape[1] == 1 else pred
+
+
+# -- steps saved with no artifact ------------------------------------------------------------
+#: Modules whose classes a stateless step may be rebuilt from (their top-level package).
+DEFAULT_TRUSTED = ("nirs", "sklearn")
+#: More trusted modules, comma-separated (e.g. ``mylab.preprocessing``).
+TRUSTED_ENV = "NIRSFLOW_TRUSTED_MODULES"
+
+
+def trusted_modules(extra: Iterable[str] | None = None) -> tuple[str, ...]:
+    """The default trusted modules, those of ``NIRSFLOW_TRUSTED_MODULES``, and `extra`."""
+    named = [m.strip() for m in os.environ.get(TRUSTED_ENV, "").split(",") if m.strip()]
+    return tuple(dict.fromkeys([*DEFAULT_TRUSTED, *named, *(extra or ())]))
+
+
+def is_trusted(operator_class: str, trusted: Iterable[str]) -> bool:
+    module = operator_class.rpartition(".")[0]
+    return any(module == t or module.startswith(t + ".") for t in trusted)
+
+
+def operator_class_of(step: dict, trusted: Iterable[str], name: str = "the chain") -> type:
+    """The class a step names, imported only from a trusted module (importing runs code)."""
+    trusted = tuple(trusted)
+    where = f"step {step.get('step_idx')} ({step.get('operator_class')}) of {name}"
+    path = step.get("operator_class")
+    if not isinstance(path, str) or "." not in path:
+        raise ReplayError(f"{where} has no fitted artifact and no importable operator_class")
+    if not is_trusted(path, trusted):
+        raise ReplayError(f"{where} has no fitted artifact, and its module is not trusted to rebuild it from "
+                          f"operator_class and params (trusted: {', '.join(trusted)}; add modules with "
+                          f"{TRUSTED_ENV})", expected="a trusted module", found=path.rpartition(".")[0])
+    module, _, cls = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as exc:
+        raise ReplayError(f"{where} has no fitted artifact and its class cannot be imported here: {exc}") from None
+
+
+def step_role(step: dict, trusted: Iterable[str], name: str = "the chain") -> str:
+    """What a step with no fitted artifact is at prediction time: "skip" (a splitter) or
+    "rebuild" (a stateless transformer). Anything else raises ReplayError naming the step."""
+    cls = operator_class_of(step, trusted, name)
+    if hasattr(cls, "split") and not hasattr(cls, "transform"):
+        return "skip"
+    where = f"step {step.get('step_idx')} ({step.get('operator_class')}) of {name}"
+    if not hasattr(cls, "transform"):
+        raise ReplayError(f"{where} has no fitted artifact and is neither a splitter nor a transformer")
+    if step.get("stateless") is not True:
+        raise ReplayError(f"{where} has no fitted artifact and is not marked stateless: its fitted state was "
+                          "not saved, so it cannot be replayed (the spec's original skipped such a step, "
+                          "which gives wrong predictions)")
+    return "rebuild"
+
+
+def rebuild_stateless(step: dict, trusted: Iterable[str], X: np.ndarray, wavelengths,
+                      name: str = "the chain") -> Any:
+    """A stateless step built from its class and params, fitted on X (it learns nothing)."""
+    cls = operator_class_of(step, trusted, name)
+    params = step.get("params") or {}
+    try:
+        op = cls(**params)
+        if getattr(op, "requires_wavelengths", False):
+            require_grid(op, wavelengths)
+            op.fit(X, wavelengths=wavelengths)
+        else:
+            op.fit(X)
+    except ReplayError:
+        raise
+    except Exception as exc:
+        raise ReplayError(f"step {step.get('step_idx')} ({step.get('operator_class')}) of {name} cannot be "
+                          f"rebuilt from its params {params!r}: {type(exc).__name__}: {exc}") from exc
+    return op
+
+
+def is_classifier(model: Any) -> bool:
+    """scikit-learn's mark of a fitted classifier: its ``classes_``."""
+    return hasattr(model, "classes_")
+
+
+def classes_of(models: Iterable[Any]) -> list:
+    """The sorted union of the models' ``classes_`` (a fold may not have seen every class)."""
+    return np.unique(np.concatenate([np.asarray(m.classes_) for m in models])).tolist()
+
+
+def check_width(first: Any, n_columns: int, name: str = "the chain") -> None:
+    """Refuse X of the wrong width before any transform runs, by what the fitted first
+    step knows (``n_features_in_``), for a chain that did not record its width."""
+    expected = getattr(first, "n_features_in_", None)
+    if expected is not None and int(expected) != n_columns:
+        problem = (f"wrong number of wavelengths: X has {n_columns} features but {name} was fitted on "
+                   f"{int(expected)} ({type(first).__name__}.n_features_in_)")
+        raise ReplayError(problem, expected=f"{int(expected)} wavelength columns",
+                          found=f"{n_columns} wavelength columns")
 
 
 # -- 2 and 4. which folds, and how they combine ------------------------------------------------

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 BUILTIN = ("tablet", "tablet1", "tablet2", "coffee")
+#: what the built-in sets' targets are, for axis labels: (analyte, unit)
+BUILTIN_ANALYTES = {"tablet": ("active ingredient", "mg"), "tablet1": ("active ingredient", "mg"),
+                    "tablet2": ("active ingredient", "mg"), "coffee": ("origin", None)}
 _KEYS = {"name", "train", "test", "target_column", "id_column", "task", "separator"}
 
 

@@ -73,6 +73,7 @@ class ExecutionTrace:
     preprocessings: str  # display string, e.g. "SNV>StandardScaler"
     predictions: list  # [PredictionRecord]
     duration_ms: int
+    diagnostics: dict | None = None  # fold_id -> nirs.diagnostics.CalibrationDiagnostics (+ "refit")
 
     def records(self, fold_id: str | None = None, partition: str | None = None) -> list:
         """The prediction records matching a fold id and/or a partition."""

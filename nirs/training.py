@@ -20,6 +20,7 @@ import numpy as np
 from nirs import replay
 from nirs.config import ConfigError, as_pipeline, build
 from nirs.dataset import SpectraDataset
+from nirs.diagnostics import build_diagnostics
 from nirs.metrics import DEFAULT_METRIC, score_all
 from nirs.operators import fit_transform_with_grid
 from nirs.registry import class_path, init_params, short_name, to_json_safe
@@ -46,6 +47,7 @@ class FoldResult:
     fitted: list
     predictions: list  # [PredictionRecord]
     duration_ms: int
+    diagnostics: object = None  # nirs.diagnostics.CalibrationDiagnostics of this fold's model
 
 
 def _task(dataset: SpectraDataset):
@@ -181,6 +183,9 @@ def fit_fold(dataset: SpectraDataset, pipeline, plan: FoldPlan, *, test: Spectra
             raise
         steps.append(FittedStep(i, kind, class_path(obj), {}, bool(getattr(obj, "requires_wavelengths", False)), {fold: obj}))
 
+    # the outlier checks of this fold, from what its model was fitted on (issue 20)
+    diagnostics = build_diagnostics(Xf, next(s.fitted[fold] for s in steps if s.kind == "model"),
+                                    y_tr if task == "regression" else None)
     parts = [("train", dataset.X[plan.train_idx], y_tr, plan.train_idx)]
     if len(plan.val_idx):
         parts.append(("val", dataset.X[plan.val_idx], dataset.y[plan.val_idx], plan.val_idx))
@@ -196,6 +201,7 @@ def fit_fold(dataset: SpectraDataset, pipeline, plan: FoldPlan, *, test: Spectra
         fitted=[s.fitted[fold] for s in steps],
         predictions=records,
         duration_ms=int((time.perf_counter() - start) * 1000),
+        diagnostics=diagnostics,
     )
 
 
@@ -311,6 +317,8 @@ def assemble_trace(
         model_name=short_name(model),
         preprocessings=">".join(short_name(obj) for kind, obj in built.steps if kind == "transformer"),
         predictions=predictions,
+        diagnostics={r.fold_id: r.diagnostics for r in [*fold_results, *([refit_result] if refit_result else [])]
+                     if r.diagnostics is not None} or None,
         duration_ms=own + sum(r.duration_ms for r in fold_results) + (refit_result.duration_ms if refit_result else 0),
     )
 

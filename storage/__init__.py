@@ -17,6 +17,7 @@ from .errors import (BundleError, BundleIntegrityError, BundleTrustError, Bundle
 from .atomic import atomic_path, fsync_folder, write_bytes
 from .bundles import Bundle, load_bundle
 from .chain_builder import ArtifactRegistry, ChainBuilder, best_scores, record_trace, save_trace_predictions
+from .imports import ImportReport
 from .library import PipelineLibrary
 from .locking import FileLock, MemoryLock, WorkspaceLock
 from .maintenance import GcResult, VacuumResult, plan_gc
@@ -28,7 +29,7 @@ from .workspace import WorkspaceStore
 
 __all__ = [
     "WorkspaceStore", "ChainBuilder", "ArtifactRegistry", "record_trace", "save_trace_predictions", "best_scores",
-    "PipelineLibrary", "GcResult", "VacuumResult", "plan_gc", "ReplayableChain", "version_mismatch",
+    "PipelineLibrary", "ImportReport", "GcResult", "VacuumResult", "plan_gc", "ReplayableChain", "version_mismatch",
     "FileLock", "MemoryLock", "WorkspaceLock", "process_identity", "process_is_gone",
     "resolve_id", "short_id", "AmbiguousIdError",
     "atomic_path", "write_bytes", "fsync_folder",

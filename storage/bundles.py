@@ -63,6 +63,7 @@ from typing import Any, Callable, Iterable
 import joblib
 import numpy as np
 
+from . import nirs4all_bundles
 from .artifacts import FORMATS
 from .atomic import atomic_path, fsync_folder
 from .chains import FOLD_STRATEGIES, referenced_artifacts
@@ -265,6 +266,8 @@ def read_bundle(path: str | Path, *, keys: Iterable[tuple[bytes, str]] = (), tru
             infos = zf.infolist()
             _check_names(path, infos)
             by_name = {info.filename: info for info in infos}
+            if nirs4all_bundles.is_nirs4all_bundle(by_name):
+                return nirs4all_bundles.read(path, zf, by_name, trusted)
             if MANIFEST not in by_name:
                 raise BundleError(f"bundle {path} has no {MANIFEST}; it is not a nirsflow bundle")
             manifest_bytes = _read(zf, by_name[MANIFEST], path)
@@ -464,7 +467,8 @@ def _check_chain(path: Path, manifest: dict) -> None:
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise bad("'n_features' must be a positive integer")
     try:
-        referenced = referenced_artifacts(steps, chain.get("fold_artifacts") or {}, chain.get("shared_artifacts") or {})
+        referenced = referenced_artifacts(steps, chain.get("fold_artifacts") or {}, chain.get("shared_artifacts") or {},
+                                          chain.get("metadata"))
     except Exception as exc:
         raise bad(str(exc)) from None
     listed = set(manifest["artifacts"])
@@ -514,18 +518,21 @@ class Bundle:
 
     @property
     def task_type(self) -> str | None:
-        return self.chain.get("task_type")
+        return self._replayable.task_type
 
     @property
     def classes(self) -> list | None:
-        return self.chain.get("classes")
+        return self._replayable.classes
 
     @property
     def versions(self) -> dict:
         return dict(self.manifest.get("versions") or {})
 
-    def predict(self, X, wavelengths=None) -> np.ndarray:
-        return self._replayable.replay(X, wavelengths)[0]
+    def predict(self, X, wavelengths=None, *, diagnostics: bool = False):
+        """Predictions; with ``diagnostics=True`` a ``(predictions, checks)`` pair, checks
+        as ``WorkspaceStore.replay_chain(..., diagnostics=True)`` gives them."""
+        out = self._replayable.replay(X, wavelengths, diagnostics=diagnostics)
+        return (out[0], out[2]) if diagnostics else out[0]
 
     def predict_proba(self, X, wavelengths=None) -> np.ndarray:
         """Mean class probabilities; columns follow ``bundle.classes``."""

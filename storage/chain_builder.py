@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .replay import DIAGNOSTICS
+
 _ARTIFACT_TYPES = {"transformer": "transformer", "y_transformer": "y_transformer", "model": "model"}
 
 
@@ -81,6 +83,7 @@ class ChainBuilder:
         fold_artifacts: dict[str, dict[str, str]] = {fold: {} for fold in folds}
         for (fold, step), artifact_id in zip(wanted, ids):
             fold_artifacts[fold][str(step.step_idx)] = artifact_id
+        metadata = {"splitter": trace.splitter, "metric": trace.metric, **self._diagnostics(folds)}
         wavelengths = getattr(trace, "wavelengths", None)
         return {
             "steps": [{"step_idx": s.step_idx, "kind": s.kind, "operator_class": s.operator_class,
@@ -97,8 +100,21 @@ class ChainBuilder:
             "classes": _plain_list(trace.classes),
             "wavelengths": None if wavelengths is None else np.asarray(wavelengths, dtype=float),
             "n_features": int(trace.n_features),
-            "metadata": {"splitter": trace.splitter, "metric": trace.metric},
+            "metadata": metadata,
         }
+
+    def _diagnostics(self, folds: list[str]) -> dict:
+        """The folds' outlier checks (``trace.diagnostics``: fold id -> an object with
+        ``summary()``), each saved as an artifact: ``{"diagnostics": {fold: artifact_id},
+        "diagnostics_summary": {fold: summary}}`` for the chain's metadata; {} without."""
+        found = getattr(self.trace, "diagnostics", None) or {}
+        folds = [f for f in folds if found.get(f) is not None]
+        if not folds:
+            return {}
+        ids = self.registry.register_many([(found[f], f"{type(found[f]).__module__}.{type(found[f]).__qualname__}",
+                                            "diagnostics") for f in folds])
+        return {DIAGNOSTICS: dict(zip(folds, ids)),
+                "diagnostics_summary": {f: found[f].summary() for f in folds}}
 
 
 def _plain_list(values) -> list | None:

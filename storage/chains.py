@@ -21,7 +21,7 @@ from .base import first, check_id, check_int, check_text, frame, from_json, new_
 from .connection import Connector
 from .errors import ArtifactLoadError, InvalidInputError, NotFoundError, ReplayError
 from .operations import Insert, SaveArtifact, stored_artifacts
-from .replay import ReplayableChain
+from .replay import DIAGNOSTICS, ReplayableChain
 from .versions import FITTED_VERSIONS, library_versions, unloadable_in_chain, warn_on_version_mismatch
 
 _CHAIN_JSON = ("steps", "fold_artifacts", "shared_artifacts", "fold_weights", "classes",
@@ -29,8 +29,10 @@ _CHAIN_JSON = ("steps", "fold_artifacts", "shared_artifacts", "fold_weights", "c
 FOLD_STRATEGIES = ("per_fold", "refit")
 
 
-def referenced_artifacts(steps: list, fold_artifacts: dict, shared_artifacts: dict) -> set[str]:
-    """Every artifact id a chain points at, whatever the nesting the caller used."""
+def referenced_artifacts(steps: list, fold_artifacts: dict, shared_artifacts: dict,
+                         metadata: dict | None = None) -> set[str]:
+    """Every artifact id a chain points at, whatever the nesting the caller used (and the
+    outlier checks' artifacts its metadata names)."""
     found: set[str] = set()
 
     def walk(value: Any) -> None:
@@ -47,8 +49,11 @@ def referenced_artifacts(steps: list, fold_artifacts: dict, shared_artifacts: di
 
     walk(fold_artifacts)
     walk(shared_artifacts)
+    if isinstance(metadata, dict):
+        walk(metadata.get(DIAGNOSTICS))
     for step in steps:
         walk(step.get("artifact_id"))
+        walk(step.get("artifact_ids"))  # the spec's original lists each step's artifacts
     return found
 
 
@@ -207,7 +212,7 @@ class Chains:
         if metadata is None or isinstance(metadata, dict) and FITTED_VERSIONS not in metadata:
             # what fitted it (see storage/versions.py); a chain imported from a bundle keeps the original's
             metadata = {**(metadata or {}), FITTED_VERSIONS: library_versions()}
-        referenced = referenced_artifacts(steps, fold_artifacts, shared_artifacts)
+        referenced = referenced_artifacts(steps, fold_artifacts, shared_artifacts, metadata)
         chain_id = new_id()
         row = [chain_id, pipeline_id, to_json("steps", steps), model_step_idx, model_class,
                check_text("preprocessings", preprocessings), fold_strategy,
@@ -256,21 +261,35 @@ class Chains:
                      [check_id("pipeline", pipeline_id)])
 
     # -- replay --------------------------------------------------------------------
-    def replay_chain(self, chain_id: str, X, wavelengths=None, *, return_proba: bool = False):
+    def replay_chain(self, chain_id: str, X, wavelengths=None, *, return_proba: bool = False,
+                     diagnostics: bool = False):
         """Predict new spectra with a stored chain (the rule: ``nirs.replay``).
 
         Returns predictions; for a classifier with ``return_proba=True``, a
-        ``(labels, probabilities)`` pair whose columns follow ``get_chain(...)["classes"]``."""
-        pred, proba = self._replayable(chain_id).replay(X, wavelengths)
-        if return_proba:
-            if proba is None:
-                raise ReplayError(f"chain {chain_id} is a regression chain: it has no probabilities")
-            return pred, proba
-        return pred
+        ``(labels, probabilities)`` pair whose columns follow the chain's classes (for a
+        chain saved without them, its models' ``classes_``). Spectra given with their grid
+        are resampled onto a chain's training grid when they cover it, refused otherwise; a
+        chain saved without a grid takes spectra as they are, of its width (``ReplayError``
+        before any transform runs). With ``diagnostics=True``, the outlier checks of every
+        spectrum come last: ``(predictions, [probabilities,] checks)``, checks a dict of
+        arrays ``t2``, ``q``, ``t2_ratio``, ``q_ratio`` (to the 95 % limits), ``y_out`` and
+        ``flag`` (``ok``, ``t2``, ``q``, ``both``, ``y_range``): the columns of a scored
+        inbox file."""
+        out = self._replayable(chain_id).replay(X, wavelengths, diagnostics=diagnostics)
+        if return_proba and out[1] is None:
+            raise ReplayError(f"chain {chain_id} is a regression chain: it has no probabilities")
+        picked = (out[0], *((out[1],) if return_proba else ()), *out[2:])
+        return picked[0] if len(picked) == 1 else picked
 
-    def preprocess_chain(self, chain_id: str, X, wavelengths=None, *, fold: str | None = None):
-        """``(X, grid)`` after the chain's preprocessing (one fold's), e.g. to plot it."""
-        return self._replayable(chain_id).preprocess(X, wavelengths, fold)
+    def preprocess_chain(self, chain_id: str, X, wavelengths=None, *, fold: str | None = None,
+                         spectral_only: bool = False):
+        """``(X, grid)`` after the chain's preprocessing (one fold's), e.g. to plot it;
+        ``spectral_only``: after its leading spectral steps only (SNV, SG, ..., not the
+        scaler after them; ``spectral_steps_of_chain`` names them)."""
+        return self._replayable(chain_id).preprocess(X, wavelengths, fold, spectral_only=spectral_only)
+
+    def spectral_steps_of_chain(self, chain_id: str) -> list[str]:
+        return self._replayable(chain_id).spectral_steps()
 
     def load_chain(self, chain_id: str) -> ReplayableChain:
         """A stored chain with every fitted artifact it references loaded (and hash-checked)
@@ -279,7 +298,7 @@ class Chains:
         chain = self.get_chain(check_id("chain", chain_id))
         load = self._loader(chain, cached=False, context="")
         objects = {a: load(a) for a in sorted(referenced_artifacts(chain["steps"], chain["fold_artifacts"],
-                                                                   chain["shared_artifacts"]))}
+                                                                   chain["shared_artifacts"], chain["metadata"]))}
         return ReplayableChain(chain, objects.__getitem__)
 
     def _replayable(self, chain_id: str) -> ReplayableChain:

@@ -20,6 +20,7 @@ from .atomic import atomic_path, write_bytes
 from .base import check_id, frame, now
 from .bundles import BUNDLE_FORMAT, BUNDLE_VERSION  # noqa: F401 (public names)
 from .chains import Chains
+from .operations import Insert
 from .connection import Connector
 from .predictions import Predictions
 from .records import Records
@@ -96,8 +97,11 @@ class Exports:
         signature against ``NIRSFLOW_BUNDLE_KEY`` or this workspace's key, hashes,
         scikit-learn version); nothing is unpickled. Its artifacts are saved under their
         own hashes (deduplicated against what is here), and the chain lands in a new
-        completed run and pipeline whose config and metadata record where it came from,
-        all in one transaction."""
+        completed run and pipeline whose config and metadata record where it came from
+        (with the scores its pipeline had), all in one transaction. The same bundle
+        imported again adds nothing and returns the chain it brought the first time.
+        Bundles written by nirs4all 1.4 are read too (``storage.nirs4all_bundles``;
+        unsigned, so only with ``trusted=True``)."""
         path = Path(path)
         verified = bundles.read_bundle(path, keys=bundles.keys_at_hand(self.path), trusted=trusted, strict=strict)
         manifest, chain = verified.manifest, verified.manifest["chain"]
@@ -111,7 +115,15 @@ class Exports:
         dataset = pipeline.get("dataset_name") if isinstance(pipeline.get("dataset_name"), str) else ""
         name = pipeline.get("name") if isinstance(pipeline.get("name"), str) else "imported"
         records, chains = self._records, self._chains
-        with self._db.batch():
+        with self._db.batch() as con:
+            con.catch_up()
+            known = con.execute("SELECT local_id, local_id IN (SELECT chain_id FROM chains) FROM imported_ids "
+                                "WHERE source_kind = 'bundle' AND source_id = ?", [verified.manifest_sha256]).fetchone()
+            if known is not None and known[1]:
+                return known[0]  # the same bundle again: its chain is here already
+            if known is not None:  # imported once, since deleted: imported anew
+                con.execute("DELETE FROM imported_ids WHERE source_kind = 'bundle' AND source_id = ?",
+                            [verified.manifest_sha256])
             run_id = records.begin_run(f"import {path.name}", config={"imported_bundle": origin},
                                     datasets=[{"name": dataset}] if dataset else [], tags=["imported"])
             pipeline_id = records.begin_pipeline(
@@ -137,6 +149,8 @@ class Exports:
                                    metric=pipeline.get("metric") if isinstance(pipeline.get("metric"), str) else None)
             records.complete_run(run_id, summary={"imported_chain_id": chain_id,
                                                "source_chain_id": chain.get("chain_id")})
+            con.buffer(Insert("imported_ids", None, ["bundle", verified.manifest_sha256, chain_id,
+                                                     str(path.absolute()), now()]))
         return chain_id
 
     def _import_artifact(self, artifact_id: str, entry: dict, data: bytes) -> None:

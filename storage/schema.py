@@ -242,12 +242,28 @@ ALTER TABLE scored_files_by_chain RENAME TO scored_files;
 """)
 
 
+def _imported_ids(con: duckdb.DuckDBPyConnection) -> None:
+    # What came from elsewhere (a nirs4all workspace, a bundle), by its id there: so an
+    # import run twice adds nothing, and every imported row says where it came from.
+    con.execute("""
+CREATE TABLE imported_ids (
+    source_kind VARCHAR NOT NULL,       -- run | pipeline | chain | prediction | log | bundle
+    source_id VARCHAR NOT NULL,         -- its id in the source (a bundle: its manifest's SHA-256)
+    local_id VARCHAR NOT NULL,          -- its id here
+    source VARCHAR NOT NULL,            -- the workspace folder or bundle file it came from
+    imported_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (source_kind, source_id)
+);
+""")
+
+
 # (name, function): append only; never edit one that has shipped.
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("0001_initial", _initial),
     ("0002_scored_files", _scored_files),
     ("0003_journal_marker", _journal_marker),
     ("0004_scored_files_per_dataset", _scored_files_per_dataset),
+    ("0005_imported_ids", _imported_ids),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

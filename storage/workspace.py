@@ -31,6 +31,7 @@ from .check import Check
 from .connection import Connector
 from .errors import WorkspaceCorruptError, WorkspaceError
 from .exports import Exports
+from .imports import Imports
 from .journal import JournalFile
 from .locking import FileLock
 from .maintenance import Maintenance
@@ -92,6 +93,7 @@ class WorkspaceStore:
         self._scored_files = ScoredFiles(self._db, self.path)
         self._maintenance = Maintenance(self._db, self.files, loaded, self.path)
         self._exports = Exports(self._db, self.files, self._records, self._predictions, self._chains, self.path)
+        self._imports = Imports(self._db, self._chains, self.path)
         self._check = Check(self._db, self.files, self._records, self._maintenance, self.path)
 
     def _check_layout(self) -> None:
@@ -142,6 +144,7 @@ class WorkspaceStore:
     get_chains_for_pipeline = _by("_chains", Chains.get_chains_for_pipeline)
     replay_chain = _by("_chains", Chains.replay_chain)
     preprocess_chain = _by("_chains", Chains.preprocess_chain)
+    spectral_steps_of_chain = _by("_chains", Chains.spectral_steps_of_chain)
     load_chain = _by("_chains", Chains.load_chain)
 
     # -- aliases (storage/aliases.py), scored inbox files (storage/scored_files.py) ------------------
@@ -165,6 +168,7 @@ class WorkspaceStore:
     export_chain = _by("_exports", Exports.export_chain)
     import_bundle = _by("_exports", Exports.import_bundle)
     export_pipeline_config = _by("_exports", Exports.export_pipeline_config)
+    import_workspace = _by("_imports", Imports.import_workspace)
     export_run = _by("_exports", Exports.export_run)
     export_predictions_parquet = _by("_exports", Exports.export_predictions_parquet)
 

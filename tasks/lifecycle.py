@@ -326,6 +326,10 @@ def run_hooks(describe: Describe) -> dict:
     must be a module-level function (it is pickled by reference with the flow)."""
     from functools import partial
 
+    from tasks import engine_logs
+
+    engine_logs.install()  # hooks log at DEBUG (tasks/engine_logs.py)
+
     return {"on_running": [partial(run_started, describe)], "on_completion": [partial(run_completed, describe)],
             "on_failure": [partial(run_failed, describe)], "on_crashed": [partial(run_crashed, describe)],
             "on_cancellation": [partial(run_cancelled, describe)]}

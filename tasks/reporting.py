@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 import math
 import re
-import sys
-import time
 from pathlib import Path
+
+from tasks.chain_plots import plot_chain  # noqa: F401 - re-exported for the train flow
+from tasks.progress import Progress  # noqa: F401 - the flows' progress, re-exported
 
 log = logging.getLogger("nirsflow.reporting")
 
@@ -34,7 +35,8 @@ def rank_value(metric: str | None, value: float | None) -> float:
 
 
 def leaderboard_rows(entries) -> list[dict]:
-    """Completed pipelines ranked by their cross-validated score, then the failed ones."""
+    """Completed pipelines ranked by their cross-validated score, then the failed ones
+    (the run summary's form; ``board`` turns them into what tables show)."""
     done = sorted((e for e in entries if e.status == "completed"),
                   key=lambda e: (rank_value(e.metric, e.best_val), rank_value(e.metric, e.best_test), e.key))
     failed = [e for e in entries if e.status != "completed"]
@@ -42,12 +44,32 @@ def leaderboard_rows(entries) -> list[dict]:
     for rank, e in enumerate(done, start=1):
         rows.append({"rank": rank, "pipeline": e.name, "dataset": e.dataset_name, "status": e.status,
                      "metric": e.metric, "cv_score": _round(e.best_val), "test_score": _round(e.best_test),
-                     "fit_ms": e.duration_ms, "chain_id": e.chain_id, "error": ""})
+                     "fit_ms": e.duration_ms, "chain_id": e.chain_id, "error": "", "config": e.expanded_config})
     for e in failed:
         rows.append({"rank": None, "pipeline": e.name, "dataset": e.dataset_name, "status": e.status,
                      "metric": e.metric, "cv_score": None, "test_score": None, "fit_ms": e.duration_ms,
-                     "chain_id": None, "error": (e.error or e.store_error or "")[:300]})
+                     "chain_id": None, "error": (e.error or e.store_error or "")[:300], "config": e.expanded_config})
     return rows
+
+
+def best_scores(best: dict | None) -> str:
+    """``; best RMSECV 2.459, RMSEP 2.304 (chain f7953b69)``, for a run's state message (the
+    runs list shows it); empty without a best pipeline."""
+    from nirs.metrics import score_name
+
+    if not best or best.get("cv_score") is None:
+        return ""
+    test = "" if best.get("test_score") is None else f", {score_name(best['metric'], 'test')} {best['test_score']:.4g}"
+    return f"; best {score_name(best['metric'], 'val')} {best['cv_score']:.4g}{test} (chain {best['chain_id'][:8]})"
+
+
+def board(rows: list[dict]) -> list[dict]:
+    """``leaderboard_rows`` as ``tasks.leaderboard`` rows (rank, RMSECV, RMSEP, chain first)."""
+    from tasks.leaderboard import board_row
+
+    return [board_row(rank=r["rank"], metric=r["metric"], cv=r["cv_score"], test=r["test_score"],
+                      chain_id=r["chain_id"], expanded_config=r.get("config"), dataset=r["dataset"],
+                      status=r["status"], error=(r["error"] or "")[:120]) for r in rows]
 
 
 def _round(value):
@@ -58,53 +80,13 @@ def _fmt(value) -> str:
     return "—" if value is None else f"{value:.4g}"
 
 
-class Progress:
-    """A progress artifact, updated at most every ``every`` seconds (and at the end), and a
-    progress bar on the terminal when there is one (quiet in logs, CI and served runs)."""
-
-    def __init__(self, total: int, key: str, description: str, every: float = 1.0) -> None:
-        self.total, self.done, self.every = max(total, 1), 0, every
-        self._last = 0.0
-        self.artifact_id = None
-        self._bar = None
-        if sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TimeElapsedColumn
-
-            self._bar = Bar("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), transient=False)
-            self._bar_task = self._bar.add_task(description[:60], total=self.total)
-            self._bar.start()
-        try:
-            from prefect.artifacts import create_progress_artifact
-
-            self.artifact_id = create_progress_artifact(0.0, key=key, description=description)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("no progress artifact: %s", exc)
-
-    def step(self, n: int = 1, *, force: bool = False) -> None:
-        self.done += n
-        if self._bar is not None:
-            self._bar.update(self._bar_task, completed=min(self.done, self.total))
-            if self.done >= self.total:
-                self._bar.stop()
-                self._bar = None
-        now = time.monotonic()
-        if self.artifact_id is None or (not force and now - self._last < self.every and self.done < self.total):
-            return
-        self._last = now
-        try:
-            from prefect.artifacts import update_progress_artifact
-
-            update_progress_artifact(self.artifact_id, 100.0 * min(self.done, self.total) / self.total)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("progress not updated: %s", exc)
-
-
 def publish_leaderboard(rows: list[dict], key: str, description: str):
+    from tasks.leaderboard import records
+
     try:
         from prefect.artifacts import create_table_artifact
 
-        return create_table_artifact(rows or [{"rank": None, "pipeline": "(none)"}], key=key,
+        return create_table_artifact(records(board(rows)) or [{"#": None, "pipeline": "(none)"}], key=key,
                                      description=description)
     except Exception as exc:  # noqa: BLE001
         log.warning("no leaderboard artifact: %s", exc)
@@ -113,21 +95,26 @@ def publish_leaderboard(rows: list[dict], key: str, description: str):
 
 def markdown_report(*, title: str, run_id: str | None, flow_run_name: str, workspace: Path, rows: list[dict],
                     counts: dict, wall_s: float, exports: dict, top: int = 5) -> str:
+    from nirs.metrics import score_name
+    from tasks.leaderboard import markdown
+
     done = [r for r in rows if r["status"] == "completed"]
     failed = [r for r in rows if r["status"] != "completed"]
     fit_s = sum((r["fit_ms"] or 0) for r in rows) / 1000
-    lines = [f"# {title}", "",
-             f"- run `{run_id}` in workspace `{workspace}`, flow run `{flow_run_name}`",
-             f"- pipelines: **{counts.get('completed', 0)} completed**, **{counts.get('failed', 0)} failed**, "
-             f"{counts.get('planned', 0)} planned; {counts.get('store_errors', 0)} store write errors",
-             f"- wall time {wall_s:.1f} s; fitting time {fit_s:.1f} s (summed over folds, in parallel)", ""]
+    lines = [f"# {title}", ""]
     if done:
-        lines += [f"## Best chains (top {min(top, len(done))} by cross-validated score)", "",
-                  "| rank | pipeline | dataset | metric | CV | test | chain |",
-                  "|---:|---|---|---|---:|---:|---|"]
-        for r in done[:top]:
-            lines.append(f"| {r['rank']} | {r['pipeline']} | {r['dataset']} | {r['metric']} | "
-                         f"{_fmt(r['cv_score'])} | {_fmt(r['test_score'])} | `{r['chain_id']}` |")
+        best = done[0]
+        named = ", ".join(f"**{score_name(best['metric'], part)} {_fmt(value)}**" for part, value in
+                          (("val", best["cv_score"]), ("test", best["test_score"])) if value is not None)
+        lines += [f"Best chain `{best['chain_id'][:8]}`: {named} "
+                  f"(`nirsflow show {best['chain_id'][:8]} -w {workspace}`)", ""]
+    lines += [f"- pipelines: **{counts.get('completed', 0)} completed**, **{counts.get('failed', 0)} failed**, "
+              f"{counts.get('planned', 0)} planned; {counts.get('store_errors', 0)} store write errors",
+              f"- wall time {wall_s:.1f} s; fitting time {fit_s:.1f} s (summed over folds, in parallel)",
+              f"- run `{(run_id or '')[:8]}` in workspace `{workspace}`, flow run `{flow_run_name}`", ""]
+    if done:
+        lines += [f"## Best chains (top {min(top, len(done))} by cross-validated score)", ""]
+        lines += markdown(board(done[:top]))
         lines.append("")
     if failed:
         lines += ["## Failed pipelines", "", "| pipeline | dataset | error |", "|---|---|---|"]
@@ -138,11 +125,46 @@ def markdown_report(*, title: str, run_id: str | None, flow_run_name: str, works
             lines.append(f"| … | | {len(failed) - 50} more in the store's logs |")
         lines.append("")
     if exports:
-        lines += ["## Exports", ""]
+        lines += ["## Exports", "", "Paths relative to the workspace; the command that opens or writes each "
+                  "again:", ""]
+        plots = {label: path for label, path in exports.items() if str(path).endswith(".png")}
         for label, path in exports.items():
-            lines.append(f"- {label}: [`{path}`](file://{path})")
+            if label not in plots:
+                lines.append(f"- {_short_ids(label)}: `{_relative(path, workspace)}` — "
+                             f"`{_command_for(path, workspace)}`")
+        if plots:  # one line for a chain's figures: they share a folder and a command
+            first = Path(next(iter(plots.values())))
+            names = ", ".join(Path(p).name for p in plots.values())
+            lines.append(f"- plots of the best chain ({names}): `{_relative(first.parent, workspace)}/` — "
+                         f"`{_command_for(first, workspace)}`")
         lines.append("")
     return "\n".join(lines)
+
+
+def _short_ids(text: str) -> str:
+    """Whole ids (uuid4) in a label cut to the 8 digits every command accepts."""
+    return re.sub(r"\b([0-9a-f]{8})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", r"\1", text)
+
+
+def _relative(path, workspace: Path) -> str:
+    try:
+        return str(Path(path).relative_to(workspace))
+    except ValueError:
+        return str(path)
+
+
+def _command_for(path, workspace: Path) -> str:
+    """The command that writes (or shows) an export again: a browser cannot open file://
+    links from the UI, a terminal can run this."""
+    path = Path(path)
+    w = f" -w {workspace}"
+    if path.suffix == ".n4a":
+        return f"nirsflow export chain {path.stem[:8]}{w}"
+    if path.suffix in (".yaml", ".yml"):
+        return f"nirsflow export run {path.stem[:8]}{w}"
+    if path.suffix == ".png":
+        return f"nirsflow plot {path.parent.name[:8]}{w}"
+    return f"ls {path}"
 
 
 def publish_markdown(markdown: str, key: str, description: str):
@@ -161,35 +183,13 @@ def tag_flow_run(tags) -> None:
     idle and seconds under CPU load on this machine (bench/flow_bench.py)."""
     from prefect.context import FlowRunContext
 
+    from tasks import engine_logs
+
+    engine_logs.install()  # the score_inbox flow defines no run hooks: its chatter is demoted here
     ctx = FlowRunContext.get()
     try:
         merged = sorted(set(ctx.flow_run.tags or []) | set(tags))
         ctx.client.update_flow_run(ctx.flow_run.id, tags=merged)
+        ctx.flow_run.tags = merged  # a later call merges with these, not with the tags at the start
     except Exception as exc:  # noqa: BLE001 - tags are for the UI only
         log.warning("could not tag the flow run: %s", exc)
-
-
-def plot_chain(store, chain_id: str, folder: Path, data=None) -> list[Path]:
-    """PNGs of a regression chain from its stored "avg" predictions: predicted vs observed
-    (1:1 line, RMSE, R²) and residuals; with ``data`` (a SpectraDataset), its spectra
-    before and after the chain's preprocessing. Classification chains get none."""
-    from nirs import plots
-
-    info = store.get_chain(chain_id)
-    if info["task_type"] == "classification":
-        return []
-    sets = {}
-    for partition, label in (("val", "cross-validation"), ("test", "test")):
-        rows = store.query_predictions(chain_id=chain_id, fold_id="avg", partition=partition)
-        if rows.height:
-            arrays = store.get_prediction_arrays(rows["prediction_id"][0])
-            sets[label] = (arrays["y_true"], arrays["y_pred"])
-    if not sets:
-        return []
-    title = f"{info['preprocessings'] or '-'} > {info['model_class'].rsplit('.', 1)[-1]}"
-    written = [plots.predicted_vs_observed(sets, Path(folder) / "predicted_vs_observed.png", title),
-               plots.residuals(sets, Path(folder) / "residuals.png", title)]
-    if data is not None:
-        after, grid = store.preprocess_chain(chain_id, data.X, data.wavelengths)
-        written.append(plots.spectra(data.wavelengths, data.X, after, grid, Path(folder) / "spectra.png", title))
-    return written

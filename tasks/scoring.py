@@ -227,7 +227,37 @@ class _ResultWriter:
                 writer.close()
 
 
-def _result_table(chain: ReplayableChain, ids, pred, proba, constants: dict) -> pa.Table:
+#: The outlier-check columns of every result row (``nirs.diagnostics``): null for a chain
+#: trained before its checks were recorded.
+CHECK_COLUMNS = ("t2", "q", "t2_ratio", "q_ratio")
+#: At most this many (T², Q) points of a file are kept for the run's picture.
+MAX_POINTS = 4000
+
+
+class Thinned:
+    """Every ``stride``-th row of a file, the stride doubling whenever more than
+    ``limit`` rows are kept: a bounded, evenly spread sample whatever the file's size,
+    the same whether it is read in one chunk or many."""
+
+    def __init__(self, limit: int = MAX_POINTS) -> None:
+        self.limit, self.stride, self.seen = limit, 1, 0
+        self.rows: list[tuple[int, float, float, str]] = []
+
+    def add(self, t2_ratio, q_ratio, flags) -> None:
+        for k, (t, q, f) in enumerate(zip(t2_ratio.tolist(), q_ratio.tolist(), flags.tolist())):
+            if (self.seen + k) % self.stride == 0:
+                self.rows.append((self.seen + k, t, q, f))
+        self.seen += len(flags)
+        while len(self.rows) > self.limit:
+            self.stride *= 2
+            self.rows = [r for r in self.rows if r[0] % self.stride == 0]
+
+    def as_dict(self) -> dict:
+        return {"t2_ratio": [r[1] for r in self.rows], "q_ratio": [r[2] for r in self.rows],
+                "flag": [r[3] for r in self.rows]}
+
+
+def _result_table(chain: ReplayableChain, ids, pred, proba, checks: dict | None, constants: dict) -> pa.Table:
     n = len(ids)
     columns: dict[str, pa.Array] = {"sample_id": pa.array(np.asarray(ids).astype(str).tolist(), pa.string())}
     pred = np.asarray(pred)
@@ -241,6 +271,10 @@ def _result_table(chain: ReplayableChain, ids, pred, proba, constants: dict) -> 
     if proba is not None:
         for k, label in enumerate(chain.classes or []):
             columns[f"proba_{label}"] = pa.array(np.asarray(proba)[:, k].astype(float), pa.float64())
+    for name in CHECK_COLUMNS:
+        columns[name] = (pa.nulls(n, pa.float64()) if checks is None
+                         else pa.array(np.asarray(checks[name], dtype=float), pa.float64()))
+    columns["flag"] = pa.nulls(n, pa.string()) if checks is None else pa.array(checks["flag"].tolist(), pa.string())
     for name, (value, kind) in constants.items():
         columns[name] = pa.array([value] * n, kind)
     return pa.table(columns)
@@ -257,6 +291,9 @@ def score_file(job: ScoreJob, chain: ReplayableChain) -> dict:
                  "scored_at": (scored_at, pa.timestamp("us", tz="UTC"))}
     base = {"rel": f.rel, "sha256": job.sha256, "chain_id": chain.chain_id, "alias": job.alias}
     stage, n, notes = "read", 0, {}
+    diagnose = chain.has_diagnostics
+    flags: dict[str, int] = {}
+    points = Thinned()
     try:
         with ExitStack() as stack:
             writer = _ResultWriter(stack, job.result_path, job.csv_path)
@@ -267,16 +304,21 @@ def score_file(job: ScoreJob, chain: ReplayableChain) -> dict:
                     stage = "check"
                     notes = chain.check(ds.wavelengths, ds.X.shape[1])
                 stage = "replay"
-                pred, proba = chain.replay(ds.X, ds.wavelengths)
+                pred, proba, *checks = chain.replay(ds.X, ds.wavelengths, diagnostics=diagnose)
+                checks = checks[0] if checks else None
+                if checks is not None:
+                    for flag, count in zip(*np.unique(checks["flag"].astype(str), return_counts=True)):
+                        flags[flag] = flags.get(flag, 0) + int(count)
+                    points.add(checks["t2_ratio"], checks["q_ratio"], checks["flag"])
                 stage = "write"
                 try:
-                    writer.write(_result_table(chain, ds.sample_ids, pred, proba, constants))
+                    writer.write(_result_table(chain, ds.sample_ids, pred, proba, checks, constants))
                 except (OSError, pa.ArrowException) as exc:
                     raise OutputError(f"result {job.result_path} not written: {exc}") from exc
                 n += ds.X.shape[0]
                 # Let this chunk go before the next is read, or two would be held at once
                 # (hence no enumerate() either: its reused tuple holds the last chunk).
-                del ds, pred, proba
+                del ds, pred, proba, checks
                 stage = "read"
             stage = "write"
             try:
@@ -306,7 +348,8 @@ def score_file(job: ScoreJob, chain: ReplayableChain) -> dict:
     seconds = time.perf_counter() - started
     return {**base, "status": "scored", "n_spectra": n, "seconds": seconds,
             "result_path": str(job.result_path), "csv_path": None if job.csv_path is None else str(job.csv_path),
-            "model_class": chain.model_class, "scored_at": scored_at.isoformat(), **notes}
+            "model_class": chain.model_class, "scored_at": scored_at.isoformat(), **notes,
+            **({"flags": flags, "n_flagged": n - flags.get("ok", 0), "points": points.as_dict()} if diagnose else {})}
 
 
 @task(name="score-file", task_run_name="score · {rel}", cache_policy=NO_CACHE, persist_result=False)
@@ -314,8 +357,9 @@ def score_file_task(rel: str, job: ScoreJob, chain: ReplayableChain) -> dict:
     outcome = score_file(job, chain)
     logger = get_run_logger()
     if outcome["status"] == "scored":
-        logger.info("scored %s: %d spectra in %.2f s with chain %s (%s)", rel, outcome["n_spectra"],
-                    outcome["seconds"], chain.chain_id, job.alias)
+        logger.info("scored %s: %d spectra in %.2f s with chain %s (%s)%s", rel, outcome["n_spectra"],
+                    outcome["seconds"], chain.chain_id, job.alias,
+                    f"; {outcome['n_flagged']} flagged by the outlier checks" if "flags" in outcome else "")
     elif outcome["status"] == "rejected":
         logger.warning("rejected %s: %s", rel, outcome["problem"]["message"])
     else:

@@ -33,7 +33,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from nirs.executors import fold_executor
-from nirs.metrics import DEFAULT_METRIC
+from nirs.metrics import DEFAULT_METRIC, score_name
 from nirs.trace import ExecutionTrace
 from nirs.training import FoldPlan, FoldResult, assemble_trace, plan_folds
 from tasks.lifecycle import StoreWriteError, current_book, describe_exception
@@ -96,7 +96,8 @@ def train_pipeline(label: str, key: str, dataset, pipeline, test=None, refit: bo
     refit_result = results.pop("refit", None)
     trace = assemble_trace(dataset, pipeline, list(results.values()), test=test, refit_result=refit_result)
     scores = {r.partition: r.scores.get(trace.metric) for r in trace.records(fold_id="avg")}
-    shown = ", ".join(f"{part} {trace.metric} {value:.4g}" for part, value in scores.items() if value is not None)
+    shown = ", ".join(f"{score_name(trace.metric, part)} {value:.4g}" for part, value in scores.items()
+                      if value is not None)
     wall_ms = int((time.perf_counter() - started) * 1000)
     logger.info("%s on %s: %s (%d folds%s, %d ms of fitting, %d ms in all)", trace.pipeline_name,
                 trace.dataset_name, shown or "no scores", len(results), " + refit" if refit_result else "",

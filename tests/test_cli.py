@@ -34,7 +34,7 @@ def test_runs_and_top(ws):
     assert len(top) == 3 and {t["fold_id"] for t in top} == {"avg"}
     assert top[0]["val_score"] <= top[1]["val_score"] <= top[2]["val_score"]   # rmse: lower first
     table = run_cli("top", "-n", "2", "-w", ws)
-    assert "PLSRegression" in table.stdout and table.returncode == 0
+    assert "PLS" in table.stdout and "RMSECV" in table.stdout and table.returncode == 0
 
 
 def test_show_run_pipeline_and_chain(ws):
@@ -60,6 +60,9 @@ def test_replay_a_file_with_the_production_alias(ws, tmp_path):
     predictions = pl.read_parquet(out)
     assert predictions["sample_id"].to_list() == [f"t{i}" for i in range(5)]
     assert np.all(np.abs(predictions["prediction"].to_numpy() - test.y[:5]) < 10)
+    # the outlier checks, as replay_chain(..., diagnostics=True) gives them
+    assert predictions.columns[-5:] == ["t2", "q", "t2_ratio", "q_ratio", "flag"]
+    assert set(predictions["flag"]) <= {"ok", "t2", "q", "both", "y_range"} and predictions["t2"].min() > 0
 
 
 def test_replaying_a_chain_fitted_under_another_scikit_learn_warns_in_one_line(ws, tmp_path):
@@ -197,7 +200,8 @@ def test_score_an_inbox_and_import_a_bundle(ws, tmp_path):
     assert run_cli("export", "chain", chain_id, "-w", ws, "--out", str(bundle)).returncode == 0
     other = tmp_path / "other-ws"
     refused = run_cli("import", str(bundle), "-w", str(other))
-    assert refused.returncode == 1 and "trusted" in refused.stderr
+    assert refused.returncode == 1 and "pass --trusted" in refused.stderr
+    assert "trusted=True" not in refused.stderr and "key=" not in refused.stderr  # options, not Python words
     imported = run_cli("import", str(bundle), "-w", str(other), "--trusted", "--json")
     assert imported.returncode == 0, imported.stderr
     new_chain = json.loads(imported.stdout)["chain_id"]
@@ -209,3 +213,99 @@ def test_serve_check_lists_the_deployments_of_the_config(ws):
     assert done.returncode == 0, done.stderr
     for name in ("score-inbox", "gc", "vacuum", "reconcile"):
         assert name in done.stdout
+
+
+def test_top_tells_rows_apart_in_100_columns(ws):
+    table = run_cli("top", "-n", "9", "-w", ws)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    header = next(line for line in lines if "RMSECV" in line)
+    assert header.split()[:4] == ["#", "RMSECV", "RMSEP", "chain"]  # rank, scores and id first
+    rows = [line for line in lines if line.strip()[:1].isdigit()]
+    assert len(rows) == 9 and len({line.split()[3] for line in rows}) == 9
+    assert all(len(line.split()[3]) == 8 for line in rows)  # short ids, whole on one line
+    # what the rows differ by: the preprocessing and the number of components
+    assert {r.split("n_components=")[1].split()[0] for r in rows} == {"6", "8", "10"}
+    assert sum("tablet1:production" in line for line in rows) == 1  # the production marker
+    top = _json("top", "-n", "2", "-w", ws)
+    assert top[0]["rank"] == 1 and top[0]["short_id"] == top[0]["chain_id"][:8]
+    assert top[0]["params"]["n_components"] in (6, 8, 10) and top[0]["run"].startswith("demo")
+
+
+def test_runs_names_the_valid_statuses_and_json_has_the_flow_run(ws):
+    bogus = run_cli("runs", "--status", "bogus", "-w", ws)
+    assert bogus.returncode == 1 and "completed, failed" in bogus.stderr
+    runs = _json("runs", "-w", ws)
+    assert runs[0]["flow_run_id"]
+
+
+def test_show_chain_reads_as_a_calibration_report(ws):
+    shown = run_cli("show", "tablet1:production", "-w", ws)
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout
+    assert "model PLSRegression(n_components=" in text and "KFold(n_splits=5" in text
+    assert "600–1792 nm" in text and "scikit-learn" in text and "aliases      tablet1:production" in text
+    header = next(line for line in text.splitlines() if "RPD" in line).split()
+    assert header == ["n", "RMSE", "R²", "bias", "SEP", "RPD", "slope"]
+    cv = next(line for line in text.splitlines() if line.strip().startswith("RMSECV")).split()
+    test = next(line for line in text.splitlines() if line.strip().startswith("RMSEP")).split()
+    assert cv[1] == "400" and test[1] == "212" and 1.5 < float(cv[2]) < 3.5 and 0.9 < float(test[3]) <= 1
+    chain = _json("show", "tablet1:production", "-w", ws)
+    assert chain["aliases"] == ["tablet1:production"] and chain["scores"]["test"]["n"] == 212
+
+
+def test_plots_name_the_analyte_its_unit_and_the_chain(ws):
+    """Read back from the figures before they are saved: what a chemometrician looks for."""
+    from storage import WorkspaceStore
+    from tasks.chain_plots import chain_figures
+
+    with WorkspaceStore(ws) as store:
+        chain_id = store.resolve_chain("tablet1:production")
+        figures = chain_figures(store, chain_id, unit="mg/tablet")
+        steps = store.spectral_steps_of_chain(chain_id)
+    ax = figures["predicted_vs_observed"].axes[0]
+    assert ax.get_xlabel() == "Observed active ingredient (mg/tablet)"
+    assert ax.get_ylabel() == "Predicted active ingredient (mg/tablet)"
+    title = ax.get_title()
+    assert chain_id[:8] in title and "tablet1" in title and "n_components=" in title and "PLS" in title
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[0].startswith("cross-validation: RMSECV ") and "n 400" in legend[0]
+    assert legend[1].startswith("test: RMSEP ") and "n 212" in legend[1]
+    assert all(word in legend[1] for word in ("bias", "slope", "R²"))
+    top, bottom = figures["spectra"].axes  # no --data: the training spectra of the built-in set
+    assert top.get_xlabel() == bottom.get_xlabel() == "Wavelength (nm)"
+    assert top.get_ylabel() == "Raw absorbance (AU)" and steps and "StandardScaler" not in steps
+    assert bottom.get_title().startswith(f"After {' + '.join(steps)}")
+    # the spectral preprocessing only: SNV-corrected spectra have mean 0 and sd 1 each,
+    # which autoscaling per wavelength would have destroyed
+    lines = np.array([line.get_ydata() for line in bottom.get_lines()])
+    if steps == ["SNV"]:
+        assert np.allclose(lines.mean(axis=1), 0, atol=1e-9) and np.allclose(lines.std(axis=1), 1, atol=1e-6)
+    for figure in figures.values():
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+
+
+def test_every_json_output_parses(ws, tmp_path):
+    """Each command that takes --json prints one JSON document on stdout, nothing else."""
+    from nirs.datasets import load_tablet
+
+    _, test = load_tablet(instrument=1)
+    spectra = tmp_path / "three.csv"
+    pl.DataFrame({"sample_id": ["a", "b", "c"]}).with_columns(
+        [pl.Series(f"{w:g}", test.X[:3, j]) for j, w in enumerate(test.wavelengths)]).write_csv(spectra)
+    run_id = _json("runs", "-w", ws)[0]["run_id"]
+    commands = [["runs"], ["top", "-n", "2"], ["show", "tablet1:production"], ["show", run_id[:8]],
+                ["replay", "tablet1:production", str(spectra)], ["plot", "tablet1:production", "--out", str(tmp_path)],
+                ["export", "run", run_id[:8], "--out", str(tmp_path / "run.yaml")],
+                ["export", "chain", "tablet1:production", "--out", str(tmp_path / "c.n4a")],
+                ["export", "predictions", "--out", str(tmp_path / "p.parquet")],
+                ["gc", "--dry-run"], ["check"], ["promote", "tablet1", "tablet1:production"]]
+    for command in commands:
+        payload = _json(*command, "-w", ws)
+        assert payload, command
+    plotted = _json("plot", "tablet1:production", "--out", str(tmp_path), "-w", ws)
+    assert {p.rsplit("/", 1)[-1] for p in plotted["files"]} == {"predicted_vs_observed.png", "residuals.png",
+                                                                 "spectra.png"}

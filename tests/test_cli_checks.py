@@ -171,3 +171,35 @@ def test_check_names_young_orphans_as_expected_and_what_removes_them(ws, tmp_pat
     os.utime(orphan, (old, old))
     aged = run_cli("check", "-w", str(workspace))
     assert aged.returncode == 1 and f"orphan {orphan}" in aged.stdout
+
+
+def test_every_option_and_argument_of_every_command_says_what_it_is():
+    import typer.main
+
+    from flows.cli import app
+
+    missing = []
+
+    def walk(command, prefix=""):
+        for name, sub in getattr(command, "commands", {}).items():
+            if hasattr(sub, "commands"):
+                walk(sub, f"{prefix}{name} ")
+            else:
+                missing.extend(f"{prefix}{name} {p.name}" for p in sub.params if not getattr(p, "help", None))
+
+    walk(typer.main.get_command(app))
+    assert not missing
+
+
+def test_server_on_a_busy_port_says_so_before_announcing_an_address(tmp_path):
+    import socket
+
+    from tests.conftest import run_cli
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run_cli("server", "--port", str(port), "--home", str(tmp_path / "home"), timeout=60)
+    assert done.returncode == 1 and f"port {port}" in done.stderr and "in use" in done.stderr
+    assert "Prefect server with its UI" not in done.stdout

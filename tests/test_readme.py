@@ -82,3 +82,82 @@ def test_a_second_demo_says_what_its_own_run_did(demo_run, tmp_path):
     assert dict(zip(by_chain["chain_id"], by_chain["len"])) == {first: 2, second: 2}
     assert re.search(r"Inbox: 2 files scored, 212 tablets, RMSE [0-9.]+ against", done.stdout)
     assert len(list((workspace / "outbox" / "tablet1").glob(f"*.{second[:8]}.parquet"))) == 2
+
+
+def test_the_demo_keeps_the_terminal_quiet_and_prefects_logs_in_a_file(demo_run):
+    """Prefect's log lines go to the UI and to workspace/logs/nirsflow.log, not to the
+    terminal; hooks and completed task runs log at DEBUG, so they are in neither."""
+    workspace, done = demo_run
+    assert len(done.stderr.splitlines()) < 15, done.stderr
+    assert "Finished in state" not in done.stderr and "Running hook" not in done.stderr
+    log = (workspace / "logs" / "nirsflow.log").read_text()
+    assert "Flow run 'train" in log and "Finished in state Completed" in log
+    assert "Running hook" not in log and "finished running successfully" not in log
+    assert "logs/nirsflow.log" in done.stdout  # the demo says where they went
+
+
+def test_verbose_brings_prefects_logs_back_to_the_terminal(tmp_path):
+    from nirs.datasets import load_tablet
+    from tests.conftest import run_cli
+
+    train_set, _ = load_tablet(instrument=1)
+    import polars as pl
+
+    frame = pl.DataFrame({"sample_id": train_set.sample_ids[:90], "content": train_set.y[:90]}).with_columns(
+        [pl.Series(f"{w:g}", train_set.X[:90, j]) for j, w in enumerate(train_set.wavelengths)])
+    frame.write_csv(tmp_path / "wheat.csv")
+    (tmp_path / "grid.yaml").write_text("pipeline:\n  - SNV\n  - split: {class: KFold, params: {n_splits: 3}}\n"
+                                        "  - model: {class: PLSRegression, params: {n_components: 3}}\n")
+    args = ["train", str(tmp_path / "grid.yaml"), str(tmp_path / "wheat.csv"), "--target", "content"]
+    quiet = run_cli(*args, "-w", str(tmp_path / "quiet"))
+    loud = run_cli(*args, "-w", str(tmp_path / "loud"), "-v")
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
+    assert "Flow run 'train" not in quiet.stderr and "Flow run 'train" in loud.stderr
+    assert "RMSECV" in quiet.stdout  # the result, named as a chemometrician names it
+
+
+def test_the_demo_ends_with_commands_that_can_be_pasted(demo_run):
+    import shlex
+
+    from tests.conftest import run_cli
+
+    workspace, done = demo_run
+    tail = done.stdout[done.stdout.index("Next (paste any line):"):].splitlines()[1:]
+    assert not [line for line in tail if "..." in line or "…" in line]
+    commands = [shlex.split(line, comments=True) for line in tail if line.startswith("  nirsflow ")]
+    assert [c[1] for c in commands] == ["top", "show", "plot", "score"]
+    for command in commands[:3]:  # score would move the inbox; its line parses, which is the point
+        ran = run_cli(*command[1:])
+        assert ran.returncode == 0, (command, ran.stderr)
+    # a lasting server (one a test session started, say): the run's page; a temporary one,
+    # gone with the command: how to get a server with the UI
+    assert re.fullmatch(r"The training run in the Prefect UI: http://\S+/runs/flow-run/[0-9a-f-]{36}", tail[-1]) \
+        or "nirsflow server" in tail[-1], tail[-1]
+
+
+def test_a_run_link_is_the_ui_address_of_the_flow_run(monkeypatch):
+    from flows.server import TEMPORARY_API_MARK, run_link
+
+    monkeypatch.delenv(TEMPORARY_API_MARK, raising=False)
+    monkeypatch.delenv("PREFECT_UI_URL", raising=False)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api/")
+    assert run_link("abc") == "http://127.0.0.1:4200/runs/flow-run/abc"
+    monkeypatch.setenv("PREFECT_UI_URL", "https://prefect.lab.example/")
+    assert run_link("abc") == "https://prefect.lab.example/runs/flow-run/abc"
+    monkeypatch.setenv(TEMPORARY_API_MARK, "1")
+    assert run_link("abc") is None
+
+
+def test_readme_says_the_spectra_plot_needs_no_data_option():
+    text = (ROOT / "README.md").read_text()
+    assert "drawn from its training data without any option" in text
+    assert "needs `--data`" not in text
+
+
+def test_readme_shows_the_ui_screenshots_it_links():
+    text = (ROOT / "README.md").read_text()
+    shots = re.findall(r"\]\((docs/[^)]+\.png)\)", text)
+    assert len(shots) >= 2
+    for shot in shots:
+        path = ROOT / shot
+        assert path.is_file() and 10_000 < path.stat().st_size < 200_000, shot  # there, and small

@@ -80,6 +80,9 @@ def test_rejections_show_in_the_runs_list_and_nothing_scored_is_not_completed(in
     flow_run = prefect_client.read_flow_run(UUID(state.result()["flow_run_id"]))
     assert flow_run.state.name == "Completed with rejections" and "rejected" in flow_run.tags
     assert "tablet/bad.csv" in flow_run.state.message
+    # named and tagged by dataset, as training runs are, the later "rejected" tag kept beside them
+    assert flow_run.name == "score · tablet (2 files)"
+    assert {"nirsflow", "score", "dataset:tablet", "rejected"} <= set(flow_run.tags)
 
     inbox.drop_text("tablet/worse.csv", "sample_id,600\nb,not-a-number\n")
     state = inbox.run(return_state=True)

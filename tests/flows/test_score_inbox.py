@@ -92,8 +92,8 @@ def test_tablet_csv_and_parquet_and_coffee_are_scored_equal_to_replay_chain(inbo
         result = Path(rec["result_path"])
         assert result.parent == inbox.root / "outbox" / "tablet" and result.name.endswith(".parquet")
         df = pl.read_parquet(result)
-        assert df.columns == ["sample_id", "prediction", "dataset", "alias", "chain_id", "model_class",
-                              "input_file", "input_sha256", "scored_at"]
+        assert df.columns == ["sample_id", "prediction", "t2", "q", "t2_ratio", "q_ratio", "flag", "dataset", "alias",
+                              "chain_id", "model_class", "input_file", "input_sha256", "scored_at"]
         assert df["sample_id"].to_list() == t.sample_ids.tolist()
         np.testing.assert_allclose(df["prediction"].to_numpy(), expected_y, rtol=0, atol=1e-9)
         assert set(df["chain_id"]) == {chains.tablet_chain} and set(df["alias"]) == {"production"}
@@ -116,9 +116,12 @@ def test_tablet_csv_and_parquet_and_coffee_are_scored_equal_to_replay_chain(inbo
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     arts = prefect_client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(summary["flow_run_id"])])))
-    markdown = [a for a in arts if a.type == "markdown"]
+    markdown = [a for a in arts if a.type == "markdown" and a.key.startswith("score-inbox")]
     assert len(markdown) == 1 and "| 3 | 0 | 0 | 0 | 0 | 0 | 484 |" in markdown[0].data
-    assert not [a for a in arts if a.type == "table"]
+    # the outlier checks per file, the run's T² vs Q picture inline; each dataset's drift as a table
+    assert "| tablet/test-tablets.csv | 212 |" in markdown[0].data and "data:image/png;base64," in markdown[0].data
+    tables = [a for a in arts if a.type == "table"]
+    assert sorted(a.key for a in tables) == ["drift-coffee", "drift-tablet"]
 
 
 # -- bad input, one test each ------------------------------------------------------------------
@@ -159,10 +162,10 @@ def test_non_numeric_cell_names_row_and_column_in_the_note_and_the_ui(inbox, pre
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     arts = prefect_client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(summary["flow_run_id"])])))
-    (table,) = [a for a in arts if a.type == "table"]
+    (table,) = [a for a in arts if a.type == "table" and a.key.endswith("-rejected")]
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert rows[0]["file"] == "tablet/typo.csv" and rows[0]["row"] == 4 and rows[0]["column"] == "620"
-    (markdown,) = [a for a in arts if a.type == "markdown"]
+    (markdown,) = [a for a in arts if a.type == "markdown" and a.key.startswith("score-inbox")]
     assert "| 1 | 1 | 0 | 0 | 0 | 0 | 10 |" in markdown.data and "tablet/typo.csv" in markdown.data
 
 

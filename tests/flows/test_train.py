@@ -3,6 +3,7 @@ what the Prefect UI gets."""
 
 from __future__ import annotations
 
+import json
 from uuid import UUID
 
 import numpy as np
@@ -100,12 +101,21 @@ def test_train_writes_run_pipelines_chains_predictions_artifacts_with_prefect_id
         for name in pipes["name"]:  # one line per fold, in the log of its pipeline's task run
             assert f"tablet1 · {name} · fold_2: rmse train " in messages
 
-    artifacts = prefect_client.read_artifacts()
-    mine = [a for a in artifacts if str(a.flow_run_id) == flow_run_id]
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    # this run's artifacts, asked of the server: the session server holds every flow test's
+    # artifacts, more than one page of read_artifacts() once scoring runs publish drift too
+    mine = prefect_client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])))
+    assert all(str(a.flow_run_id) == flow_run_id for a in mine)
     kinds = {a.type for a in mine}
     assert {"table", "markdown", "progress"} <= kinds
     table = next(a for a in mine if a.type == "table")
     assert table.key == "leaderboard-config"
+    board = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert list(board[0])[:4] == ["#", "RMSECV", "RMSEP", "chain"] and len(board[0]["chain"]) == 8
+    flow_run = prefect_client.read_flow_run(UUID(flow_run_id))  # the runs list reads at a glance
+    assert flow_run.state.message.startswith("2 pipelines completed; best RMSECV ")
+    assert "RMSEP" in flow_run.state.message and "dataset:tablet1" in flow_run.tags
     progress = next(a for a in mine if a.type == "progress")
     assert float(progress.data) == pytest.approx(100.0)
 

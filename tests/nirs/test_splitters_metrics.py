@@ -94,3 +94,19 @@ def test_coffee_loads_with_string_labels():
     coffee = load_coffee()
     assert coffee.X.shape == (60, 1841) and coffee.task_type == "classification"
     assert sorted(set(coffee.y)) == ["Brasil", "Ethiopia", "Vietnam"]
+
+
+def test_scores_are_named_as_a_chemometrician_names_them():
+    assert metrics.score_name("rmse", "val") == "RMSECV" and metrics.score_name("rmse", "test") == "RMSEP"
+    assert metrics.score_name("accuracy", "val") == "accuracy (CV)"
+    assert metrics.score_name("r2", "test") == "R² (test)"
+
+
+def test_slope_and_summary_by_hand():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    assert metrics.slope(y, 2 * y + 1) == pytest.approx(2.0)
+    assert metrics.slope([1.0, 1.0], [1.0, 2.0]) is None  # no range: no line
+    p = np.array([1.5, 2.5, 2.5, 4.5])
+    summary = metrics.regression_summary(y, p)
+    assert summary["n"] == 4 and summary["slope"] == pytest.approx(np.polyfit(y, p, 1)[0])
+    assert summary["rpd"] == metrics.rpd(y, p) and summary["bias"] == pytest.approx(0.25)
