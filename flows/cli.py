@@ -612,6 +612,11 @@ def drift(dataset: str = typer.Argument(..., help="The dataset (its inbox and ou
     table = drift_table(Path(outbox or _workspace(workspace)), dataset, days=days)
     if png is not None:
         typer.echo(f"picture: {drift_picture(table, png, dataset)}", err=True)
+    if not as_json and not table.is_empty():  # as the other tables: the short chain id, the share in %
+        import polars as pl
+
+        table = table.with_columns(pl.col("chain_id").str.slice(0, 8), (pl.col("share") * 100).round(1)) \
+                     .rename({"chain_id": "chain", "share": "flagged %"})
     _emit(table, as_json, title=f"{dataset}: spectra flagged per day (last {days} days)")
 
 

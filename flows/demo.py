@@ -120,6 +120,10 @@ def run_demo(workspace: Path, echo=print) -> dict:
     if results:
         echo(f"Inbox: {len(results)} files scored, {n_tablets} tablets, RMSE {rmse:.3f} against their "
              f"reference values; results in {workspace / 'outbox' / DATASET}")
+        if "flag" in frame.columns:  # the production chain carries outlier checks (README: outlier checks)
+            flagged = int((frame["flag"] != "ok").sum())
+            echo(f"Outlier checks: {flagged} of {n_tablets} tablets flagged ({100 * flagged / n_tablets:.0f} %, "
+                 f"T² or Q past their 95 % limits); `nirsflow drift {DATASET}` shows the share per day")
     c = scored["counts"]
     if c["duplicates"] or c["rejected"] or c["waiting"]:
         echo(f"Inbox: {c['duplicates']} files already scored by this chain (duplicates), {c['rejected']} "

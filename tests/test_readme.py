@@ -34,6 +34,25 @@ def test_demo_runs_end_to_end_and_prints_the_leaderboard(demo_run):
     assert not list((workspace / "inbox" / "tablet1").iterdir())
 
 
+def test_the_demo_and_drift_say_how_many_tablets_the_outlier_checks_flagged(demo_run):
+    """The held-out tablets are of the calibration's kind: most pass, and the count the demo
+    prints is the one the result files and `nirsflow drift` hold."""
+    import polars as pl
+
+    from tests.conftest import run_cli
+
+    workspace, done = demo_run
+    found = re.search(r"Outlier checks: (\d+) of 212 tablets flagged \((\d+) %", done.stdout)
+    assert found, done.stdout
+    results = pl.concat([pl.read_parquet(p) for p in (workspace / "outbox" / "tablet1").glob("*.parquet")])
+    flagged = int((results["flag"] != "ok").sum())
+    assert int(found.group(1)) == flagged and flagged < 0.3 * 212
+    table = run_cli("drift", "tablet1", "--workspace", str(workspace))
+    assert table.returncode == 0, table.stderr
+    row = next(line for line in table.stdout.splitlines() if results["chain_id"][0][:8] in line)
+    assert f" {flagged} " in row and results["chain_id"][0] not in table.stdout  # the short id, as other tables
+
+
 def test_the_demo_went_through_the_prefect_flows(demo_run):
     from storage import WorkspaceStore
 
