@@ -62,6 +62,13 @@ def outlier_picture(points: dict[str, dict], path: Path, title: str = "") -> Pat
     ax.axhline(1.0, color="k", lw=1, ls="--")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    # 0.2, 0.5, 1, 2: plain numbers (not 2×10⁻¹), and only the 1-2-5 ones, which do not crowd
+    plain = FuncFormatter(lambda v, _: f"{v:g}" if v > 0 and f"{v:.0e}"[0] in "125" else "")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(plain)
     ax.set_xlabel("Hotelling's T² / its 95 % limit")
     ax.set_ylabel("Q (SPE) / its 95 % limit")
     ax.set_title(title or "Outlier checks of the scored spectra")
