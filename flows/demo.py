@@ -128,7 +128,7 @@ def run_demo(workspace: Path, echo=print) -> dict:
     if c["duplicates"] or c["rejected"] or c["waiting"]:
         echo(f"Inbox: {c['duplicates']} files already scored by this chain (duplicates), {c['rejected']} "
              f"rejected, {c['waiting']} waiting")
-    echo(f"\nWorkspace {workspace}  ({time.perf_counter() - started:.0f} s)")
+    echo(f"\nWorkspace {workspace}  (trained and scored in {time.perf_counter() - started:.0f} s)")
     echo("  store.duckdb            runs, pipelines, chains, predictions, logs")
     echo("  artifacts/              fitted objects, content-addressed")
     echo("  library/templates/      the demo's template")
