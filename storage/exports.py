@@ -40,6 +40,11 @@ def _plain(value):
     return value
 
 
+#: the prediction fields a bundle carries for each of its chain's combined scores
+_SCORE_FIELDS = ("dataset_name", "model_name", "model_class", "fold_id", "partition", "val_score", "test_score",
+                 "train_score", "metric", "task_type", "n_samples", "n_features", "scores", "preprocessings")
+
+
 def _score(value):
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     return float(value) if ok else None
@@ -82,13 +87,37 @@ class Exports:
     def _bundle_source(self, chain: dict) -> dict:
         pipeline = self._records.get_pipeline(chain["pipeline_id"])
         run = self._records.get_run(pipeline["run_id"])
+        # The chain's combined scores (fold "avg", a refit's), without their arrays: what
+        # `top` and `show` rank and print, so an imported chain is ranked as it was here.
+        # Per-fold rows and the reference values stay home.
+        with self._db.reading() as con:
+            scores = con.execute(
+                f"SELECT {', '.join(_SCORE_FIELDS)} FROM predictions WHERE chain_id = ? AND fold_id NOT LIKE 'fold%' "
+                "ORDER BY fold_id, partition", [chain["chain_id"]]).fetchall()
         return _plain({
             "chain_id": chain["chain_id"],
             "run": {"run_id": run["run_id"], "name": run["name"]},
             "pipeline": {field: pipeline.get(field) for field in (
                 "pipeline_id", "name", "dataset_name", "dataset_hash", "expanded_config",
                 "generator_choices", "best_val", "best_test", "metric")},
+            "scores": [dict(zip(_SCORE_FIELDS, row)) for row in scores],
         })
+
+    def _import_scores(self, source: dict, pipeline_id: str, chain_id: str) -> None:
+        """The bundle's combined scores (see ``_bundle_source``) as this chain's predictions,
+        without arrays; a bundle written before they were carried has none."""
+        for row in source.get("scores") or []:
+            if not isinstance(row, dict) or not isinstance(row.get("fold_id"), str):
+                continue
+            scores = row.get("scores")
+            self._predictions.save_prediction(
+                pipeline_id, chain_id, dataset_name=row.get("dataset_name"), model_name=row.get("model_name"),
+                model_class=row.get("model_class"), fold_id=row["fold_id"], partition=row.get("partition") or "val",
+                val_score=_score(row.get("val_score")), test_score=_score(row.get("test_score")),
+                train_score=_score(row.get("train_score")), metric=row.get("metric") or "rmse",
+                task_type=row.get("task_type") or "regression", n_samples=row.get("n_samples"),
+                n_features=row.get("n_features"), scores=json.loads(scores) if isinstance(scores, str) else scores,
+                preprocessings=row.get("preprocessings") or "")
 
     def import_bundle(self, path: str | Path, *, trusted: bool = False, strict: bool = False) -> str:
         """Bring a bundle's chain into this workspace and return its new chain id.
@@ -144,6 +173,7 @@ class Exports:
                 fold_weights=chain.get("fold_weights"), task_type=chain.get("task_type"),
                 classes=chain.get("classes"), wavelengths=chain.get("wavelengths"),
                 n_features=chain.get("n_features"), metadata=metadata)
+            self._import_scores(source, pipeline_id, chain_id)
             records.complete_pipeline(pipeline_id, best_val=_score(pipeline.get("best_val")),
                                    best_test=_score(pipeline.get("best_test")),
                                    metric=pipeline.get("metric") if isinstance(pipeline.get("metric"), str) else None)

@@ -24,10 +24,10 @@ def chain_report(store, chain_id: str) -> dict:
         rows = store.query_predictions(chain_id=chain_id, fold_id="avg", partition=partition)
         if not rows.height:
             continue
-        if chain["task_type"] == "regression":
-            arrays = store.get_prediction_arrays(rows["prediction_id"][0])
+        arrays = store.get_prediction_arrays(rows["prediction_id"][0]) if chain["task_type"] == "regression" else {}
+        if arrays.get("y_true") is not None and arrays.get("y_pred") is not None:
             scores[partition] = regression_summary(arrays["y_true"], arrays["y_pred"])
-        else:
+        else:  # a classifier's, or a chain imported from a bundle (its scores came without arrays)
             stored = rows["scores"][0]
             scores[partition] = {"n": rows["n_samples"][0], **(json.loads(stored) if isinstance(stored, str)
                                                                 else stored or {})}

@@ -206,6 +206,12 @@ def test_score_an_inbox_and_import_a_bundle(ws, tmp_path):
     assert imported.returncode == 0, imported.stderr
     new_chain = json.loads(imported.stdout)["chain_id"]
     assert _json("show", new_chain, "-w", str(other))["kind"] == "chain"
+    # imported once, whatever the number of imports, and ranked with the scores it had at home
+    again = run_cli("import", str(bundle), "-w", str(other), "--trusted", "--json")
+    assert json.loads(again.stdout)["chain_id"] == new_chain
+    home, there = _json("top", "-n", "1", "-w", ws)[0], _json("top", "-w", str(other))
+    assert [row["chain_id"] for row in there] == [new_chain]
+    assert there[0]["val_score"] == home["val_score"] and there[0]["test_score"] == home["test_score"]
 
 
 def test_serve_check_lists_the_deployments_of_the_config(ws):

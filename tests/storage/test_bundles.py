@@ -218,6 +218,26 @@ def test_import_into_another_workspace_replays_equal_and_deduplicates(tablet, tm
     np.testing.assert_allclose(tablet.store.replay_chain(home, tablet.test.X), tablet.expected, rtol=0, atol=1e-12)
 
 
+def test_an_imported_chain_keeps_its_combined_scores_and_ranks_as_it_did_at_home(tablet, tmp_path, monkeypatch):
+    """The bundle carries the chain's combined scores (not its folds', not the reference
+    values), so `top` ranks the imported chain and `show` states its RMSECV and RMSEP."""
+    home = tablet.store.query_predictions(chain_id=tablet.chain_id, fold_id="avg").sort("partition")
+    carried = manifest_of(tablet.path)["source"]["scores"]
+    assert sorted((r["fold_id"], r["partition"]) for r in carried) == [("avg", "test"), ("avg", "val")]
+    assert all("y_true" not in r and "y_pred" not in r for r in carried)
+    monkeypatch.setenv(KEY_ENV, tablet.key_hex)
+    with WorkspaceStore(tmp_path / "ws2", lock_timeout=30) as other:
+        chain_id = other.import_bundle(tablet.path)
+        other.import_bundle(tablet.path)  # twice is once: no second set of scores
+        best = other.top_predictions(5, fold_id="avg")
+        assert best["chain_id"].to_list() == [chain_id]
+        here = other.query_predictions(chain_id=chain_id).sort("partition")
+        assert here["fold_id"].to_list() == ["avg", "avg"] and here["partition"].to_list() == ["test", "val"]
+        for column in ("val_score", "test_score", "metric", "n_samples", "dataset_name"):
+            assert here[column].to_list() == home[column].to_list(), column
+        assert [json.loads(s) for s in here["scores"]] == [json.loads(s) for s in home["scores"]]
+
+
 # -- refusals ----------------------------------------------------------------------------
 @pytest.mark.parametrize("trusted", [False, True])
 def test_a_flipped_byte_in_an_artifact_is_refused_naming_the_member(tablet, tmp_path, monkeypatch, trusted):
