@@ -514,6 +514,7 @@ class Connector:
         with self._mutex:
             self._closed = True
             self._wake.notify_all()
+            idler = self._idler
             if self._txn is not None or os.getpid() != self._pid:
                 return  # the call under way lets go as it ends; a forked child has nothing of its own
             try:
@@ -523,6 +524,11 @@ class Connector:
                 instance, self._instance = self._instance, None
                 if instance is not None:
                     instance.close()
+        # The idle thread ends now that the connector is closed: wait for it, so that no
+        # thread of the store is left for the interpreter's exit to stop (a daemon thread
+        # stopped at exit inside native code can abort the process: seen once in CI).
+        if idler is not None and idler is not threading.current_thread():
+            idler.join(timeout=5)
 
     @contextmanager
     def exclusive_file(self, *, journal: bool = False) -> Iterator[None]:
