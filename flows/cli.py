@@ -171,7 +171,7 @@ def train(config: str = typer.Argument(..., help="A config file (.json/.yaml), o
           max_pipelines: int = typer.Option(1000, help="Refuse configs that expand to more."),
           processes: int = typer.Option(0, help="Fit folds in this many worker processes (worth it for slow "
                                                 "models; 0: in this process); with --executor, its workers."),
-          executor: str = typer.Option(None, help="Where fold fits run: loky (worker processes, the default), threads, dask://local, "
+          executor: str = typer.Option(None, help="Where fold fits run: threads (default), loky, dask://local, "
                                                   "or dask://HOST:PORT (a Dask scheduler; needs nirsflow[dask])."),
           max_concurrency: int = typer.Option(2, help="Pipelines trained at once (more for a cluster)."),
           as_json: bool = JsonOption, verbose: bool = VerboseOption) -> None:

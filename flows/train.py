@@ -111,7 +111,7 @@ def train(workspace: str, datasets: list[Any] | None = None, config: Any = None,
     many pipelines run at once (each fits its folds on the executor at once, so a
     cluster wants several). lock_timeout: seconds to wait for the workspace lock before
     a store write fails (and the run is failed, not completed). executor: where the
-    fold fits run (``nirs.executors``): "loky" (the default: worker processes), "threads", "dask://local" or
+    fold fits run (``nirs.executors``): "threads" (the default), "loky", "dask://local" or
     "dask://HOST:PORT". processes: its workers (0: cores - 1, at least 2); with no
     executor, processes=N fits in N loky worker processes (worth it for slow fits).
     """

@@ -7,10 +7,9 @@ a future whose ``result()`` is the ``FoldResult`` of ``training.fit_fold``, or r
 fit's own error (type, message and nirs's notes kept). Executors are made once per process
 and spec (``fold_executor``) and shared by the pipelines that run at the same time.
 
-* ``loky`` (the default): ``nirs.parallel``'s worker processes (a dataset crosses once
-  per worker).
 * ``threads``: a pool of threads in this process. PLS holds the GIL, so two threads do
   not fit two folds at once, but nothing is copied and nothing starts.
+* ``loky``: ``nirs.parallel``'s worker processes (a dataset crosses once per worker).
 * ``dask://HOST:PORT`` / ``dask://local``: a ``distributed.Client`` (``local``: a
   LocalCluster of ``workers`` single-threaded processes). Each dataset is scattered
   once, then only pipelines and fold plans travel; Dask reruns a fit whose worker died
@@ -34,29 +33,27 @@ from .training import FoldPlan, fit_fold
 
 __all__ = ["DEFAULT_EXECUTOR", "ExecutorError", "parse_spec", "fold_executor", "describe_executor", "close_executors"]
 
-#: Loky processes, on the numbers. bench/flow_bench.py, 20 pipelines x 5 PLS folds on
-#: Tablet, local Prefect server, medians of 5 alternating runs, 2 pipelines at a time; the
-#: train flow's wall time over the plain core and its store, and its CPU (with the server's):
+#: Threads, on the numbers. bench/flow_bench.py, 20 pipelines x 5 PLS folds on Tablet,
+#: 2 cores shared with other engineers' test suites (load average 3-8), local Prefect
+#: server, medians of 5-7 alternating runs; the train flow's wall time over the plain core
+#: and its store, one column per bench run (2 pipelines at a time):
 #:
-#:     quiet machine (load < 1), two bench runs:
-#:     loky, 2 processes  0.99x  0.90x   CPU 5.6-5.9 s (281-294 ms a pipeline)
-#:     threads            1.61x  1.45x   CPU 9.1-10.2 s (456-509 ms a pipeline)
-#:     2 cores shared with four test suites (load 3-8), six bench runs:
-#:     loky, 2 processes  1.11x  1.24x  1.59x  1.59x  1.23x  1.51x   CPU 4.8-6.1 s
-#:     threads            1.13x  1.02x  1.58x  1.60x  1.57x  1.51x   CPU 4.9-6.1 s
+#:     threads            1.13x  1.02x  1.58x  1.60x  1.57x  1.51x   CPU 4.9-6.1 s (220-300 ms a pipeline)
+#:     loky, 2 processes  1.11x  1.24x  1.59x  1.59x  1.23x  1.51x   CPU 4.8-6.1 s (240-300 ms a pipeline)
 #:     dask://local (2)   2.37x    -    2.15x    -      -      -     27-66 ms of wall time a fit over the core
 #:     a task per fold (issue 4's shape, same hour): 1.21-1.35x, CPU 7.9-8.8 s
 #:
-#: PLS holds the GIL, so threads fit one fold at a time, and the GIL's hand-offs with
-#: Prefect's own threads cost CPU (BLAS limited to one thread changed nothing); processes
-#: use both cores. Their price is starting the workers in each new process (the bench's
-#: first loky run took 3.2-3.7 s with its imports on a quiet machine; up to 11 s under load): ``nirsflow train`` of the demo's
-#: 9-pipeline grid took 13.0-14.0 s on threads and 13.2 s on loky, a tie. So loky is the
-#: default; ``threads`` starts and copies nothing, for small grids in a notebook. Without
-#: the flow run's own start and end (~0.5-1 s, most of it Prefect joining its heartbeat
-#: thread, deployments/README.md) the body is 0.70-0.75x (loky). Every executor gives the
-#: same scores and replays, to the bit.
-DEFAULT_EXECUTOR = "loky"
+#: Without the flow run's own start and end (~0.5-1 s, most of it Prefect joining its
+#: heartbeat thread, deployments/README.md), the body is 1.05-1.27x. Threads and loky
+#: tie across runs (one quiet window gave loky 1.21-1.23x against 1.39-1.58x, the next
+#: tied at 1.51x; the machine's load decides more than the executor); threads start
+#: nothing (loky: 3-11 s to start its workers in each new process, e.g. every
+#: ``nirsflow train``) and copy nothing. So threads are the default, and ``processes=N``
+#: (loky) is for slow fits, where processes use the cores a GIL-bound fit cannot (a
+#: random-forest grid ran a third faster on 2 cores). max_concurrency 1-4 changed
+#: little (threads 1.39-1.58x, loky 1.21-1.51x). Every executor gives the same scores and
+#: replays, to the bit.
+DEFAULT_EXECUTOR = "threads"
 
 _KEPT_DATASETS = 4  # scattered datasets a Dask executor keeps on the cluster
 
